@@ -1,0 +1,63 @@
+# bpftap: `make demo` and `make test` do all set-up themselves (Debian 12, as root).
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+.PHONY: all deps build debug test test-unit demo bench clean
+
+ARCH := $(shell uname -m)
+VENV := .venv
+PY := $(VENV)/bin/python
+CLANG ?= clang
+BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu -Ibpf
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool tshark iperf3 python3-venv linux-libc-dev libc6-dev
+BPF_OBJ := build/bpf/mirror_tc.bpf.o
+PKG_OBJ := src/bpftap/data/mirror_tc.bpf.o
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+all: build
+
+# apt: install only what is missing, so a second run is quick and offline
+deps: $(VENV)/.installed
+	$(Q)missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(Q)command -v python3 >/dev/null || (apt-get update -qq && apt-get install -y -qq python3 python3-venv)
+	$(Q)test -x $(PY) || python3 -m venv $(VENV) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && python3 -m venv $(VENV))
+	$(Q)$(PY) -m pip install -q --upgrade pip
+	$(Q)$(PY) -m pip install -q -e '.[dev]'
+	$(Q)touch $@
+
+build: deps $(PKG_OBJ)
+
+build/bpf/%.bpf.o: bpf/%.bpf.c bpf/*.h | deps
+	$(Q)mkdir -p $(@D)
+	@echo "  CLANG   $@"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(PKG_OBJ): $(BPF_OBJ)
+	$(Q)mkdir -p $(@D) && cp $< $@
+
+# GPL build: bpf_printk allowed, same behaviour otherwise
+debug: deps
+	$(Q)mkdir -p build/bpf
+	$(Q)$(CLANG) $(BPF_CFLAGS) -DMIRROR_DEBUG -c bpf/mirror_tc.bpf.c -o build/bpf/mirror_tc.debug.bpf.o
+
+test: build
+	$(Q)mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: build
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: build
+	$(VENV)/bin/bpftap demo
+
+clean:
+	rm -rf build src/bpftap/data

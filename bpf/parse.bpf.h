@@ -1,0 +1,184 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * parse.bpf.h: header parsing for the source programs.
+ *
+ * Contract: every read goes through bpf_skb_load_bytes, so a truncated
+ * frame fails cleanly and the original skb is never pulled or written;
+ * each step returns PARSE_OK, PARSE_NOT_IP or PARSE_MALFORMED; ports come
+ * out in host order, addresses in network order.
+ */
+#ifndef PARSE_BPF_H
+#define PARSE_BPF_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "mirror_abi.h"
+
+#define IP_OFFSET_MASK 0x1fff
+#define IP6_OFFSET_MASK 0xfff8
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NOT_IP,
+	PARSE_MALFORMED,
+};
+
+/* what classification needs to know about one packet */
+struct pkt_info {
+	__be32 src[4];		/* network order; IPv4 in word 0 */
+	__be32 dst[4];
+	__u16 sport;		/* host order, valid if has_ports */
+	__u16 dport;
+	__u8 family;		/* 4 or 6 */
+	__u8 proto;		/* L4 protocol (last next-header for IPv6) */
+	__u8 has_ports;		/* TCP/UDP/SCTP and not a later fragment */
+	__u8 _pad;
+};
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+struct ip6_ext {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+struct ip6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 identification;
+};
+
+/* ports of TCP, UDP and SCTP: the first four bytes of each header */
+static __always_inline int parse_ports(struct __sk_buff *skb, __u32 off,
+				       struct pkt_info *pkt)
+{
+	__be16 ports[2];
+
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP &&
+	    pkt->proto != IPPROTO_SCTP)
+		return PARSE_OK;
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		return PARSE_MALFORMED;
+	pkt->sport = bpf_ntohs(ports[0]);
+	pkt->dport = bpf_ntohs(ports[1]);
+	pkt->has_ports = 1;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off,
+				      struct pkt_info *pkt)
+{
+	struct iphdr iph;
+
+	if (bpf_skb_load_bytes(skb, off, &iph, sizeof(iph)))
+		return PARSE_MALFORMED;
+	if (iph.version != 4 || iph.ihl < 5)
+		return PARSE_MALFORMED;
+	pkt->family = 4;
+	pkt->proto = iph.protocol;
+	pkt->src[0] = iph.saddr;
+	pkt->dst[0] = iph.daddr;
+	/* later fragments carry no L4 header */
+	if (iph.frag_off & bpf_htons(IP_OFFSET_MASK))
+		return PARSE_OK;
+	return parse_ports(skb, off + iph.ihl * 4, pkt);
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off,
+				      struct pkt_info *pkt)
+{
+	struct ipv6hdr ip6;
+	struct ip6_frag frag;
+	struct ip6_ext ext;
+	__u8 nexthdr;
+
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+		return PARSE_MALFORMED;
+	if (ip6.version != 6)
+		return PARSE_MALFORMED;
+	pkt->family = 6;
+	__builtin_memcpy(pkt->src, &ip6.saddr, 16);
+	__builtin_memcpy(pkt->dst, &ip6.daddr, 16);
+	nexthdr = ip6.nexthdr;
+	off += sizeof(ip6);
+
+	/* bounded walk of the extension chain */
+#pragma unroll
+	for (int i = 0; i < MAX_IPV6_EXT; i++) {
+		switch (nexthdr) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)))
+				return PARSE_MALFORMED;
+			nexthdr = ext.nexthdr;
+			off += (ext.hdrlen + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)))
+				return PARSE_MALFORMED;
+			nexthdr = ext.nexthdr;
+			off += (ext.hdrlen + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT:
+			if (bpf_skb_load_bytes(skb, off, &frag, sizeof(frag)))
+				return PARSE_MALFORMED;
+			nexthdr = frag.nexthdr;
+			off += sizeof(frag);
+			/* later fragments carry no L4 header */
+			if (frag.frag_off & bpf_htons(IP6_OFFSET_MASK)) {
+				pkt->proto = nexthdr;
+				return PARSE_OK;
+			}
+			break;
+		default:
+			goto l4;
+		}
+	}
+	/* chain longer than the walk: the L4 header stays unknown */
+	pkt->proto = nexthdr;
+	return PARSE_OK;
+l4:
+	pkt->proto = nexthdr;
+	return parse_ports(skb, off, pkt);
+}
+
+/* Ethernet, in-frame 802.1Q/802.1ad tags (QinQ), then IPv4 or IPv6 */
+static __always_inline int parse_frame(struct __sk_buff *skb,
+				       struct pkt_info *pkt)
+{
+	struct ethhdr eth;
+	struct vlan_tag tag;
+	__u32 off = sizeof(eth);
+	__be16 proto;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return PARSE_MALFORMED;
+	proto = eth.h_proto;
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) &&
+		    proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if (bpf_skb_load_bytes(skb, off, &tag, sizeof(tag)))
+			return PARSE_MALFORMED;
+		proto = tag.encap_proto;
+		off += sizeof(tag);
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(skb, off, pkt);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(skb, off, pkt);
+	return PARSE_NOT_IP;
+}
+
+#endif /* PARSE_BPF_H */

@@ -1,0 +1,182 @@
+"""Loaded BPF objects: open and load a clang object, and handles on its programs and maps.
+
+Opening reads the file; everything that depends on the kernel (the verifier,
+map creation) happens in `load()`. `close()` releases every fd; programs stay
+attached only through links or tc filters that hold their own references.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from bpftap.bpf.libbpf import BpfTestRunOpts, check, check_ptr, lib, num_possible_cpus, sized
+from bpftap.errors import BpfError
+
+T = TypeVar("T", bound=ctypes.Structure)
+
+
+_U32 = ctypes.c_uint32
+
+
+class SkBuff(ctypes.Structure):
+    """struct __sk_buff from linux/bpf.h: the context of a test run (only some fields may be set)."""
+
+    _fields_ = [
+        *[(n, _U32) for n in ("len", "pkt_type", "mark", "queue_mapping", "protocol", "vlan_present")],
+        *[(n, _U32) for n in ("vlan_tci", "vlan_proto", "priority", "ingress_ifindex", "ifindex", "tc_index")],
+        ("cb", _U32 * 5),
+        *[(n, _U32) for n in ("hash", "tc_classid", "data", "data_end", "napi_id", "family")],
+        ("remote_ip4", _U32),
+        ("local_ip4", _U32),
+        ("remote_ip6", _U32 * 4),
+        ("local_ip6", _U32 * 4),
+        *[(n, _U32) for n in ("remote_port", "local_port", "data_meta")],
+        ("flow_keys", ctypes.c_uint64),
+        ("tstamp", ctypes.c_uint64),
+        ("wire_len", _U32),
+        ("gso_segs", _U32),
+        ("sk", ctypes.c_uint64),
+        ("gso_size", _U32),
+        ("tstamp_type", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
+        ("hwtstamp", ctypes.c_uint64),
+    ]
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """What BPF_PROG_TEST_RUN returned for one input."""
+
+    retval: int
+    data: bytes
+    duration_ns: int
+    ctx: SkBuff | None
+
+
+class Program:
+    """A loaded program of an object."""
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name, self.fd = name, fd
+
+    def test_run(self, data: bytes, ctx: SkBuff | None = None, repeat: int = 1, out_size: int = 0) -> TestRun:
+        """Run the program on `data` through BPF_PROG_TEST_RUN.
+
+        `ctx` optionally sets the skb's mark, ifindex and the few other fields
+        the kernel allows; the skb as the program left it comes back in
+        `TestRun.ctx`. The retval is signed, so the neutral verdict reads as -1.
+        Raises BpfError if the kernel refuses the run.
+        """
+        buf_in = ctypes.create_string_buffer(data, len(data))
+        out_len = out_size or len(data) + 512
+        buf_out = ctypes.create_string_buffer(out_len)
+        ctx_out = SkBuff() if ctx is not None else None
+        opts = sized(
+            BpfTestRunOpts,
+            data_in=ctypes.cast(buf_in, ctypes.c_void_p),
+            data_size_in=len(data),
+            data_out=ctypes.cast(buf_out, ctypes.c_void_p),
+            data_size_out=out_len,
+            repeat=repeat,
+        )
+        if ctx is not None:
+            opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
+            opts.ctx_size_in = ctypes.sizeof(ctx)
+            opts.ctx_out = ctypes.cast(ctypes.pointer(ctx_out), ctypes.c_void_p)
+            opts.ctx_size_out = ctypes.sizeof(ctx)
+        check(lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)), "test run", self.name)
+        retval = ctypes.c_int32(opts.retval).value
+        return TestRun(retval, buf_out.raw[: opts.data_size_out], opts.duration, ctx_out)
+
+
+class Map:
+    """A map of a loaded object; keys are u32 indexes in every bpftap map."""
+
+    def __init__(self, name: str, fd: int, percpu: bool = False) -> None:
+        self.name, self.fd, self.percpu = name, fd, percpu
+
+    def update(self, index: int, value: ctypes.Structure | ctypes.c_uint64) -> None:
+        """Write one element. Raises BpfError (e.g. E2BIG past max_entries)."""
+        key = ctypes.c_uint32(index)
+        ret = lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0)
+        check(ret, f"update map {self.name}[{index}]")
+
+    def lookup(self, index: int, value_type: type[T]) -> T:
+        """Read one element of a plain (not per-CPU) map."""
+        key = ctypes.c_uint32(index)
+        value = value_type()
+        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)), f"read map {self.name}[{index}]")
+        return value
+
+    def lookup_percpu(self, index: int, value_type: type[T]) -> list[T]:
+        """Read every CPU's slot of one element of a per-CPU map."""
+        key = ctypes.c_uint32(index)
+        slots = (value_type * num_possible_cpus())()
+        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(slots)), f"read map {self.name}[{index}]")
+        return list(slots)
+
+    def sum_percpu(self, index: int, value_type: type[T]) -> T:
+        """One element of a per-CPU map of u64 fields, summed over CPUs."""
+        total = value_type()
+        for slot in self.lookup_percpu(index, value_type):
+            for name, _ in value_type._fields_:  # type: ignore[misc]
+                setattr(total, name, getattr(total, name) + getattr(slot, name))
+        return total
+
+
+class U64(ctypes.Structure):
+    """A bare u64 map value, summable like the stats structs."""
+
+    _fields_ = [("value", ctypes.c_uint64)]
+
+
+class BpfObject:
+    """An opened (then loaded) clang BPF object file."""
+
+    def __init__(self, path: Path, handle: int) -> None:
+        self.path, self._obj = path, handle
+        self._loaded = False
+
+    @classmethod
+    def open(cls, path: Path) -> BpfObject:
+        """Open `path`; raises BpfError if it is missing or not a BPF object."""
+        if not path.exists():
+            raise BpfError("open BPF object", str(path), 2, "run 'make build' first")
+        return cls(path, check_ptr(lib.bpf_object__open_file(str(path).encode(), None), "open BPF object", str(path)))
+
+    def load(self) -> BpfObject:
+        """Create the maps and load every program; verifier errors are logged by libbpf."""
+        check(
+            lib.bpf_object__load(self._obj),
+            "load BPF object",
+            self.path.name,
+            "the verifier log is above (run with -v for all of it)",
+        )
+        self._loaded = True
+        return self
+
+    def program(self, name: str) -> Program:
+        """A loaded program by its function name."""
+        prog = check_ptr(lib.bpf_object__find_program_by_name(self._obj, name.encode()), "find program", name)
+        return Program(name, check(lib.bpf_program__fd(prog), "program fd", name))
+
+    def map(self, name: str, percpu: bool = False) -> Map:
+        """A map by its name in the object."""
+        handle = check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), "find map", name)
+        return Map(name, check(lib.bpf_map__fd(handle), "map fd", name), percpu)
+
+    def close(self) -> None:
+        """Release the object, its maps and programs (idempotent)."""
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = 0
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

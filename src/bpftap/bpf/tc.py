@@ -1,0 +1,267 @@
+"""Attach programs to TC hooks: tcx links (kernel 6.6+) or clsact + cls_bpf direct-action.
+
+`attach()` picks the mode: `tcx`, `tc` (clsact), or `auto` (tcx, falling back
+to clsact when the kernel refuses the link with EINVAL/EOPNOTSUPP: decided by
+trying, never by the kernel version). Every attachment has `close()`, which
+removes only what bpftap created: a clsact qdisc found already there stays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+from bpftap.bpf.libbpf import (
+    BPF_F_AFTER,
+    BPF_F_BEFORE,
+    BPF_TC_EGRESS,
+    BPF_TC_INGRESS,
+    BPF_TCX_EGRESS,
+    BPF_TCX_INGRESS,
+    BpfLinkCreateOpts,
+    BpfProgInfo,
+    BpfProgQueryOpts,
+    BpfTcHook,
+    BpfTcOpts,
+    check,
+    lib,
+    sized,
+)
+from bpftap.bpf.objects import Program
+from bpftap.errors import BpfError, NotSupportedError
+
+log = logging.getLogger("bpftap.tc")
+
+# handle of bpftap's cls_bpf filters: how a restart finds a crashed run's filters
+FILTER_HANDLE = 0xB7A9
+OUR_PROGRAMS = frozenset({"mirror_ingress", "mirror_egress", "mirror_encap"})
+
+
+class Direction(enum.Enum):
+    """A TC hook of an interface."""
+
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+    @property
+    def tcx_type(self) -> int:
+        return BPF_TCX_INGRESS if self is Direction.INGRESS else BPF_TCX_EGRESS
+
+    @property
+    def tc_point(self) -> int:
+        return BPF_TC_INGRESS if self is Direction.INGRESS else BPF_TC_EGRESS
+
+
+class Mode(enum.Enum):
+    """How to attach: `auto` tries tcx first."""
+
+    AUTO = "auto"
+    TCX = "tcx"
+    TC = "tc"
+
+
+@dataclass
+class Attachment:
+    """One program on one hook; `close()` detaches it."""
+
+    ifname: str
+    ifindex: int
+    direction: Direction
+    mode: Mode
+    program: str
+    link_fd: int = -1
+    priority: int = 0
+    owns_qdisc: bool = False
+    closed: bool = field(default=False, repr=False)
+
+    def describe(self) -> str:
+        where = f"{self.ifname} {self.direction.value}"
+        how = "tcx link" if self.mode is Mode.TCX else f"clsact prio {self.priority} handle {FILTER_HANDLE:#x}"
+        return f"{self.program} on {where} ({how})"
+
+    def close(self) -> None:
+        """Detach; idempotent. A vanished interface counts as detached."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.mode is Mode.TCX:
+            os.close(self.link_fd)
+            return
+        hook = sized(BpfTcHook, ifindex=self.ifindex, attach_point=self.direction.tc_point)
+        opts = sized(BpfTcOpts, handle=FILTER_HANDLE, priority=self.priority)
+        ret = lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        if ret < 0 and -ret not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            log.warning("%s", BpfError(f"detach tc {self.direction.value}", self.ifname, -ret))
+
+
+def _attach_tcx(prog: Program, ifname: str, ifindex: int, direction: Direction, first: bool) -> Attachment:
+    opts = sized(BpfLinkCreateOpts, flags=BPF_F_BEFORE if first else BPF_F_AFTER)
+    fd = lib.bpf_link_create(prog.fd, ifindex, direction.tcx_type, ctypes.byref(opts))
+    if fd < 0:
+        err = -fd
+        op = f"attach tcx {direction.value}"
+        if err in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524):
+            raise NotSupportedError(op, ifname, err, "this kernel has no tcx (6.6+); use --attach tc")
+        raise BpfError(op, ifname, err)
+    return Attachment(ifname, ifindex, direction, Mode.TCX, prog.name, link_fd=fd)
+
+
+def _ensure_clsact(ifname: str, ifindex: int) -> bool:
+    """Create the clsact qdisc; True if bpftap created it, False if it was there."""
+    hook = sized(BpfTcHook, ifindex=ifindex, attach_point=BPF_TC_INGRESS | BPF_TC_EGRESS)
+    ret = lib.bpf_tc_hook_create(ctypes.byref(hook))
+    if ret == -errno.EEXIST:
+        return False
+    check(ret, "create clsact qdisc", ifname)
+    return True
+
+
+def destroy_clsact(ifname: str, ifindex: int) -> None:
+    """Remove the clsact qdisc (and with it every filter on it)."""
+    hook = sized(BpfTcHook, ifindex=ifindex, attach_point=BPF_TC_INGRESS | BPF_TC_EGRESS)
+    ret = lib.bpf_tc_hook_destroy(ctypes.byref(hook))
+    if ret < 0 and -ret not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+        log.warning("%s", BpfError("remove clsact qdisc", ifname, -ret))
+
+
+def _attach_tc(prog: Program, ifname: str, ifindex: int, direction: Direction, priority: int) -> Attachment:
+    owns = _ensure_clsact(ifname, ifindex)
+    hook = sized(BpfTcHook, ifindex=ifindex, attach_point=direction.tc_point)
+    last_err = 0
+    # the asked priority, else the next free one (another kind of filter may hold it)
+    for prio in range(priority, priority + 16):
+        opts = sized(BpfTcOpts, prog_fd=prog.fd, handle=FILTER_HANDLE, priority=prio)
+        ret = lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+        if ret == 0:
+            return Attachment(ifname, ifindex, direction, Mode.TC, prog.name, priority=prio, owns_qdisc=owns)
+        last_err = -ret
+        if last_err not in (errno.EEXIST, errno.EINVAL):
+            break
+    if owns:
+        destroy_clsact(ifname, ifindex)
+    raise BpfError(f"attach tc {direction.value}", ifname, last_err)
+
+
+def attach(
+    prog: Program,
+    ifname: str,
+    ifindex: int,
+    direction: Direction,
+    mode: Mode = Mode.AUTO,
+    first: bool = True,
+    priority: int = 1,
+) -> Attachment:
+    """Attach `prog` to one hook of `ifname`.
+
+    tcx: a link placed before (first) or after every other program. clsact:
+    a cls_bpf direct-action filter at `priority` (lower runs earlier).
+    Raises NotSupportedError for `tcx` on a kernel without it, BpfError otherwise.
+    """
+    if mode is Mode.TC:
+        return _attach_tc(prog, ifname, ifindex, direction, priority)
+    try:
+        return _attach_tcx(prog, ifname, ifindex, direction, first)
+    except NotSupportedError:
+        if mode is Mode.TCX:
+            raise
+        log.info("tcx refused on %s; falling back to clsact", ifname)
+        return _attach_tc(prog, ifname, ifindex, direction, priority)
+
+
+def prog_name(prog_id: int) -> str:
+    """The name of a loaded program by id ('' if it is gone)."""
+    fd = lib.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return ""
+    try:
+        info = BpfProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
+            return ""
+        return info.name.decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def tcx_programs(ifindex: int, direction: Direction) -> list[tuple[int, str]] | None:
+    """(id, name) of the tcx programs on a hook, in order; None without tcx."""
+    ids = (ctypes.c_uint32 * 64)()
+    opts = sized(BpfProgQueryOpts, prog_ids=ids, prog_cnt=64)
+    ret = lib.bpf_prog_query_opts(ifindex, direction.tcx_type, ctypes.byref(opts))
+    if ret < 0:
+        return None
+    return [(ids[i], prog_name(ids[i])) for i in range(opts.prog_cnt)]
+
+
+@dataclass(frozen=True)
+class TcFilter:
+    """A filter on a clsact hook, as `tc -j filter show` reports it."""
+
+    kind: str
+    priority: int
+    handle: int
+    prog_id: int
+    name: str
+
+    @property
+    def ours(self) -> bool:
+        return self.kind == "bpf" and self.handle == FILTER_HANDLE and self.name in OUR_PROGRAMS
+
+
+def tc_filters(ifname: str, direction: Direction) -> list[TcFilter]:
+    """The filters on a clsact hook (empty without clsact)."""
+    proc = subprocess.run(
+        ["tc", "-j", "filter", "show", "dev", ifname, direction.value],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    out = []
+    for entry in json.loads(proc.stdout):
+        opts = entry.get("options") or {}
+        if "handle" not in opts and entry.get("kind") == "bpf":
+            continue  # the per-priority header line
+        prog = opts.get("prog") or {}
+        handle = opts.get("handle", "0")
+        out.append(
+            TcFilter(
+                kind=entry.get("kind", "?"),
+                priority=int(entry.get("pref", 0)),
+                handle=int(handle, 16) if isinstance(handle, str) else int(handle),
+                prog_id=int(prog.get("id", 0)),
+                name=str(prog.get("name", opts.get("bpf_name", ""))),
+            )
+        )
+    return out
+
+
+def others_on_hook(ifname: str, ifindex: int, direction: Direction) -> list[str]:
+    """Human descriptions of every program on a hook that is not bpftap's."""
+    found = []
+    for prog_id, name in tcx_programs(ifindex, direction) or []:
+        if name not in OUR_PROGRAMS:
+            found.append(f"tcx program {name or '?'} (id {prog_id})")
+    for flt in tc_filters(ifname, direction):
+        if not flt.ours:
+            what = f"{flt.kind} filter prio {flt.priority}"
+            found.append(f"{what} {flt.name} (id {flt.prog_id})" if flt.prog_id else what)
+    return found
+
+
+def remove_stale_filters(ifname: str, ifindex: int) -> int:
+    """Remove cls_bpf filters a crashed bpftap left (by handle and program name)."""
+    removed = 0
+    for direction in Direction:
+        for flt in tc_filters(ifname, direction):
+            if flt.ours:
+                Attachment(ifname, ifindex, direction, Mode.TC, flt.name, priority=flt.priority).close()
+                removed += 1
+    return removed
