@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLANG ?= clang
 BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu -Ibpf
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool tshark iperf3 python3-venv linux-libc-dev libc6-dev
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping tshark iperf3 python3-venv linux-libc-dev libc6-dev
 BPF_OBJ := build/bpf/mirror_tc.bpf.o
 PKG_OBJ := src/bpftap/data/mirror_tc.bpf.o
 ifeq ($(V),1)

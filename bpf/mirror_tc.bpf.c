@@ -21,6 +21,13 @@
 #include "parse.bpf.h"
 #include "encap.bpf.h"
 
+/* bpf_printk is GPL-only: the default (non-GPL) build compiles it out */
+#ifdef MIRROR_DEBUG
+#define dbg(fmt, ...) bpf_printk(fmt, ##__VA_ARGS__)
+#else
+#define dbg(fmt, ...) ((void)0)
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -155,6 +162,7 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		count(MS_LOOP);
 		return MIRROR_PASS;
 	}
+	dbg("mirror: dir %u len %u vlan %u", dir, skb->len, skb->vlan_present);
 	ret = parse_frame(skb, &pkt);
 	if (ret != PARSE_OK) {
 		count(ret == PARSE_NOT_IP ? MS_NOT_IP : MS_MALFORMED);
@@ -204,10 +212,16 @@ int mirror_egress(struct __sk_buff *skb)
 	return mirror(skb, MIRROR_DIR_EGRESS);
 }
 
+/* one tag as it sits after the addresses: TPID, then TCI */
+struct vlan_ins {
+	__be16 proto;
+	__be16 tci;
+};
+
 /* the inner frame's addresses and the VLAN tags put back into it */
 struct inner_l2 {
 	__u8 macs[2 * ETH_ALEN];
-	struct vlan_tag tags[MAX_VLAN_TAGS];
+	struct vlan_ins tags[MAX_VLAN_TAGS];
 };
 
 /*
@@ -223,7 +237,7 @@ static __always_inline int take_vlan_tags(struct __sk_buff *skb,
 	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
 		if (!skb->vlan_present)
 			break;
-		l2->tags[i].encap_proto = (__be16)skb->vlan_proto;
+		l2->tags[i].proto = (__be16)skb->vlan_proto;
 		l2->tags[i].tci = bpf_htons(skb->vlan_tci);
 		if (bpf_skb_vlan_pop(skb))
 			return -1;
@@ -248,7 +262,7 @@ static __always_inline int grow_head(struct __sk_buff *skb, __u32 grow,
 		return 0;
 	return bpf_skb_store_bytes(skb, hlen, l2,
 				   2 * ETH_ALEN +
-					   (ntags & 3) * sizeof(struct vlan_tag),
+					   (ntags & 3) * sizeof(struct vlan_ins),
 				   0);
 }
 
@@ -346,6 +360,7 @@ int mirror_encap(struct __sk_buff *skb)
 	v6 = r->sessions & cfg->v6_sessions;
 	v4 = r->sessions & ~cfg->v6_sessions;
 	hash = bpf_get_hash_recalc(skb);
+	dbg("encap: len %u vlan %u proto %x", skb->len, skb->vlan_present, skb->protocol);
 	ntags = take_vlan_tags(skb, &l2);
 	if (ntags < 0) {
 		count(MS_VLAN_DEPTH);
@@ -353,12 +368,12 @@ int mirror_encap(struct __sk_buff *skb)
 	}
 	if (bpf_skb_load_bytes(skb, 0, l2.macs, sizeof(l2.macs)))
 		return TC_ACT_SHOT;
-	inner_len = skb->len + ntags * sizeof(struct vlan_tag);
+	inner_len = skb->len + ntags * sizeof(struct vlan_ins);
 	skb->mark = MIRROR_COPY_MARK;
 
 	/* IPv4 outer headers first, then grow by the difference for IPv6 */
 	if (v4) {
-		if (grow_head(skb, VXLAN4_LEN + ntags * sizeof(struct vlan_tag),
+		if (grow_head(skb, VXLAN4_LEN + ntags * sizeof(struct vlan_ins),
 			      VXLAN4_LEN, &l2, ntags, 1))
 			goto fail;
 		ret = send_copies(skb, v4, 0, v6 != 0, inner_len, hash);
@@ -368,7 +383,7 @@ int mirror_encap(struct __sk_buff *skb)
 	if (v6) {
 		if (v4 ? grow_head(skb, VXLAN6_LEN - VXLAN4_LEN, 0, &l2, 0, 0)
 		       : grow_head(skb,
-				   VXLAN6_LEN + ntags * sizeof(struct vlan_tag),
+				   VXLAN6_LEN + ntags * sizeof(struct vlan_ins),
 				   VXLAN6_LEN, &l2, ntags, 1))
 			goto fail;
 		return send_copies(skb, v6, 1, 0, inner_len, hash);

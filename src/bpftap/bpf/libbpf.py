@@ -32,6 +32,8 @@ BPF_F_BEFORE = 1 << 3
 BPF_F_AFTER = 1 << 4
 BPF_TC_F_REPLACE = 1 << 0
 BPF_ANY = 0
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_SCHED_CLS = 3
 
 
 class BpfTcHook(ctypes.Structure):
@@ -154,6 +156,8 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "bpf_prog_get_fd_by_id": ([c_u32], ctypes.c_int),
     "bpf_obj_get_info_by_fd": ([ctypes.c_int, c_void_p, ctypes.POINTER(c_u32)], ctypes.c_int),
     "libbpf_num_possible_cpus": ([], ctypes.c_int),
+    "libbpf_probe_bpf_map_type": ([ctypes.c_int, c_void_p], ctypes.c_int),
+    "libbpf_probe_bpf_prog_type": ([ctypes.c_int, c_void_p], ctypes.c_int),
 }
 
 

@@ -1,0 +1,1 @@
+"""The agent: the long-running side of bpftap."""

@@ -1,0 +1,312 @@
+"""The agent: loads the programs, attaches them, keeps sessions resolved, applies rule sets, reports.
+
+Life of `bpftap run`: claim the namespace (cleaning up after a crashed run),
+create the internal veth pair, load the object, write sessions and rules,
+attach the encap stage then the sources, and serve until SIGTERM/SIGINT
+(detach everything, exit 0) or SIGHUP (reload the config without
+detaching). Routes and neighbours are re-resolved every second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from bpftap import abi
+from bpftap.agent import state
+from bpftap.agent.status import StatusServer
+from bpftap.bpf import tc
+from bpftap.agent.tables import Tables
+from bpftap.bpf.objects import BpfObject
+from bpftap.config import Config, Direction, load_config
+from bpftap.errors import BpftapError, ConfigError
+from bpftap.netlink import (
+    NextHop,
+    ResolveError,
+    delete_internal_pair,
+    ensure_internal_pair,
+    match_interfaces,
+)
+from bpftap.netlink import (
+    links as netlink_links,
+    resolve,
+)
+from bpftap.rules import assign_session_slots, compile_rules
+
+log = logging.getLogger("bpftap.agent")
+
+INTERNAL_A, INTERNAL_B = "bpftap0", "bpftap1"
+REFRESH_SECONDS = 1.0
+
+
+def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
+    """Mount a bpffs at `path` if none is there (as under `ip netns exec`)."""
+    if os.path.ismount(path):
+        return
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
+    log.info("mounted bpffs at %s", path)
+
+
+@dataclass
+class SessionState:
+    """A session's slot and what it currently resolves to."""
+
+    slot: int
+    nexthop: NextHop | None = None
+    problem: str = ""
+
+
+@dataclass
+class Plan:
+    """A config compiled for the kernel."""
+
+    config: Config
+    slots: dict[str, int]
+    rules: list[abi.MirrorRule]
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+
+
+class Agent:
+    """Owns the loaded object and every attachment in this network namespace."""
+
+    def __init__(
+        self,
+        config: Config,
+        mode: tc.Mode = tc.Mode.AUTO,
+        first: bool = True,
+        priority: int = 1,
+        object_path: Path | None = None,
+    ) -> None:
+        self.config, self.mode, self.first, self.priority = config, mode, first, priority
+        self.object_path = object_path or abi.object_path()
+        self.ipr = IPRoute()
+        self.stack = ExitStack()
+        self.attachments: list[tc.Attachment] = []
+        self.created_clsact: list[str] = []
+        self.lock = threading.Lock()
+        self.plan: Plan | None = None
+        self.active_slot = 0
+        self.encap_ifindex = 0
+        self.tables: Tables
+
+    # --- start and stop -------------------------------------------------------------------
+    def start(self) -> None:
+        """Load, configure and attach. On any error, undo what was done and raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        ensure_bpffs()
+        leftover = state.claim()
+        self.stack.callback(state.AgentState.remove)
+        if leftover is not None:
+            log.warning("a previous agent (pid %d) died without cleaning up; removing what it left", leftover.pid)
+            cleanup_leftovers(leftover, self.ipr)
+        sources = self._resolve_sources()
+        self.encap_ifindex, peer_ifindex = ensure_internal_pair(INTERNAL_A, INTERNAL_B, self.ipr)
+        self.stack.callback(delete_internal_pair, INTERNAL_A, self.ipr)
+        self.obj = self.stack.enter_context(BpfObject.open(self.object_path).load())
+        self.tables = Tables(self.obj)
+        self.apply(self.config)
+        # the encap stage first, so the first clone has somewhere to go
+        self._attach(self.obj.program(abi.PROG_ENCAP), INTERNAL_B, peer_ifindex, tc.Direction.INGRESS)
+        for (ifname, ifindex), direction in sources.items():
+            for hook in (tc.Direction.INGRESS, tc.Direction.EGRESS):
+                if direction & (Direction.INGRESS if hook is tc.Direction.INGRESS else Direction.EGRESS):
+                    others = tc.others_on_hook(ifname, ifindex, hook)
+                    if others:
+                        log.info("also on %s %s: %s", ifname, hook.value, "; ".join(others))
+                    prog = abi.PROG_INGRESS if hook is tc.Direction.INGRESS else abi.PROG_EGRESS
+                    self._attach(self.obj.program(prog), ifname, ifindex, hook)
+        self._record()
+
+    def _attach(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction) -> None:
+        att = tc.attach(prog, ifname, ifindex, hook, self.mode, self.first, self.priority)
+        self.attachments.append(att)
+        self.stack.callback(att.close)
+        if att.owns_qdisc and ifname not in self.created_clsact:
+            self.created_clsact.append(ifname)
+            self.stack.callback(tc.destroy_clsact, ifname, ifindex)
+        log.info("attached %s", att.describe())
+
+    def _record(self) -> None:
+        ifnames = sorted({a.ifname for a in self.attachments})
+        state.AgentState(os.getpid(), list(self.created_clsact), ifnames).write()
+
+    def _resolve_sources(self) -> dict[tuple[str, int], Direction]:
+        """Interfaces to attach to, with the union of directions asked for each."""
+        found: dict[tuple[str, int], Direction] = {}
+        egress_devs = set()
+        for src in self.config.sources:
+            matched = match_interfaces([src.interface], self.ipr)
+            if not matched:
+                raise ConfigError(f"{self.config.path}: sources: interface '{src.interface}' matches no interface here")
+            for name, index in matched.items():
+                found[(name, index)] = found.get((name, index), Direction(0)) | src.direction
+        for sess in self.config.sessions:
+            try:
+                egress_devs.add(resolve(sess.remote, self.ipr).ifname)
+            except ResolveError:
+                pass
+        for name, _ in found:
+            if name in egress_devs:
+                log.warning(
+                    "%s is both a source and the way to a collector: its copies are marked and not mirrored again, "
+                    "but a capture on %s will show them",
+                    name,
+                    name,
+                )
+        return found
+
+    def stop(self) -> None:
+        """Detach everything this agent attached and remove what it created (idempotent)."""
+        self.stack.close()
+        self.attachments.clear()
+        self.ipr.close()
+
+    # --- rule sets and sessions -------------------------------------------------------------
+    def apply(self, config: Config) -> None:
+        """Compile `config` and make it live in one step (the inactive rule slot, then a flip)."""
+        slots = assign_session_slots(config.sessions)
+        rules = compile_rules(config, slots)
+        plan = Plan(config, slots, rules, {s.name: SessionState(slots[s.name]) for s in config.sessions})
+        v6 = sum(1 << slots[s.name] for s in config.sessions if s.remote.version == 6)
+        with self.lock:
+            self._write_sessions(plan, force=True)
+            self.active_slot = self.tables.write_rules(rules, v6, self.encap_ifindex)
+            self.plan, self.config = plan, config
+        log.info("rules applied: %d rules, %d sessions (slot %d)", len(rules), len(config.sessions), self.active_slot)
+
+    def refresh_sessions(self) -> None:
+        """Re-resolve every session's next hop; write the ones that changed."""
+        with self.lock:
+            if self.plan is not None:
+                self._write_sessions(self.plan, force=False)
+
+    def _write_sessions(self, plan: Plan, force: bool) -> None:
+        for sess in plan.config.sessions:
+            st = plan.sessions[sess.name]
+            try:
+                hop: NextHop | None = resolve(sess.remote, self.ipr)
+                problem = ""
+            except ResolveError as exc:
+                hop, problem = None, str(exc)
+            if not force and hop == st.nexthop and problem == st.problem:
+                continue
+            if problem and problem != st.problem:
+                log.warning("session %s: %s; its copies are counted as unresolved", sess.name, problem)
+            elif hop is not None and hop != st.nexthop:
+                log.info(
+                    "session %s: %s via %s (next hop %s, mtu %d)",
+                    sess.name,
+                    sess.remote,
+                    hop.ifname,
+                    hop.dst_mac.hex(":"),
+                    hop.mtu,
+                )
+            st.nexthop, st.problem = hop, problem
+            self.tables.write_session(st.slot, sess, hop)
+
+    # --- reporting ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Attachments, and per-rule, per-session and global counters, as JSON-able data."""
+        with self.lock:
+            plan = self.plan
+            assert plan is not None
+            rules = []
+            for i, rule in enumerate(plan.config.rules):
+                rs = self.tables.rule_stats(self.active_slot, i)
+                rules.append(
+                    {
+                        "number": rule.number,
+                        "action": rule.action.value,
+                        "sessions": list(rule.sessions),
+                        "packets": rs.packets,
+                        "bytes": rs.bytes,
+                    }
+                )
+            sessions = []
+            for sess in plan.config.sessions:
+                st = plan.sessions[sess.name]
+                ss = self.tables.session_stats(st.slot)
+                sessions.append(
+                    {
+                        "name": sess.name,
+                        "tunnel": sess.tunnel,
+                        "remote": str(sess.remote),
+                        "vni": sess.vni,
+                        "via": st.nexthop.ifname if st.nexthop else None,
+                        "problem": st.problem or None,
+                        **{name: getattr(ss, name) for name, _ in abi.SessionStats._fields_},
+                    }
+                )
+            counters = self.tables.counters()
+            return {
+                "pid": os.getpid(),
+                "config": str(plan.config.path),
+                "attachments": [a.describe() for a in self.attachments],
+                "rules": rules,
+                "sessions": sessions,
+                "counters": counters,
+            }
+
+
+def cleanup_leftovers(old: state.AgentState | None, ipr: IPRoute) -> list[str]:
+    """Remove what a dead agent left in this namespace: its filters, qdiscs and internal pair."""
+    done = []
+    links = netlink_links(ipr)
+    names = set(old.interfaces if old else []) | set(links)
+    for name in sorted(names):
+        if name in links and tc.remove_stale_filters(name, links[name]):
+            done.append(f"removed bpftap filters on {name}")
+    for name in old.created_clsact if old else []:
+        if name in links and not any(tc.tc_filters(name, d) for d in tc.Direction):
+            tc.destroy_clsact(name, links[name])
+            done.append(f"removed the clsact qdisc bpftap had created on {name}")
+    if INTERNAL_A in links:
+        delete_internal_pair(INTERNAL_A, ipr)
+        done.append(f"removed the internal pair {INTERNAL_A}/{INTERNAL_B}")
+    for line in done:
+        log.info("%s", line)
+    return done
+
+
+def run(config_path: str, mode: tc.Mode, first: bool, priority: int, object_path: Path | None = None) -> int:
+    """`bpftap run`: serve in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
+    config = load_config(config_path)
+    agent = Agent(config, mode, first, priority, object_path)
+    stop, reload = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    agent.start()
+    server = StatusServer(agent.status)
+    server.start()
+    log.info("mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C detaches and exits", config_path)
+    try:
+        while not stop.wait(REFRESH_SECONDS):
+            if reload.is_set():
+                reload.clear()
+                try:
+                    agent.apply(load_config(config_path))
+                except BpftapError as exc:
+                    log.error("reload refused, the running rules stay: %s", exc)
+            agent.refresh_sessions()
+    finally:
+        server.close()
+        agent.stop()
+        log.info("detached; bye")
+    return 0

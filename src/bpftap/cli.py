@@ -1,0 +1,200 @@
+"""The `bpftap` command: one function per subcommand, one `main()` that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bpftap import __version__
+from bpftap.errors import BpfError, BpftapError, ConfigError, NotSupportedError
+
+EPILOG = """\
+signals (bpftap run):
+  SIGHUP            reload the config file (rules and sessions) without detaching
+  SIGTERM, SIGINT   detach everything bpftap attached and exit 0
+
+examples:
+  bpftap check                              what this kernel offers, and the attach mode
+  bpftap run -c bpftap.yaml                 mirror as the config says, in the foreground
+  bpftap run -c bpftap.yaml --attach tc     force clsact instead of tcx
+  bpftap status                             attachments and counters of the running agent
+  bpftap collect --out mirror.pcapng        receive VXLAN copies on 0.0.0.0:4789
+  bpftap detach                             remove what a killed agent left behind
+  bpftap demo                               the whole path in a lab of network namespaces
+"""
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit codes of every bpftap command."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2  # bad arguments or a bad config file: the user's input
+    NOT_SUPPORTED = 3
+    INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be 1 or more")
+    return value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bpftap.agent.daemon import run
+    from bpftap.bpf.tc import Mode
+
+    return run(args.config, Mode(args.attach), args.order == "first", args.priority, args.object)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bpftap.bpf.probe import as_dict, probe
+
+    features = probe()
+    data = as_dict(features)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key in ("btf", "sched_cls", "ringbuf", "object_loads", "test_run", "tcx", "clsact"):
+            note = features.detail.get(key.replace("object_loads", "object"), "")
+            print(f"{key:<13} {'yes' if data[key] else 'no':<4} {note}".rstrip())
+        print(f"{'mode':<13} {features.mode}")
+    return ExitStatus.OK if features.object_loads and (features.tcx or features.clsact) else ExitStatus.NOT_SUPPORTED
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """The human form of `bpftap status`."""
+    lines = [f"agent pid {data['pid']}, config {data['config']}", "attached:"]
+    lines += [f"  {a}" for a in data["attachments"]]
+    lines.append(f"{'rule':>8} {'action':<7} {'packets':>10} {'bytes':>12}  sessions")
+    for r in data["rules"]:
+        lines.append(f"{r['number']:>8} {r['action']:<7} {r['packets']:>10} {r['bytes']:>12}  {','.join(r['sessions'])}")
+    lines.append(
+        f"{'session':<12} {'remote':<24} {'copies':>10} {'bytes':>12} {'unresolved':>10} {'oversize':>9} {'encap_fail':>10}"
+    )
+    for s in data["sessions"]:
+        lines.append(
+            f"{s['name']:<12} {s['remote'] + ' vni ' + str(s['vni']):<24} {s['packets']:>10} {s['bytes']:>12} "
+            f"{s['unresolved']:>10} {s['oversize']:>9} {s['encap_fail']:>10}"
+        )
+        if s.get("problem"):
+            lines.append(f"{'':<12} ! {s['problem']}")
+    counters = ", ".join(f"{k} {v}" for k, v in data["counters"].items() if v)
+    lines.append(f"counters: {counters or 'all zero'}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bpftap.agent.status import query_status
+
+    data = query_status()
+    print(json.dumps(data, indent=2) if args.json else format_status(data))
+    return ExitStatus.OK
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    from pyroute2 import IPRoute
+
+    from bpftap.agent import state
+    from bpftap.agent.daemon import cleanup_leftovers
+
+    old = state.AgentState.read()
+    if old is not None and state.pid_alive(old.pid):
+        raise BpftapError(f"agent pid {old.pid} is running; stop it with SIGTERM (kill {old.pid}), it detaches itself")
+    with IPRoute() as ipr:
+        done = cleanup_leftovers(old, ipr)
+    state.AgentState.remove()
+    print("\n".join(done) if done else "nothing of bpftap's found in this network namespace")
+    return ExitStatus.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bpftap.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bpftap",
+        description="Mirror live traffic from Linux interfaces to remote analysers with eBPF.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bpftap {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: libbpf and verifier too)")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("run", help="attach and mirror in the foreground", formatter_class=fmt, epilog=None)
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.add_argument("--attach", choices=["auto", "tcx", "tc"], default="auto", help="tcx links or clsact filters")
+    p.add_argument("--order", choices=["first", "last"], default="first", help="place among other tcx programs")
+    p.add_argument("--priority", type=_positive_int, default=1, help="clsact filter priority (lower runs first)")
+    p.add_argument("--object", type=Path, default=None, help="BPF object to load (default: the packaged one; "
+                   "'make debug' builds build/bpf/mirror_tc.debug.bpf.o, which logs to the kernel trace pipe)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="report kernel features and the attach mode", formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("status", help="attachments and counters of the running agent", formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("detach", help="remove what a killed agent left in this network namespace")
+    p.set_defaults(func=cmd_detach)
+
+    p = sub.add_parser("demo", help="run the whole path in a lab of network namespaces", formatter_class=fmt)
+    p.add_argument("--keep", action="store_true", help="keep the lab's output folder")
+    p.set_defaults(func=cmd_demo)
+
+    from bpftap.collector.cli import register
+
+    register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run one command, map bpftap's errors to exit codes."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="bpftap: %(message)s", stream=sys.stderr)
+    if args.verbose < 2:
+        logging.getLogger("bpftap.libbpf").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        if args.traceback:
+            raise
+        print(str(exc), file=sys.stderr)
+        return ExitStatus.USAGE
+    except NotSupportedError as exc:
+        if args.traceback:
+            raise
+        print(f"bpftap: not supported: {exc}", file=sys.stderr)
+        return ExitStatus.NOT_SUPPORTED
+    except (BpfError, BpftapError, PermissionError) as exc:
+        if args.traceback:
+            raise
+        print(f"bpftap: {exc}", file=sys.stderr)
+        return ExitStatus.ERROR
+    except KeyboardInterrupt:
+        return ExitStatus.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

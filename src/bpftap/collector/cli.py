@@ -1,0 +1,160 @@
+"""``bpftap collect``: receive VXLAN copies and record the inner frames as pcapng.
+
+``register(subparsers)`` adds the subcommand to the main CLI's parser;
+``run_collect(args)`` runs it and returns the exit status. Options validate
+at parse time; ``run_collect`` still maps a bad ``--listen``, a busy port and
+an unwritable ``--out`` to exit status 2 with a message naming the culprit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from bpftap.collector.server import Collector, CollectorError, format_summary, parse_listen
+from bpftap.collector.vxlan import VNI_MAX, VXLAN_PORT
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+MB = 1_000_000  # --rotate-mb counts decimal megabytes, as tcpdump -C does
+
+EXAMPLES = f"""\
+examples:
+  bpftap collect --out mirror.pcapng
+      listen on 0.0.0.0:{VXLAN_PORT} until Ctrl-C and record every VNI
+  bpftap collect --listen [::]:{VXLAN_PORT} --out mirror.pcapng --rotate-mb 100
+      IPv6 (and, on dual-stack hosts, IPv4) senders; start mirror-0001.pcapng,
+      mirror-0002.pcapng, ... every 100 MB
+  bpftap collect --listen 198.18.2.254 --vni 42 --vni 43 --count 1000 --out t.pcapng
+      keep VNIs 42 and 43 only, stop after 1000 frames
+  bpftap collect --out t.pcapng --duration 60 && tshark -r t.pcapng -e frame.comment -T fields
+      record for a minute; each packet's comment says "vni=N from=ADDR:PORT"
+
+signals:
+  SIGINT (Ctrl-C) and SIGTERM stop the collector: it closes the capture and
+  prints the summary (frames per VNI and sender, malformed per reason, files).
+
+exit status:
+  0 done; 2 bad option, bad or busy --listen address, or unwritable --out;
+  1 writing the capture failed while running (disk full, ...).
+"""
+
+
+def _listen_arg(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive(kind: type[int] | type[float], what: str) -> Callable[[str], float]:
+    def check(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} {text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text}")
+        return value
+
+    return check
+
+
+def _vni_arg(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > VNI_MAX:
+        raise argparse.ArgumentTypeError(f"VNI {text!r} is not 0..{VNI_MAX}")
+    return int(text)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``collect`` subcommand; it sets ``func=run_collect``."""
+    p = subparsers.add_parser(
+        "collect",
+        help="receive VXLAN mirror copies and write them to pcapng",
+        description="Receive VXLAN-encapsulated copies sent by bpftap (or any VXLAN\n"
+        "source), strip the outer headers and write the inner Ethernet frames to\n"
+        "pcapng, with the VNI and sender in each packet's comment.",
+        epilog=EXAMPLES,
+        # Raw keeps EXAMPLES as written; defaults are spelled out in the help
+        # texts that have one (ArgumentDefaultsHelpFormatter adds "None" noise).
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", metavar="ADDR[:PORT]", type=_listen_arg,
+                   default=f"0.0.0.0:{VXLAN_PORT}",
+                   help="UDP address to receive on; IPv6 as [ADDR]:PORT; port 0 picks a "
+                   "free one (default: %(default)s)")
+    p.add_argument("--out", metavar="FILE.pcapng", type=Path, required=True,
+                   help="capture file (overwritten)")
+    p.add_argument("--rotate-mb", metavar="N", type=_positive(float, "--rotate-mb"),
+                   help="start FILE-0001.pcapng, FILE-0002.pcapng, ... each time the "
+                   "current file would exceed N MB (10^6 bytes)")
+    p.add_argument("--count", metavar="N", type=_positive(int, "--count"),
+                   help="stop after writing N frames")
+    p.add_argument("--duration", metavar="SECONDS", type=_positive(float, "--duration"),
+                   help="stop after SECONDS")
+    p.add_argument("--vni", metavar="N", type=_vni_arg, action="append",
+                   help="keep only this VNI (repeatable); others are counted as "
+                   "malformed 'vni' and dropped")
+    p.set_defaults(func=run_collect)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Make SIGINT/SIGTERM set ``stop``; a no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda _signum, _frame: stop.set()) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
+                stderr: TextIO | None = None, stop: threading.Event | None = None) -> int:
+    """Run ``bpftap collect`` with parsed ``args``; return the exit status.
+
+    Returns 2 with a message on ``stderr`` for a bad ``--listen``, a port
+    already in use or an unwritable ``--out``; 1 if writing fails mid-run
+    (the summary is still printed). ``stdout``/``stderr``/``stop`` default to
+    the process's streams and a fresh event; tests inject their own.
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    stop = stop if stop is not None else threading.Event()
+    try:
+        addr, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"bpftap collect: error: {exc}", file=err)
+        return EXIT_USAGE
+    rotate = None if args.rotate_mb is None else max(1, int(args.rotate_mb * MB))
+    collector = Collector(addr, port, Path(args.out), rotate, args.vni)
+    try:
+        collector.bind()
+    except CollectorError as exc:
+        print(f"bpftap collect: error: {exc}", file=err)
+        return EXIT_USAGE
+    with _stop_on_signals(stop):
+        rotating = f", new file every {args.rotate_mb:g} MB" if rotate else ""
+        vnis = f", VNIs {','.join(map(str, sorted(set(args.vni))))}" if args.vni else ""
+        print(f"listening on udp {collector.address}, writing {args.out}{rotating}{vnis}",
+              file=err, flush=True)
+        try:
+            stats = collector.serve(stop, max_packets=args.count, duration=args.duration)
+        except CollectorError as exc:
+            print(f"bpftap collect: error: {exc}", file=err)
+            print(format_summary(collector.stats), file=out)
+            return EXIT_FAILURE
+    print(format_summary(stats), file=out)
+    return EXIT_OK

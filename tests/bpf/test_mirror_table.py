@@ -1,0 +1,286 @@
+"""The mirror programs specified as tables of packets, run through BPF_PROG_TEST_RUN.
+
+Stage 1 (mirror_ingress/mirror_egress): every row must come out with the
+neutral verdict, the frame and its mark untouched, and the right first match
+(or the right reason for none). Stage 2 (mirror_encap): the copy, byte for
+byte, against headers built independently with scapy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
+
+from bpftap import abi
+from bpftap.agent.tables import Tables
+from bpftap.bpf.objects import BpfObject, SkBuff
+from bpftap.config import parse_config
+from bpftap.netlink import NextHop
+from bpftap.rules import assign_session_slots, compile_rules
+
+from .conftest import KernelNs
+
+pytestmark = pytest.mark.kernel
+
+TC_ACT_SHOT = 2
+TC_ACT_REDIRECT = 7
+MAC_A, MAC_B = "02:00:00:00:01:01", "02:00:00:00:01:02"
+
+CONFIG = {
+    "sources": [{"interface": "eth0"}],
+    "sessions": [
+        {"name": "ids4", "remote": "198.18.2.1", "vni": 42},
+        {"name": "ids6", "remote": "2001:db8:2::1", "vni": 43},
+    ],
+    "rules": [
+        {"number": 10, "action": "skip", "protocol": "udp", "dst": "198.18.3.99"},
+        {"number": 20, "protocol": "udp", "dst_ports": 53, "sessions": ["ids4"]},
+        {"number": 30, "protocol": "tcp", "src": "2001:db8:1::/64", "dst_ports": "80-89", "sessions": ["ids6"]},
+        {"number": 40, "protocol": "icmp", "sessions": ["ids4", "ids6"]},
+        {"number": 50, "direction": "egress", "src": "198.18.9.0/24", "sessions": ["ids4"]},
+    ],
+}
+
+
+def eth() -> Ether:
+    return Ether(src=MAC_A, dst=MAC_B)
+
+
+def v4(dst: str = "198.18.3.1", **kw: object) -> IP:
+    return IP(src="198.18.1.1", dst=dst, **kw)
+
+
+def v6(**kw: object) -> IPv6:
+    return IPv6(src="2001:db8:1::1", dst="2001:db8:3::1", **kw)
+
+
+PAYLOAD = Raw(b"bpftap-" * 4)
+
+
+@dataclass
+class Row:
+    description: str
+    frame: bytes
+    direction: str  # ingress | egress
+    rule: int | None  # number of the first matching rule
+    counter: str  # the mirror_stat that must move by one
+    mark: int = 0
+
+
+ROWS = [
+    Row("v4 udp dport 53", bytes(eth() / v4() / UDP(sport=4000, dport=53) / PAYLOAD), "ingress", 20, "matched"),
+    Row("v4 udp dport 54: no rule", bytes(eth() / v4() / UDP(dport=54) / PAYLOAD), "ingress", None, "no_match"),
+    Row("skip wins over a later mirror", bytes(eth() / v4("198.18.3.99") / UDP(dport=53)), "ingress", 10, "skipped"),
+    Row(
+        "v4 with options",
+        bytes(eth() / v4(options=[IPOption_RR(routers=["198.18.0.1"])]) / UDP(dport=53) / PAYLOAD),
+        "ingress",
+        20,
+        "matched",
+    ),
+    Row(
+        "v4 later fragment has no ports",
+        bytes(eth() / v4(frag=3, proto=17) / Raw(b"\x00" * 24)),
+        "ingress",
+        None,
+        "no_match",
+    ),
+    Row("802.1Q", bytes(eth() / Dot1Q(vlan=7) / v4() / UDP(dport=53) / PAYLOAD), "ingress", 20, "matched"),
+    Row(
+        "QinQ 802.1ad + 802.1Q",
+        bytes(eth() / Dot1AD(vlan=100) / Dot1Q(vlan=7) / v4() / UDP(dport=53) / PAYLOAD),
+        "egress",
+        20,
+        "matched",
+    ),
+    Row("v6 tcp 80", bytes(eth() / v6() / TCP(sport=40000, dport=80) / PAYLOAD), "ingress", 30, "matched"),
+    Row(
+        "v6 hop-by-hop, routing and destination options",
+        bytes(
+            eth() / v6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt() / TCP(dport=85) / PAYLOAD
+        ),
+        "ingress",
+        30,
+        "matched",
+    ),
+    Row(
+        "v6 first fragment keeps its ports",
+        bytes(eth() / v6() / IPv6ExtHdrFragment(offset=0, m=1) / TCP(dport=89) / PAYLOAD),
+        "ingress",
+        30,
+        "matched",
+    ),
+    Row(
+        "v6 later fragment has no ports",
+        bytes(eth() / v6() / IPv6ExtHdrFragment(offset=10, nh=6) / Raw(b"\x00" * 20)),
+        "ingress",
+        None,
+        "no_match",
+    ),
+    Row("v6 tcp 90: no rule", bytes(eth() / v6() / TCP(dport=90)), "ingress", None, "no_match"),
+    Row("icmp echo", bytes(eth() / v4() / ICMP()), "ingress", 40, "matched"),
+    Row("icmpv6 is not icmp", bytes(eth() / v6() / ICMPv6EchoRequest()), "ingress", None, "no_match"),
+    Row("egress-only rule on egress", bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "egress", 50, "matched"),
+    Row("egress-only rule on ingress", bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "ingress", None, "no_match"),
+    Row("ARP is not IP", bytes(eth() / ARP(psrc="198.18.1.1", pdst="198.18.1.2")), "ingress", None, "not_ip"),
+    # test_run refuses IP-typed frames shorter than an IP header: truncate behind a tag
+    Row("truncated IPv4 header", bytes(eth() / Dot1Q() / v4() / UDP(dport=53))[:28], "ingress", None, "malformed"),
+    Row("IPv4 ihl below 5", bytes(eth() / v4(ihl=4) / UDP(dport=53)), "ingress", None, "malformed"),
+    Row("UDP header cut before the ports", bytes(eth() / v4() / UDP(dport=53))[:35], "ingress", None, "malformed"),
+    Row("truncated IPv6 header", bytes(eth() / Dot1Q() / v6() / TCP(dport=80))[:40], "ingress", None, "malformed"),
+    Row(
+        "IPv6 extension header cut short",
+        bytes(eth() / v6(nh=0))[:54] + b"\x06",
+        "ingress",
+        None,
+        "malformed",
+    ),
+    Row(
+        "a copy (loop guard mark) is never mirrored again",
+        bytes(eth() / v4() / UDP(dport=53) / PAYLOAD),
+        "ingress",
+        None,
+        "loop",
+        mark=abi.MIRROR_COPY_MARK,
+    ),
+    Row(
+        "the original's mark survives a match",
+        bytes(eth() / v4() / UDP(dport=53) / PAYLOAD),
+        "egress",
+        20,
+        "matched",
+        mark=0x1234,
+    ),
+]
+
+
+def hop(ns: KernelNs, family: int, mtu: int = 9000) -> NextHop:
+    src = "198.18.2.254" if family == 4 else "2001:db8:2::fe"
+    return NextHop(ns.k0, "k0", ipaddress.ip_address(src), b"\x02\x00\x00\x00\x02\xfe", b"\x02\x00\x00\x00\x02\x01", mtu)
+
+
+def program(tables: Tables, ns: KernelNs, config: dict[str, object] = CONFIG, hops: dict[str, NextHop | None] | None = None):
+    """Write `config` into the maps as the agent does; returns (config, slots)."""
+    cfg = parse_config(config, "test.yaml")
+    slots = assign_session_slots(cfg.sessions)
+    v6 = sum(1 << slots[s.name] for s in cfg.sessions if s.remote.version == 6)
+    for sess in cfg.sessions:
+        default = hop(ns, sess.remote.version)
+        tables.write_session(slots[sess.name], sess, (hops or {}).get(sess.name, default))
+    tables.write_rules(compile_rules(cfg, slots), v6, ns.k1)
+    return cfg, slots
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.description for r in ROWS])
+def test_source_program(row: Row, loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    obj, tables = loaded
+    cfg, _ = program(tables, kernel_ns)
+    before = tables.counters()
+    prog = obj.program(abi.PROG_INGRESS if row.direction == "ingress" else abi.PROG_EGRESS)
+    result = prog.test_run(row.frame, ctx=SkBuff(mark=row.mark))
+    after = tables.counters()
+    moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+    assert result.retval == abi.MIRROR_PASS, f"{row.description}: verdict {result.retval}"
+    assert result.data == row.frame, f"{row.description}: frame changed\n{result.data.hex()}\n{row.frame.hex()}"
+    assert result.ctx is not None and result.ctx.mark == row.mark, "the original's mark was not restored"
+    assert moved.get("seen") == 1 and moved.get(row.counter) == 1, f"{row.description}: counters moved {moved}"
+    hits = {r.number: tables.rule_stats(tables.config().active_slot, i).packets for i, r in enumerate(cfg.rules)}
+    assert hits == {r.number: int(r.number == row.rule) for r in cfg.rules}, f"{row.description}: rule hits {hits}"
+
+
+def xfer_ctx(tables: Tables, cfg_rules: tuple[object, ...], number: int, egress: bool = False) -> SkBuff:
+    position = [r.number for r in cfg_rules].index(number)  # type: ignore[attr-defined]
+    key = tables.config().active_slot * abi.MAX_RULES + position
+    return SkBuff(mark=abi.XFER_TAG | (abi.XFER_EGRESS if egress else 0) | key)
+
+
+def expect_v4(inner: bytes, sport: int, vni: int) -> bytes:
+    outer = Ether(src="02:00:00:00:02:fe", dst="02:00:00:00:02:01") / IP(
+        src="198.18.2.254", dst="198.18.2.1", flags="DF", id=0, ttl=64
+    )
+    return bytes(outer / UDP(sport=sport, dport=4789, chksum=0) / VXLAN(vni=vni, flags=0x08) / Raw(inner))
+
+
+def expect_v6(inner: bytes, sport: int, vni: int, fl: int) -> bytes:
+    outer = Ether(src="02:00:00:00:02:fe", dst="02:00:00:00:02:01") / IPv6(
+        src="2001:db8:2::fe", dst="2001:db8:2::1", hlim=64, fl=fl
+    )
+    return bytes(outer / UDP(sport=sport, dport=4789, chksum=0) / VXLAN(vni=vni, flags=0x08) / Raw(inner))
+
+
+INNER_V4 = bytes(eth() / v4() / UDP(sport=4000, dport=53) / PAYLOAD)
+INNER_VLAN = bytes(eth() / Dot1Q(vlan=7) / v4() / UDP(dport=53) / PAYLOAD)
+
+
+@pytest.mark.parametrize("inner", [INNER_V4, INNER_VLAN], ids=["plain", "802.1Q in the frame"])
+def test_encap_vxlan4_byte_for_byte(inner: bytes, loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    obj, tables = loaded
+    cfg, slots = program(tables, kernel_ns)
+    result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 20))
+    assert result.retval == TC_ACT_REDIRECT
+    sport = int.from_bytes(result.data[34:36], "big")
+    assert 49152 <= sport <= 65535
+    assert result.data == expect_v4(inner, sport, 42), Ether(result.data).show2(dump=True)
+    assert result.ctx is not None and result.ctx.mark == abi.MIRROR_COPY_MARK
+    stats = tables.session_stats(slots["ids4"])
+    assert (stats.packets, stats.bytes) == (1, len(result.data))
+
+
+def test_encap_vxlan6_byte_for_byte(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    obj, tables = loaded
+    cfg, _ = program(tables, kernel_ns)
+    inner = bytes(eth() / v6() / TCP(sport=40000, dport=80) / PAYLOAD)
+    result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 30))
+    assert result.retval == TC_ACT_REDIRECT
+    fl = int.from_bytes(result.data[14:18], "big") & 0xFFFFF
+    sport = int.from_bytes(result.data[54:56], "big")
+    assert result.data == expect_v6(inner, sport, 43, fl), Ether(result.data).show2(dump=True)
+
+
+def test_encap_two_sessions_v4_clone_then_v6(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    """Rule 40 feeds ids4 and ids6: the IPv4 copy is cloned out, the IPv6 one is the skb itself."""
+    obj, tables = loaded
+    cfg, slots = program(tables, kernel_ns)
+    inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
+    result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))
+    assert result.retval == TC_ACT_REDIRECT
+    fl = int.from_bytes(result.data[14:18], "big") & 0xFFFFF
+    assert result.data == expect_v6(inner, int.from_bytes(result.data[54:56], "big"), 43, fl)
+    assert tables.session_stats(slots["ids4"]).packets == 1
+    assert tables.session_stats(slots["ids6"]).packets == 1
+    assert tables.counters()["copy_sent"] == 2
+
+
+def test_encap_counts_every_copy_not_sent(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    obj, tables = loaded
+    cfg, slots = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=100)})
+    inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
+    result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))
+    assert result.retval == TC_ACT_SHOT
+    assert tables.session_stats(slots["ids4"]).unresolved == 1
+    assert tables.session_stats(slots["ids6"]).oversize == 1
+    counters = tables.counters()
+    assert (counters["unresolved"], counters["oversize"], counters["copy_sent"]) == (1, 1, 0)
+
+
+def test_encap_drops_frames_without_our_tag(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    obj, tables = loaded
+    program(tables, kernel_ns)
+    result = obj.program(abi.PROG_ENCAP).test_run(INNER_V4, ctx=SkBuff(mark=0x1234))
+    assert result.retval == TC_ACT_SHOT
+    assert tables.counters()["xfer_bad"] == 1

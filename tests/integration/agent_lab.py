@@ -1,0 +1,97 @@
+"""Helpers for end-to-end tests: a running agent, sniffers and a frame sender in the lab."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bpftap.demo import wait_for_agent
+from bpftap.lab import Host, Lab
+
+BPFTAP = [sys.executable, "-m", "bpftap.cli"]
+WIRE = [sys.executable, str(Path(__file__).with_name("wire.py"))]
+
+
+class Agent:
+    """`bpftap run` on the lab's tapped host."""
+
+    def __init__(self, lab: Lab, config: str, *args: str) -> None:
+        self.lab = lab
+        self.dir = Path(tempfile.mkdtemp(prefix="bpftap-test-"))
+        self.config = self.dir / "bpftap.yaml"
+        self.config.write_text(config)
+        self.log = self.dir / "agent.log"
+        with self.log.open("w") as out:
+            self.proc = lab.popen(lab.tap, [*BPFTAP, "run", "-c", str(self.config), *args], stdout=out, stderr=out)
+        try:
+            wait_for_agent(lab)
+        except Exception:
+            self.proc.kill()
+            raise AssertionError(f"agent did not start:\n{self.log.read_text()}") from None
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.lab.run(self.lab.tap, [*BPFTAP, "status", "--json"]).stdout)
+        return data
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=15)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def sniffing(lab: Lab, points: list[tuple[Host, str]], seconds: float = 3.0) -> Iterator[dict[str, list[tuple[bool, bytes]]]]:
+    """Capture on each (host, iface) for `seconds`; the dict fills in when the block ends.
+
+    Keys are "role.iface"; values (outgoing, frame) in arrival order.
+    """
+    procs = {}
+    for host, iface in points:
+        proc = lab.popen(host, [*WIRE, "sniff", iface, str(seconds)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        procs[f"{host.role}.{iface}"] = proc
+    result: dict[str, list[tuple[bool, bytes]]] = {}
+    yield result
+    for key, proc in procs.items():
+        out, _ = proc.communicate(timeout=seconds + 15)
+        result[key] = [(f["out"], bytes.fromhex(f["hex"])) for f in map(json.loads, out.splitlines())]
+
+
+def send_frames(lab: Lab, host: Host, iface: str, frames: list[bytes]) -> None:
+    lab.run(host, [*WIRE, "send", iface], input="\n".join(f.hex() for f in frames) + "\n")
+
+
+def received(frames: list[tuple[bool, bytes]]) -> Counter[bytes]:
+    return Counter(f for out, f in frames if not out)
+
+
+def hook_state(lab: Lab) -> dict[str, str]:
+    """Everything of the tapped host that bpftap could leave behind: links, qdiscs, filters, tcx programs."""
+    snippet = (
+        "import json, socket\n"
+        "from bpftap.bpf import tc\n"
+        "print(json.dumps({n: [tc.tcx_programs(i, d) for d in tc.Direction] for i, n in socket.if_nameindex()}))"
+    )
+    state = {"links": lab.run(lab.tap, ["ip", "-o", "link", "show"]).stdout.count("\n").__str__()}
+    state["link names"] = " ".join(sorted(n for _, n in json.loads(
+        lab.run(lab.tap, [sys.executable, "-c", "import json,socket; print(json.dumps(socket.if_nameindex()))"]).stdout
+    )))
+    state["qdiscs"] = lab.run(lab.tap, ["tc", "qdisc", "show"]).stdout
+    state["filters"] = "".join(
+        lab.run(lab.tap, ["tc", "filter", "show", "dev", dev, d]).stdout
+        for dev in ("eth0", "eth1", "eth2")
+        for d in ("ingress", "egress")
+    )
+    state["tcx"] = lab.run(lab.tap, [sys.executable, "-c", snippet]).stdout
+    state["pins"] = lab.run(lab.tap, ["sh", "-c", "ls -R /sys/fs/bpf 2>/dev/null | grep -i bpftap || true"]).stdout
+    return state

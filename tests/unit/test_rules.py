@@ -1,0 +1,221 @@
+"""Rules compiler: session slots, compiled field values, and compile+match == reference."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bpftap import abi
+from bpftap.config import Action, Config, Direction, Rule, Session, Source, parse_config
+from bpftap.rules import (
+    PacketInfo,
+    assign_session_slots,
+    compile_rule,
+    compile_rules,
+    match_compiled,
+    reference_match,
+)
+
+ip = ipaddress.ip_address
+net = ipaddress.ip_network
+
+
+def session(name: str, remote: str) -> Session:
+    return Session(name, "vxlan", ip(remote), 1)
+
+
+def config(*rules: Rule, sessions: tuple[Session, ...] = ()) -> Config:
+    return Config("test.yaml", (Source("eth0"),), sessions, tuple(sorted(rules, key=lambda r: r.number)))
+
+
+def test_slots_put_ipv4_first_and_keep_config_order() -> None:
+    sessions = [
+        session("a6", "2001:db8::1"),
+        session("b4", "198.18.2.1"),
+        session("c6", "2001:db8::2"),
+        session("d4", "198.18.2.2"),
+    ]
+    assert assign_session_slots(sessions) == {"b4": 0, "d4": 1, "a6": 2, "c6": 3}
+
+
+def test_slots_refuse_more_than_the_map_holds() -> None:
+    with pytest.raises(ValueError, match="at most 64"):
+        assign_session_slots([session(f"s{i}", "198.18.2.1") for i in range(abi.MAX_SESSIONS + 1)])
+
+
+def test_ipv4_rule_fields_are_in_abi_byte_order() -> None:
+    rule = Rule(
+        7,
+        Direction.INGRESS,
+        protocol=17,
+        src=net("198.18.1.0/24"),
+        dst=net("198.19.0.7/32"),
+        src_ports=(1024, 65535),
+        dst_ports=(53, 53),
+        sessions=("x", "z"),
+    )
+    r = compile_rule(rule, {"x": 0, "y": 1, "z": 5})
+    assert bytes(r.src_net) == bytes([198, 18, 1, 0]) + bytes(12)
+    assert bytes(r.src_mask) == bytes([255, 255, 255, 0]) + bytes(12)
+    assert bytes(r.dst_net) == bytes([198, 19, 0, 7]) + bytes(12)
+    assert bytes(r.dst_mask) == b"\xff" * 4 + bytes(12)
+    # the struct's first bytes are the address itself, not a host-order integer
+    assert bytes(r)[:4] == b"\xc6\x12\x01\x00"
+    assert (r.sport_lo, r.sport_hi, r.dport_lo, r.dport_hi) == (1024, 65535, 53, 53)
+    assert (r.family, r.proto, r.dirs, r.action) == (4, 17, abi.MirrorDir.INGRESS, abi.MirrorAction.MIRROR)
+    assert r.sessions == 0b100001
+    assert r.number == 7
+
+
+def test_ipv6_rule_fields_and_any() -> None:
+    rule = Rule(9, Direction.BOTH, protocol=58, dst=net("2001:db8:1::/48"))
+    r = compile_rule(rule, {})
+    assert bytes(r.src_net) == bytes(r.src_mask) == bytes(16)  # "any"
+    assert bytes(r.dst_net) == bytes.fromhex("20010db8000100000000000000000000")
+    assert bytes(r.dst_mask) == b"\xff" * 6 + bytes(10)
+    assert (r.family, r.proto, r.dirs, r.sessions) == (6, 58, 3, 0)
+    assert (r.sport_lo, r.sport_hi, r.dport_lo, r.dport_hi) == (0, 65535, 0, 65535)
+
+
+def test_family_comes_from_icmp_when_no_cidr_says() -> None:
+    assert compile_rule(Rule(1, protocol=1), {}).family == 4
+    assert compile_rule(Rule(1, protocol=58), {}).family == 6
+    assert compile_rule(Rule(1, protocol=6), {}).family == 0
+    assert compile_rule(Rule(1), {}).proto == 0
+
+
+def test_skip_action_and_rule_order() -> None:
+    cfg = config(Rule(30, sessions=("s",)), Rule(10, action=Action.SKIP), Rule(20, sessions=("s",)))
+    compiled = compile_rules(cfg, {"s": 3})
+    assert [r.number for r in compiled] == [10, 20, 30]
+    assert [r.action for r in compiled] == [
+        abi.MirrorAction.SKIP,
+        abi.MirrorAction.MIRROR,
+        abi.MirrorAction.MIRROR,
+    ]
+    assert ctypes.sizeof(compiled[0]) == ctypes.sizeof(abi.MirrorRule)
+
+
+def test_session_without_slot_is_an_error() -> None:
+    with pytest.raises(ValueError, match="session 'ghost' has no slot"):
+        compile_rule(Rule(5, sessions=("ghost",)), {})
+
+
+def packet(
+    direction: Direction = Direction.INGRESS,
+    *,
+    src: str,
+    dst: str,
+    proto: int = 17,
+    sport: int | None = None,
+    dport: int | None = None,
+) -> PacketInfo:
+    s, d = ip(src), ip(dst)
+    return PacketInfo(direction, s.version, proto, s, d, sport, dport)
+
+
+def test_reference_semantics_by_example() -> None:
+    ports = Rule(10, protocol=17, dst_ports=(53, 53), sessions=("s",))
+    catch_all = Rule(20, Direction.EGRESS, sessions=("s",))
+    cfg = config(ports, catch_all)
+    compiled = compile_rules(cfg, {"s": 0})
+    cases = [
+        (packet(src="198.18.0.1", dst="198.18.0.2", sport=5000, dport=53), ports),
+        (packet(src="2001:db8::1", dst="2001:db8::2", sport=5000, dport=53), ports),
+        # a later fragment carries no ports: only rules with any ports can match
+        (packet(src="198.18.0.1", dst="198.18.0.2"), None),
+        (packet(Direction.EGRESS, src="198.18.0.1", dst="198.18.0.2"), catch_all),
+        (PacketInfo(Direction.EGRESS, 0, 0, None, None), None),  # not IP: never matches
+    ]
+    for pkt, want in cases:
+        assert reference_match(cfg, pkt) == want, pkt
+        got = match_compiled(compiled, pkt)
+        assert (None if got is None else cfg.rules[got]) == want, pkt
+
+
+# property: compile_rules + match_compiled picks the same rule as reference_match
+
+V4_HOSTS = [ip("198.18.0.0") + k for k in (0, 1, 2, 3, 5, 8, 255, 256)] + [ip("198.19.0.1")]
+V6_HOSTS = [ip("2001:db8::") + k for k in (0, 1, 2, 3, 5, 8, 256)] + [ip("2001:db8:1::1")]
+PREFIXES = {4: [15, 16, 24, 29, 30, 31, 32], 6: [32, 48, 64, 120, 125, 127, 128]}
+PORTS = [0, 1, 52, 53, 54, 1023, 1024, 65534, 65535]
+SESSIONS = [
+    {"name": "a", "remote": "198.18.2.1", "vni": 1},
+    {"name": "b", "remote": "2001:db8::2", "vni": 2},
+    {"name": "c", "remote": "198.18.2.3", "vni": 3},
+]
+
+
+def cidrs(family: int) -> st.SearchStrategy[str]:
+    hosts = V4_HOSTS if family == 4 else V6_HOSTS
+    exact = st.builds(
+        lambda h, p: str(net((h, p), strict=False)), st.sampled_from(hosts), st.sampled_from(PREFIXES[family])
+    )
+    return st.one_of(st.just("any"), exact)
+
+
+port_specs = st.one_of(
+    st.just("any"),
+    st.sampled_from(PORTS),
+    st.lists(st.sampled_from(PORTS), min_size=2, max_size=2).map(lambda p: f"{min(p)}-{max(p)}"),
+)
+
+
+@st.composite
+def rule_dicts(draw: st.DrawFn, number: int) -> dict[str, Any]:
+    family = draw(st.sampled_from([None, 4, 6]))
+    protocols: list[Any] = ["any", "tcp", "udp", "sctp", 47]
+    protocols += ["icmp"] * (family != 6) + ["icmpv6"] * (family != 4)
+    rule: dict[str, Any] = {
+        "number": number,
+        "direction": draw(st.sampled_from(["ingress", "egress", "both"])),
+        "protocol": draw(st.sampled_from(protocols)),
+    }
+    if family is not None:
+        rule["src"], rule["dst"] = draw(cidrs(family)), draw(cidrs(family))
+    if rule["protocol"] in ("any", "tcp", "udp", "sctp"):
+        rule["src_ports"], rule["dst_ports"] = draw(port_specs), draw(port_specs)
+    if draw(st.booleans()):
+        rule["sessions"] = draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=3, unique=True))
+    else:
+        rule["action"] = "skip"
+    return rule
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> dict[str, Any]:
+    numbers = draw(st.lists(st.integers(1, 2**31 - 1), min_size=1, max_size=8, unique=True))
+    rules = [draw(rule_dicts(n)) for n in numbers]
+    return {"sources": [{"interface": "eth0"}], "sessions": SESSIONS, "rules": rules}
+
+
+@st.composite
+def packets(draw: st.DrawFn) -> PacketInfo:
+    family = draw(st.sampled_from([4, 6]))
+    hosts = V4_HOSTS if family == 4 else V6_HOSTS
+    proto = draw(st.sampled_from([1, 6, 17, 47, 58, 132]))
+    # TCP/UDP/SCTP carry ports unless the packet is a later fragment
+    has_ports = proto in (6, 17, 132) and draw(st.sampled_from([True, True, True, False]))
+    sport, dport = (draw(st.sampled_from(PORTS)), draw(st.sampled_from(PORTS))) if has_ports else (None, None)
+    direction = draw(st.sampled_from([Direction.INGRESS, Direction.EGRESS]))
+    return PacketInfo(
+        direction, family, proto, draw(st.sampled_from(hosts)), draw(st.sampled_from(hosts)), sport, dport
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=configs(), pkts=st.lists(packets(), min_size=1, max_size=25))
+def test_compiled_rules_match_like_the_reference(data: dict[str, Any], pkts: list[PacketInfo]) -> None:
+    cfg = parse_config(data, "generated.yaml")  # every generated config must also be valid
+    compiled = compile_rules(cfg, assign_session_slots(cfg.sessions))
+    for pkt in pkts:
+        want = reference_match(cfg, pkt)
+        got = match_compiled(compiled, pkt)
+        assert (None if got is None else cfg.rules[got]) == want, pkt
+        if got is not None:
+            assert compiled[got].number == cfg.rules[got].number
