@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import importlib
 import json
 import logging
 import sys
@@ -28,6 +29,10 @@ examples:
   bpftap detach                             remove what a killed agent left behind
   bpftap demo                               the whole path in a lab of network namespaces
 """
+
+
+# modules that add subcommands: each has register(subparsers)
+COMMAND_MODULES = ("bpftap.collector.cli",)
 
 
 class ExitStatus(enum.IntEnum):
@@ -161,9 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the lab's output folder")
     p.set_defaults(func=cmd_demo)
 
-    from bpftap.collector.cli import register
-
-    register(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
