@@ -1,145 +1,32 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /*
- * encap.bpf.h: outer headers of a copy. Each builder fills a stack buffer
- * that the encap program writes in front of the inner frame in one store.
- * src/bpftap/collector/vxlan.py encodes the same bytes (a test compares).
+ * encap.bpf.h: stage 2's work on the skb. prepare_copy() gathers what
+ * every copy of a packet shares; encap_one() makes one session's copy:
+ * grow the head to the session's header length, write the outer headers
+ * built by tunnels.bpf.h, and send.
+ *
+ * The head only ever grows: shrinking (bpf_skb_adjust_room) would cut the
+ * inner frame. The daemon gives session slots in ascending header length
+ * (bpftap.rules.assign_session_slots), and mirror_encap walks a rule's
+ * sessions in slot order, so each copy needs the same or a longer head.
+ *
+ * encap_one() and frame_sum() are global functions: the verifier checks
+ * each once with unknown arguments, instead of once per session of the
+ * loop and per tunnel type, which keeps the loop's cost linear.
  */
 #ifndef ENCAP_BPF_H
 #define ENCAP_BPF_H
 
 #include <linux/if_ether.h>
 #include <linux/in.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 
 #include "mirror_abi.h"
 #include "maps.bpf.h"
+#include "tunnels.bpf.h"
 
-#define VXLAN_FLAG_VNI 0x08000000U
-/* RFC 7348: source ports from the dynamic range, chosen by flow hash */
-#define UDP_SPORT_BASE 49152
-#define UDP_SPORT_MASK 0x3fff
-#define OUTER_TTL 64
-
-struct vxlan_hdr {
-	__be32 flags;
-	__be32 vni;
-};
-
-/*
- * A 2-byte lead pad keeps the IP header 4-byte aligned; the bytes written
- * to the packet start at `eth`.
- */
-struct vxlan4_outer {
-	__u16 _lead;
-	struct ethhdr eth;
-	struct iphdr ip;
-	struct udphdr udp;
-	struct vxlan_hdr vx;
-};
-
-struct vxlan6_outer {
-	__u16 _lead;
-	struct ethhdr eth;
-	struct ipv6hdr ip6;
-	struct udphdr udp;
-	struct vxlan_hdr vx;
-};
-
-#define VXLAN4_LEN (sizeof(struct vxlan4_outer) - 2) /* 50 */
-#define VXLAN6_LEN (sizeof(struct vxlan6_outer) - 2) /* 70 */
-
-static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < (int)sizeof(*ip) / 2; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
-}
-
-static __always_inline void fill_eth(struct ethhdr *eth,
-				     const struct mirror_session *s,
-				     __u16 proto)
-{
-	__builtin_memcpy(eth->h_dest, s->dst_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, s->src_mac, ETH_ALEN);
-	eth->h_proto = bpf_htons(proto);
-}
-
-static __always_inline void fill_udp_vxlan(struct udphdr *udp,
-					   struct vxlan_hdr *vx,
-					   const struct mirror_session *s,
-					   __u32 inner_len, __u32 hash)
-{
-	udp->source = bpf_htons(UDP_SPORT_BASE + (hash & UDP_SPORT_MASK));
-	udp->dest = bpf_htons(s->dst_port);
-	udp->len = bpf_htons(sizeof(*udp) + sizeof(*vx) + inner_len);
-	/* IPv4: zero is allowed (RFC 7348); IPv6: RFC 6935 zero checksum */
-	udp->check = 0;
-	vx->flags = bpf_htonl(VXLAN_FLAG_VNI);
-	vx->vni = bpf_htonl(s->vni << 8);
-}
-
-/* outer Ethernet + IPv4 + UDP + VXLAN for an inner frame of inner_len */
-static __always_inline void build_vxlan4(struct vxlan4_outer *h,
-					 const struct mirror_session *s,
-					 __u32 inner_len, __u32 hash)
-{
-	__builtin_memset(h, 0, sizeof(*h));
-	fill_eth(&h->eth, s, ETH_P_IP);
-	h->ip.version = 4;
-	h->ip.ihl = 5;
-	h->ip.tot_len = bpf_htons(sizeof(h->ip) + sizeof(h->udp) +
-				  sizeof(h->vx) + inner_len);
-	/* DF set and ID 0: an atomic datagram (RFC 6864) */
-	h->ip.frag_off = bpf_htons(0x4000);
-	h->ip.ttl = OUTER_TTL;
-	h->ip.protocol = IPPROTO_UDP;
-	h->ip.saddr = s->outer_src[0];
-	h->ip.daddr = s->outer_dst[0];
-	h->ip.check = ipv4_csum(&h->ip);
-	fill_udp_vxlan(&h->udp, &h->vx, s, inner_len, hash);
-}
-
-/* outer Ethernet + IPv6 + UDP + VXLAN for an inner frame of inner_len */
-static __always_inline void build_vxlan6(struct vxlan6_outer *h,
-					 const struct mirror_session *s,
-					 __u32 inner_len, __u32 hash)
-{
-	__builtin_memset(h, 0, sizeof(*h));
-	fill_eth(&h->eth, s, ETH_P_IPV6);
-	h->ip6.version = 6;
-	/* flow label from the inner flow, as ECMP hashing expects */
-	h->ip6.flow_lbl[0] = (hash >> 16) & 0x0f;
-	h->ip6.flow_lbl[1] = (hash >> 8) & 0xff;
-	h->ip6.flow_lbl[2] = hash & 0xff;
-	h->ip6.payload_len =
-		bpf_htons(sizeof(h->udp) + sizeof(h->vx) + inner_len);
-	h->ip6.nexthdr = IPPROTO_UDP;
-	h->ip6.hop_limit = OUTER_TTL;
-	__builtin_memcpy(&h->ip6.saddr, s->outer_src, 16);
-	__builtin_memcpy(&h->ip6.daddr, s->outer_dst, 16);
-	fill_udp_vxlan(&h->udp, &h->vx, s, inner_len, hash);
-}
-
-/* one tag as it sits after the addresses: TPID, then TCI */
-struct vlan_ins {
-	__be16 proto;
-	__be16 tci;
-};
-
-/* the inner frame's addresses and the VLAN tags put back into it */
-struct inner_l2 {
-	__u8 macs[2 * ETH_ALEN];
-	struct vlan_ins tags[MAX_VLAN_TAGS];
-};
+/* encap_one()'s answer when the copy left with bpf_redirect */
+#define ENCAP_REDIRECTED 0x10000
 
 /*
  * Accelerated tags live beside the frame (skb->vlan_tci); a copy must carry
@@ -166,92 +53,281 @@ static __always_inline int take_vlan_tags(struct __sk_buff *skb,
 }
 
 /*
- * Grow the head by `grow` bytes; on the first growth also put the inner
- * frame's addresses and tags back in front of its EtherType.
+ * What all copies of this packet share, into `ci`. Returns 0, -1 for more
+ * tags than MAX_VLAN_TAGS, -2 if the frame cannot be read. What only some
+ * tunnels need (time, VLAN, checksum) is filled on first use.
+ */
+static __always_inline int prepare_copy(struct __sk_buff *skb,
+					struct copy_info *ci)
+{
+	__u32 sid, *ifindex;
+	int ntags;
+
+	ci->hash = bpf_get_hash_recalc(skb);
+	ci->dir = skb->mark & XFER_EGRESS ? MIRROR_DIR_EGRESS
+					  : MIRROR_DIR_INGRESS;
+	/* the source interface, from the id stage 1 put in the mark */
+	sid = (skb->mark & XFER_SOURCE_MASK) >> XFER_SOURCE_SHIFT;
+	ifindex = sid ? bpf_map_lookup_elem(&source_ifindexes, &sid) : NULL;
+	ci->ifindex = ifindex ? *ifindex : 0;
+	ci->csum = 0;
+	ci->done = 0;
+	__builtin_memset(&ci->l2, 0, sizeof(ci->l2));
+	ntags = take_vlan_tags(skb, &ci->l2);
+	if (ntags < 0)
+		return -1;
+	ci->ntags = ntags;
+	if (bpf_skb_load_bytes(skb, 0, ci->l2.macs, sizeof(ci->l2.macs)))
+		return -2;
+	ci->inner_len = skb->len + ntags * sizeof(struct vlan_ins);
+	return 0;
+}
+
+/*
+ * The packet's time, for ERSPAN III: at tc ingress a non-zero tstamp is
+ * its receive time (realtime); else now, from the monotonic clock and the
+ * realtime offset the daemon keeps in `clock`.
+ */
+static __always_inline void packet_time(struct __sk_buff *skb,
+					struct copy_info *ci)
+{
+	struct mirror_clock *clk;
+	__u32 k = 0;
+
+	ci->tstamp = skb->tstamp;
+	if (!ci->tstamp) {
+		clk = bpf_map_lookup_elem(&clock, &k);
+		ci->tstamp = bpf_ktime_get_ns() +
+			     (clk ? clk->realtime_offset_ns : 0);
+	}
+	ci->done |= COPY_TIME;
+}
+
+/* the inner frame's outermost tag (at `off` once the head is grown), for ERSPAN */
+static __always_inline void inner_vlan(struct __sk_buff *skb,
+				       struct copy_info *ci, __u32 off)
+{
+	__be16 tag[2];
+
+	ci->tagged = 0;
+	ci->vlan_tci = 0;
+	if (!bpf_skb_load_bytes(skb, off + 2 * ETH_ALEN, tag, sizeof(tag)) &&
+	    (tag[0] == bpf_htons(VLAN_TPID_8021Q) ||
+	     tag[0] == bpf_htons(VLAN_TPID_8021AD))) {
+		ci->tagged = 1;
+		ci->vlan_tci = bpf_ntohs(tag[1]);
+	}
+	ci->done |= COPY_VLAN;
+}
+
+/*
+ * Grow the head by `grow` bytes; on the first growth (to `hlen`) also put
+ * the inner frame's addresses and popped tags back before its EtherType.
  */
 static __always_inline int grow_head(struct __sk_buff *skb, __u32 grow,
-				     __u32 hlen, const struct inner_l2 *l2,
-				     int ntags, int first)
+				     __u32 hlen, const struct copy_info *ci,
+				     int first)
 {
+	__u32 ntags = ci->ntags;
+
+	if (ntags > MAX_VLAN_TAGS)
+		return -1;
+	if (first)
+		grow += ntags * sizeof(struct vlan_ins);
 	if (bpf_skb_change_head(skb, grow, 0))
 		return -1;
 	if (!first)
 		return 0;
-	return bpf_skb_store_bytes(skb, hlen, l2,
-				   2 * ETH_ALEN +
-					   (ntags & 3) * sizeof(struct vlan_ins),
+	return bpf_skb_store_bytes(skb, hlen, &ci->l2,
+				   2 * ETH_ALEN + ntags * sizeof(struct vlan_ins),
 				   0);
 }
 
-/*
- * One copy per session in `mask`, all of one outer family, the head already
- * grown to that family's header. Returns the verdict: TC_ACT_REDIRECT when
- * the last copy of all went out with bpf_redirect, else TC_ACT_SHOT.
- */
-static __always_inline int send_copies(struct __sk_buff *skb, __u64 mask,
-				       int v6, int more_after, __u32 inner_len,
-				       __u32 hash)
+static __always_inline __u16 csum_fold(__u64 sum)
 {
-	const __u32 hlen = v6 ? VXLAN6_LEN : VXLAN4_LEN;
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (sum & 0xffff) + (sum >> 16);
+}
+
+/*
+ * Ones' complement sum of `len` bytes of the packet from `off`, folded to
+ * 16 bits, or -1 if they cannot be read. csum_diff works on 4-byte words:
+ * a tail is padded with zeroes, which add nothing.
+ */
+__noinline int frame_sum(struct __sk_buff *skb, __u32 off, __u32 len)
+{
+	struct csum_chunk *c;
+	__u32 k = 0, n, words;
+	__u64 sum = 0;
+
+	c = bpf_map_lookup_elem(&csum_scratch, &k);
+	if (!c)
+		return -1;
+	for (int i = 0; i < CSUM_CHUNKS && len; i++) {
+		if (len >= CSUM_CHUNK) {
+			if (bpf_skb_load_bytes(skb, off, c->bytes, CSUM_CHUNK))
+				return -1;
+			sum = bpf_csum_diff(NULL, 0, (__be32 *)c->bytes,
+					    CSUM_CHUNK, (__u32)sum);
+			off += CSUM_CHUNK;
+			len -= CSUM_CHUNK;
+			continue;
+		}
+		/* the tail: 1..CSUM_CHUNK-1 bytes, in words padded with zero */
+		n = ((len - 1) & (CSUM_CHUNK - 1)) + 1;
+		words = (n + 3) / 4;
+		barrier_var(words);
+		if (words > CSUM_CHUNK / 4)
+			return -1;
+		*(__u32 *)(c->bytes + (n & (CSUM_CHUNK - 4))) = 0;
+		if (bpf_skb_load_bytes(skb, off, c->bytes, n))
+			return -1;
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)c->bytes, words * 4,
+				    (__u32)sum);
+		len = 0;
+	}
+	return len ? -1 : csum_fold(sum);
+}
+
+/* IPv6 pseudo-header for the UDP checksum (RFC 8200 section 8.1) */
+struct pseudo6 {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be32 len;
+	__be32 nexthdr;
+};
+
+/*
+ * Fill the outer UDP checksum of an IPv6 copy in `b` (`hlen` bytes, head
+ * grown to hlen): pseudo-header, UDP and tunnel header, inner frame (its
+ * sum computed once per packet). A zero result goes out as 0xffff.
+ */
+static __always_inline int udp6_csum(struct __sk_buff *skb,
+				     struct outer_buf *b,
+				     struct copy_info *ci, __u32 hlen)
+{
+	struct pseudo6 ph = {};
+	__u32 tlen = hlen - TUN_OFF6;
+	__u64 sum;
+	__u16 check;
+	int inner;
+
+	if (tlen < UDP_HLEN || tlen > MIRROR_HDR_MAX - TUN_OFF6)
+		return -1;
+	if (!(ci->done & COPY_CSUM)) {
+		inner = frame_sum(skb, hlen, ci->inner_len);
+		if (inner < 0)
+			return -1;
+		ci->csum = inner;
+		ci->done |= COPY_CSUM;
+	}
+	__builtin_memcpy(&ph, b->bytes + L3_OFF + 8, 32);
+	ph.len = bpf_htonl(tlen + ci->inner_len);
+	ph.nexthdr = bpf_htonl(IPPROTO_UDP);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)(b->bytes + TUN_OFF6),
+			    tlen & ~3U, (__u32)sum);
+	check = ~csum_fold(sum + ci->csum);
+	*(__u16 *)(b->bytes + TUN_OFF6 + 6) = check ? check : 0xffff;
+	return 0;
+}
+
+/* next sequence number of a session: one counter for all CPUs */
+static __always_inline __u32 next_seq(__u32 stats_id)
+{
+	struct session_seq *q = bpf_map_lookup_elem(&session_seqs, &stats_id);
+	__u32 seq;
+
+	if (!q)
+		return 0;
+	bpf_spin_lock(&q->lock);
+	seq = ++q->seq;
+	bpf_spin_unlock(&q->lock);
+	return seq;
+}
+
+static __always_inline int has_seq(const struct mirror_session *s)
+{
+	return s->tunnel == MIRROR_TUN_GENEVE ||
+	       s->tunnel == MIRROR_TUN_ERSPAN2 ||
+	       s->tunnel == MIRROR_TUN_ERSPAN3 ||
+	       (s->tunnel == MIRROR_TUN_GRE && (s->flags & MIRROR_SF_SEQ));
+}
+
+/*
+ * One copy for the session at `slot` (rule slot * MAX_SESSIONS + session
+ * slot, the `sessions` key); the head is `grown` bytes long so
+ * far (0: not grown). `last` sends the skb itself with bpf_redirect.
+ * Returns the head length now, or ENCAP_REDIRECTED. Every copy not sent
+ * is counted in the session's stats and the global ones.
+ */
+__noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
+			 __u32 last)
+{
 	struct session_stats *ss;
 	struct mirror_session *s;
-	int ret;
+	struct copy_info *ci;
+	struct outer_buf b;
+	__u32 k = 0, hlen, seq = 0;
 
-	for (__u32 i = 0; i < MAX_SESSIONS; i++) {
-		/* a key of its own keeps i a register the verifier tracks */
-		__u32 key = i;
-		__u64 bit = 1ULL << i;
-
-		if (!(mask & bit))
-			continue;
-		mask &= ~bit;
-		s = bpf_map_lookup_elem(&sessions, &key);
-		ss = bpf_map_lookup_elem(&session_stats, &key);
-		if (!s || !ss)
-			break;
-		if (!s->ifindex) {
-			ss->unresolved += 1;
-			count(MS_UNRESOLVED);
-			continue;
-		}
-		if (hlen - ETH_HLEN + inner_len > s->mtu) {
-			ss->oversize += 1;
-			count(MS_OVERSIZE);
-			continue;
-		}
-		if (v6) {
-			struct vxlan6_outer h;
-
-			build_vxlan6(&h, s, inner_len, hash);
-			ret = bpf_skb_store_bytes(skb, 0, &h.eth, VXLAN6_LEN, 0);
-		} else {
-			struct vxlan4_outer h;
-
-			build_vxlan4(&h, s, inner_len, hash);
-			ret = bpf_skb_store_bytes(skb, 0, &h.eth, VXLAN4_LEN, 0);
-		}
-		if (ret) {
-			ss->encap_fail += 1;
-			count(MS_ENCAP_FAIL);
-			continue;
-		}
-		/* the last copy of all goes with the skb itself */
-		if (!mask && !more_after) {
-			ss->packets += 1;
-			ss->bytes += skb->len;
-			count(MS_COPY_SENT);
-			return bpf_redirect(s->ifindex, 0);
-		}
-		if (bpf_clone_redirect(skb, s->ifindex, 0)) {
-			ss->encap_fail += 1;
-			count(MS_ENCAP_FAIL);
-			continue;
-		}
-		ss->packets += 1;
-		ss->bytes += skb->len;
-		count(MS_COPY_SENT);
+	ci = bpf_map_lookup_elem(&copy_scratch, &k);
+	s = bpf_map_lookup_elem(&sessions, &slot);
+	if (!ci || !s)
+		return grown;
+	k = s->stats_id;
+	ss = bpf_map_lookup_elem(&session_stats, &k);
+	if (!ss)
+		return grown;
+	if (!s->ifindex) {
+		ss->unresolved += 1;
+		count(MS_UNRESOLVED);
+		return grown;
 	}
-	return TC_ACT_SHOT;
+	hlen = s->hdr_len;
+	if (hlen - ETH_HLEN + ci->inner_len > s->mtu) {
+		ss->oversize += 1;
+		count(MS_OVERSIZE);
+		return grown;
+	}
+	/* a shorter header than the head has: slots out of order */
+	if (hlen < grown || hlen < TUN_OFF4 || hlen > MIRROR_HDR_MAX)
+		goto fail;
+	if (hlen > grown) {
+		if (grow_head(skb, hlen - grown, hlen, ci, grown == 0))
+			goto fail;
+		grown = hlen;
+	}
+	if (has_seq(s))
+		seq = next_seq(s->stats_id);
+	if (s->tunnel == MIRROR_TUN_ERSPAN3 && !(ci->done & COPY_TIME))
+		packet_time(skb, ci);
+	if ((s->tunnel == MIRROR_TUN_ERSPAN2 ||
+	     s->tunnel == MIRROR_TUN_ERSPAN3) &&
+	    !(ci->done & COPY_VLAN))
+		inner_vlan(skb, ci, hlen);
+	if (build_outer(&b, s, ci, seq) != hlen)
+		goto fail;
+	if (s->family == 6 && l4_proto(s) == IPPROTO_UDP &&
+	    udp6_csum(skb, &b, ci, hlen))
+		goto fail;
+	if (bpf_skb_store_bytes(skb, 0, b.bytes, hlen, 0))
+		goto fail;
+	if (!last && bpf_clone_redirect(skb, s->ifindex, 0))
+		goto fail;
+	ss->packets += 1;
+	ss->bytes += skb->len;
+	count(MS_COPY_SENT);
+	if (!last)
+		return grown;
+	/* the last copy of all goes with the skb itself */
+	bpf_redirect(s->ifindex, 0);
+	return ENCAP_REDIRECTED;
+fail:
+	ss->encap_fail += 1;
+	count(MS_ENCAP_FAIL);
+	return grown;
 }
 
 #endif /* ENCAP_BPF_H */

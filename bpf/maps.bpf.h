@@ -12,6 +12,7 @@
 
 #include "mirror_abi.h"
 #include "parse.bpf.h"
+#include "tunnels.bpf.h"
 
 /* bpf_printk is GPL-only: the default (non-GPL) build compiles it out */
 #ifdef MIRROR_DEBUG
@@ -34,9 +35,61 @@ struct {
 	__type(value, struct mirror_rule);
 } rules SEC(".maps");
 
+/* classification (see enum mirror_dim): field -> class id -> rule bitmap */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, RULE_SLOTS * 2 * (MAX_RULES + 2));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct addr_key);
+	__type(value, __u32);
+} addr_classes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_SESSIONS);
+	__uint(max_entries, RULE_SLOTS * 2 * PORT_KEYS);
+	__type(key, __u32);
+	__type(value, __u32);
+} port_classes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * META_KEYS);
+	__type(key, __u32);
+	__type(value, __u32);
+} meta_classes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * VLAN_KEYS);
+	__type(key, __u32);
+	__type(value, __u32);
+} vlan_classes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * FLAG_KEYS);
+	__type(key, __u32);
+	__type(value, __u32);
+} flag_classes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RULE_SLOTS * IFACE_KEYS);
+	__type(key, struct iface_key);
+	__type(value, __u32);
+} iface_classes SEC(".maps");
+
+/* sized at load by the daemon (RULE_SLOTS * class capacity) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * CLASS_CAPACITY);
+	__type(key, __u32);
+	__type(value, struct rule_bits);
+} class_bits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS);
 	__type(key, __u32);
 	__type(value, struct mirror_session);
 } sessions SEC(".maps");
@@ -57,16 +110,62 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_SESSIONS);
+	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS);
 	__type(key, __u32);
 	__type(value, struct session_stats);
 } session_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct session_seq);
+} session_seqs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mirror_clock);
+} clock SEC(".maps");
+
+/* source interfaces by ifindex, for stage 1: the id it puts in the mark */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SOURCES);
+	__type(key, __u32);
+	__type(value, __u32);
+} source_ids SEC(".maps");
+
+/* and back, for stage 2: id -> ifindex (0: none) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SOURCES);
+	__type(key, __u32);
+	__type(value, __u32);
+} source_ifindexes SEC(".maps");
+
+/* stage 2's per-packet state, shared by every session's copy */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct copy_info);
+} copy_scratch SEC(".maps");
+
+/* a chunk of the inner frame being checksummed (too big for the stack) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct csum_chunk);
+} csum_scratch SEC(".maps");
+
 /*
  * Parsed headers pass through this per-CPU slot before classification:
- * values read back from a map are unknown to the verifier, so the rule loop
- * is verified once instead of once per parse path (which hit the 1M
- * instruction limit).
+ * values read back from a map are unknown to the verifier, so the
+ * classifier's loops are verified once instead of once per parse path
+ * (which hit the 1M instruction limit).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

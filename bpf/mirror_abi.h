@@ -8,12 +8,33 @@
 #define MIRROR_ABI_H
 
 #include <linux/types.h>
+/* struct bpf_spin_lock, for struct session_seq */
+#include <linux/bpf.h>
 
 /* rules per slot; the daemon fills the inactive slot, then flips */
 #ifndef MAX_RULES
-#define MAX_RULES 256
+#define MAX_RULES 16384
 #endif
 #define RULE_SLOTS 2
+/* a rule set as a bitmap: 64 rules a word, 64 words a summary word */
+#define RULE_WORDS (MAX_RULES / 64)
+#define SUMMARY_WORDS (RULE_WORDS / 64)
+/* classes per slot in `class_bits` unless the daemon sizes it at load */
+#ifndef CLASS_CAPACITY
+#define CLASS_CAPACITY 1024
+#endif
+/* keys of a port dimension: each port, then one for packets without ports */
+#define PORT_KEYS 65537
+#define NO_PORTS 65536
+/* keys of the meta dimension: direction (2) x family (2) x protocol (256) */
+#define META_KEYS 1024
+/* keys of the VLAN dimension: outer tag id 0-4095, then 4096 for untagged */
+#define VLAN_KEYS 4097
+/* keys of the TCP flags dimension: the flags byte, then 256 for not TCP */
+#define FLAG_KEYS 257
+#define NOT_TCP 256
+/* interfaces per slot in `iface_classes` (ifindex 0: any other) */
+#define IFACE_KEYS 1024
 #ifndef MAX_SESSIONS
 #define MAX_SESSIONS 64
 #endif
@@ -51,9 +72,50 @@ enum mirror_action {
 	MIRROR_ACT_SKIP = 1,
 };
 
+/* a session's tunnel; each is built by bpf/tunnels.bpf.h and src/bpftap/tunnels/ */
 enum mirror_tunnel {
-	MIRROR_TUN_VXLAN = 1,
+	MIRROR_TUN_VXLAN = 1,	/* UDP, RFC 7348 */
+	MIRROR_TUN_GENEVE = 2,	/* UDP, RFC 8926, with the bpftap option below */
+	MIRROR_TUN_GRE = 3,	/* GRE, Transparent Ethernet Bridging (0x6558) */
+	MIRROR_TUN_ERSPAN2 = 4,	/* GRE 0x88BE, ERSPAN type II */
+	MIRROR_TUN_ERSPAN3 = 5,	/* GRE 0x22EB, ERSPAN type III */
 };
+
+/* mirror_session.flags */
+#define MIRROR_SF_KEY 0x01 /* GRE: a key follows the GRE header */
+#define MIRROR_SF_SEQ 0x02 /* GRE: a sequence number follows (always for ERSPAN) */
+
+/* outer headers of a copy, outer Ethernet included: at most this long */
+#define MIRROR_HDR_MAX 86
+
+/*
+ * bpftap's GENEVE option: class from the experimental range 0xFFF0-0xFFFF
+ * (RFC 8926 section 7), critical bit clear so receivers may ignore it.
+ * 12 bytes of data: version (1), direction (MIRROR_DIR_*, 0 unknown),
+ * 2 reserved bytes, source ifindex (0 unknown), session sequence number.
+ */
+#define GENEVE_OPT_CLASS_BPFTAP 0xfffb
+#define GENEVE_OPT_TYPE_SOURCE 0x01
+#define GENEVE_OPT_VERSION 1
+
+/*
+ * ERSPAN type III timestamps: IEEE 1588 granularity, the packet's
+ * CLOCK_REALTIME nanoseconds in the header and its seconds in a platform
+ * sub-header of ID 3 (which also holds the source ifindex, 14 bits).
+ */
+#define ERSPAN3_GRA_1588 2
+#define ERSPAN3_PLATFORM_ID 3
+
+/*
+ * The source interface travels from stage 1 to stage 2 as a source id
+ * (1..MAX_SOURCES-1) in the clone's mark: stage 1 finds it in
+ * `source_ids` (ifindex -> id), stage 2 turns it back into the ifindex with
+ * `source_ifindexes` (id -> ifindex); the daemon writes both. Id 0 means
+ * unknown. (Not cb[]: the internal veth's NAPI/XDP receive path reuses it.)
+ */
+#define XFER_SOURCE_SHIFT 17
+#define XFER_SOURCE_MASK 0x00fe0000U
+#define MAX_SOURCES 128
 
 /* global counters, one per-CPU slot each: every exit of both stages */
 enum mirror_stat {
@@ -79,49 +141,102 @@ struct mirror_config {
 	__u32 active_slot;	 /* host order: 0 or 1, the live rule slot */
 	__u32 rule_count[2];	 /* host order: rules in each slot */
 	__u32 encap_ifindex;	 /* host order: the internal device clones go to */
-	__u64 v6_sessions;	 /* host order: bit i = session slot i has an IPv6 remote */
+	__u32 class_capacity;	 /* host order: class ids per slot in `class_bits` */
 };
 
-/* map `rules`, key slot * MAX_RULES + position: one compiled rule */
+/*
+ * Classification: each packet field maps to a class (an id in `class_bits`)
+ * whose bitmap holds the rules that field allows; the first rule is the
+ * lowest bit set in all dimensions' bitmaps.
+ */
+enum mirror_dim {
+	MIRROR_DIM_SRC = 0,	/* source address: `addr_classes` */
+	MIRROR_DIM_DST,		/* destination address: `addr_classes` */
+	MIRROR_DIM_SPORT,	/* source port: `port_classes` */
+	MIRROR_DIM_DPORT,	/* destination port: `port_classes` */
+	MIRROR_DIM_META,	/* direction, family, protocol: `meta_classes` */
+	MIRROR_DIM_VLAN,	/* outer VLAN id: `vlan_classes` */
+	MIRROR_DIM_TCP_FLAGS,	/* TCP flags byte: `flag_classes` */
+	MIRROR_DIM_IFACE,	/* source interface: `iface_classes` */
+	MIRROR_DIM__MAX,
+};
+
+/* map `addr_classes` (LPM trie) key: slot, dimension, family, address */
+struct addr_key {
+	__u32 prefixlen;	/* host order: 32 + the CIDR's length */
+	__u8 slot;
+	__u8 dim;		/* MIRROR_DIM_SRC or MIRROR_DIM_DST */
+	__u8 family;		/* 4 or 6 */
+	__u8 _pad;
+	__u8 addr[16];		/* network order; IPv4 in the first 4 bytes */
+};
+
+/* map `iface_classes` (hash) key: slot and the source interface */
+struct iface_key {
+	__u32 slot;		/* host order */
+	__u32 ifindex;		/* host order; 0 = any interface not listed */
+};
+
+/* map `class_bits`, key slot * class_capacity + class id: a set of rules */
+struct rule_bits {
+	__u64 summary[SUMMARY_WORDS];	/* host order: bit j = words[j] != 0 */
+	__u64 words[RULE_WORDS];	/* host order: bit i = rule at position i */
+};
+
+/* map `rules`, key slot * MAX_RULES + position: what the first match does */
 struct mirror_rule {
-	__be32 src_net[4];	/* network order; IPv4 in word 0 */
-	__be32 src_mask[4];	/* network order; all zero = any */
-	__be32 dst_net[4];
-	__be32 dst_mask[4];
 	__u64 sessions;		/* host order: bit i = session slot i */
 	__u32 number;		/* host order: the rule's number in the config */
-	__u16 sport_lo;		/* host order, inclusive; 0-65535 = any */
-	__u16 sport_hi;
-	__u16 dport_lo;
-	__u16 dport_hi;
-	__u8 family;		/* 0 any, 4 or 6 */
-	__u8 proto;		/* 0 any, else IPPROTO_* */
-	__u8 dirs;		/* MIRROR_DIR_* mask */
+	__u16 stats_id;		/* host order: key in `rule_stats`, kept across reloads */
 	__u8 action;		/* MIRROR_ACT_* */
+	__u8 _pad;
 };
 
-/* map `sessions`, key session slot: one destination, resolved by the daemon */
+/*
+ * map `sessions`, key rule slot * MAX_SESSIONS + session slot: one
+ * destination, resolved by the daemon. Each rule slot has its own session
+ * table, written before the slot goes live, so a rule's session bits never
+ * point at another rule set's sessions.
+ */
 struct mirror_session {
 	__be32 outer_src[4];	/* network order; IPv4 in word 0 */
 	__be32 outer_dst[4];
 	__u8 src_mac[6];	/* egress device's address */
 	__u8 dst_mac[6];	/* next hop's address */
 	__u32 ifindex;		/* host order: egress device; 0 = unresolved */
-	__u32 vni;		/* host order: 24-bit VXLAN network identifier */
+	__u32 tun_id;		/* host order: VNI (24 bits), GRE key, ERSPAN session id (10 bits) */
 	__u16 mtu;		/* host order: egress device MTU */
-	__u16 dst_port;		/* host order: UDP destination port */
+	__u16 dst_port;		/* host order: UDP destination port (VXLAN, GENEVE) */
+	__u16 hdr_len;		/* host order: outer header bytes, Ethernet included */
 	__u8 family;		/* 4 or 6: outer IP version */
 	__u8 tunnel;		/* MIRROR_TUN_* */
-	__u8 _pad[2];
+	__u8 flags;		/* MIRROR_SF_* */
+	__u8 _pad;
+	__u16 stats_id;		/* host order: key in `session_stats` and `session_seqs` */
 };
 
-/* map `rule_stats` (per CPU), key as in `rules`: first matches */
+/*
+ * map `session_seqs`, key a session's stats_id: the last sequence number a
+ * session's copies carried (GRE, ERSPAN, the GENEVE option). A spin lock,
+ * not an atomic fetch-and-add: those need kernel 5.12 and clang -mcpu=v3.
+ */
+struct session_seq {
+	struct bpf_spin_lock lock;	/* the encap program's only */
+	__u32 seq;			/* host order; the first copy carries 1 */
+};
+
+/* map `clock`, key 0: CLOCK_REALTIME minus CLOCK_MONOTONIC, written by the daemon */
+struct mirror_clock {
+	__u64 realtime_offset_ns;	/* host order; 0 = never written */
+};
+
+/* map `rule_stats` (per CPU), key a rule's stats_id: its first matches */
 struct rule_stats {
 	__u64 packets;
 	__u64 bytes;
 };
 
-/* map `session_stats` (per CPU), key session slot: copies and why not */
+/* map `session_stats` (per CPU), key a session's stats_id: copies and why not */
 struct session_stats {
 	__u64 packets;		/* copies sent */
 	__u64 bytes;		/* bytes of copies sent, outer headers included */

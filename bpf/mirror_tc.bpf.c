@@ -9,9 +9,10 @@
  *
  * Stage 2, mirror_encap on the internal device's peer (bpftap1) ingress:
  * the clone arrives segmented and with finished checksums (bpftap0 has
- * TSO, GSO and TX checksumming off); it is grown once per header size,
- * wrapped per session, and sent with bpf_clone_redirect, the last copy
- * with bpf_redirect.
+ * TSO, GSO and TX checksumming off); per session (slots in ascending
+ * header length) the head grows to that session's header, the outer
+ * headers are written, and the copy goes with bpf_clone_redirect, the last
+ * with bpf_redirect (encap.bpf.h, tunnels.bpf.h).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -29,7 +30,7 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 	struct mirror_config *cfg;
 	struct mirror_rule *r;
 	struct rule_stats *rs;
-	__u32 key = 0, mark;
+	__u32 key = 0, mark, stats_id, ifindex, *sid;
 	int ret;
 
 	count(MS_SEEN);
@@ -38,8 +39,8 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		count(MS_LOOP);
 		return MIRROR_PASS;
 	}
-	dbg("mirror: dir %u len %u vlan %u", dir, skb->len, skb->vlan_present);
 	ret = parse_frame(skb, &pkt);
+	pkt.ifindex = skb->ifindex;
 	if (ret != PARSE_OK) {
 		count(ret == PARSE_NOT_IP ? MS_NOT_IP : MS_MALFORMED);
 		return MIRROR_PASS;
@@ -54,7 +55,8 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		count(MS_NO_MATCH);
 		return MIRROR_PASS;
 	}
-	rs = bpf_map_lookup_elem(&rule_stats, &key);
+	stats_id = r->stats_id;
+	rs = bpf_map_lookup_elem(&rule_stats, &stats_id);
 	if (rs) {
 		rs->packets += 1;
 		rs->bytes += skb->len;
@@ -66,8 +68,11 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 	count(MS_MATCHED);
 
 	/* hand the untouched original to stage 2; the mark is restored */
+	ifindex = skb->ifindex;
+	sid = bpf_map_lookup_elem(&source_ids, &ifindex);
 	mark = skb->mark;
 	skb->mark = XFER_TAG | (dir == MIRROR_DIR_EGRESS ? XFER_EGRESS : 0) |
+		    (sid ? (*sid << XFER_SOURCE_SHIFT) & XFER_SOURCE_MASK : 0) |
 		    (key & XFER_RULE_MASK);
 	ret = bpf_clone_redirect(skb, cfg->encap_ifindex, 0);
 	skb->mark = mark;
@@ -91,58 +96,58 @@ int mirror_egress(struct __sk_buff *skb)
 SEC("tc")
 int mirror_encap(struct __sk_buff *skb)
 {
-	struct inner_l2 l2 = {};
-	struct mirror_config *cfg;
+	struct copy_info *ci;
 	struct mirror_rule *r;
-	__u32 key = 0, hash, inner_len;
-	__u64 v4, v6;
-	int ntags, ret;
+	__u32 key = 0, grown = 0, base;
+	__u64 mask;
+	int ret;
 
 	/* only clones handed over by stage 1 */
 	if ((skb->mark & XFER_TAG_MASK) != XFER_TAG) {
 		count(MS_XFER_BAD);
 		return TC_ACT_SHOT;
 	}
-	cfg = bpf_map_lookup_elem(&config, &key);
+	ci = bpf_map_lookup_elem(&copy_scratch, &key);
 	key = skb->mark & XFER_RULE_MASK;
 	r = bpf_map_lookup_elem(&rules, &key);
-	if (!cfg || !r)
+	if (!ci || !r)
 		return TC_ACT_SHOT;
-	v6 = r->sessions & cfg->v6_sessions;
-	v4 = r->sessions & ~cfg->v6_sessions;
-	hash = bpf_get_hash_recalc(skb);
-	dbg("encap: len %u vlan %u proto %x", skb->len, skb->vlan_present, skb->protocol);
-	ntags = take_vlan_tags(skb, &l2);
-	if (ntags < 0) {
-		count(MS_VLAN_DEPTH);
+	mask = r->sessions;
+	/* the session table of the rule's own slot */
+	base = (key / MAX_RULES) * MAX_SESSIONS;
+	ret = prepare_copy(skb, ci);
+	if (ret) {
+		count(ret == -1 ? MS_VLAN_DEPTH : MS_ENCAP_FAIL);
 		return TC_ACT_SHOT;
 	}
-	if (bpf_skb_load_bytes(skb, 0, l2.macs, sizeof(l2.macs)))
-		return TC_ACT_SHOT;
-	inner_len = skb->len + ntags * sizeof(struct vlan_ins);
 	skb->mark = MIRROR_COPY_MARK;
 
-	/* IPv4 outer headers first, then grow by the difference for IPv6 */
-	if (v4) {
-		if (grow_head(skb, VXLAN4_LEN + ntags * sizeof(struct vlan_ins),
-			      VXLAN4_LEN, &l2, ntags, 1))
-			goto fail;
-		ret = send_copies(skb, v4, 0, v6 != 0, inner_len, hash);
-		if (!v6)
-			return ret;
-	}
-	if (v6) {
-		if (v4 ? grow_head(skb, VXLAN6_LEN - VXLAN4_LEN, 0, &l2, 0, 0)
-		       : grow_head(skb,
-				   VXLAN6_LEN + ntags * sizeof(struct vlan_ins),
-				   VXLAN6_LEN, &l2, ntags, 1))
-			goto fail;
-		return send_copies(skb, v6, 1, 0, inner_len, hash);
+	/* one copy per session in slot order, i.e. ascending header length */
+	for (__u32 i = 0; i < MAX_SESSIONS; i++) {
+		__u64 bit = 1ULL << i;
+
+		if (!(mask & bit))
+			continue;
+		mask &= ~bit;
+		ret = encap_one(skb, base + i, grown, !mask);
+		if (ret == ENCAP_REDIRECTED)
+			return TC_ACT_REDIRECT;
+		grown = ret;
 	}
 	return TC_ACT_SHOT;
-fail:
-	count(MS_ENCAP_FAIL);
-	return TC_ACT_SHOT;
+}
+
+/*
+ * On the internal device's receiving end: passing every frame is the whole
+ * job. An XDP program puts a veth in NAPI mode, so clones wait in the
+ * device's own ring instead of the CPU's backlog queue that originals on
+ * veth paths (pods, the lab) use too: under overload the ring overflows and
+ * copies are dropped, never the originals.
+ */
+SEC("xdp.frags")
+int mirror_napi(struct xdp_md *ctx)
+{
+	return XDP_PASS;
 }
 
 #ifdef MIRROR_DEBUG

@@ -32,8 +32,11 @@ enum parse_result {
 struct pkt_info {
 	__be32 src[4];		/* network order; IPv4 in word 0 */
 	__be32 dst[4];
+	__u32 ifindex;		/* the source interface */
 	__u16 sport;		/* host order, valid if has_ports */
 	__u16 dport;
+	__u16 vlan;		/* outer tag's id, VLAN_KEYS - 1 if untagged */
+	__u16 flags;		/* TCP flags byte, NOT_TCP for other packets */
 	__u8 family;		/* 4 or 6 */
 	__u8 proto;		/* L4 protocol (last next-header for IPv6) */
 	__u8 has_ports;		/* TCP/UDP/SCTP and not a later fragment */
@@ -71,6 +74,14 @@ static __always_inline int parse_ports(struct __sk_buff *skb, __u32 off,
 	pkt->sport = bpf_ntohs(ports[0]);
 	pkt->dport = bpf_ntohs(ports[1]);
 	pkt->has_ports = 1;
+	if (pkt->proto == IPPROTO_TCP) {
+		__u8 flags;
+
+		/* the flags byte: offset 13 of the TCP header */
+		if (bpf_skb_load_bytes(skb, off + 13, &flags, 1))
+			return PARSE_MALFORMED;
+		pkt->flags = flags;
+	}
 	return PARSE_OK;
 }
 
@@ -164,6 +175,9 @@ static __always_inline int parse_frame(struct __sk_buff *skb,
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
 		return PARSE_MALFORMED;
 	proto = eth.h_proto;
+	pkt->flags = NOT_TCP;
+	/* the outer tag: accelerated (beside the frame) or the first in it */
+	pkt->vlan = skb->vlan_present ? skb->vlan_tci & 0xfff : VLAN_KEYS - 1;
 #pragma unroll
 	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
 		if (proto != bpf_htons(ETH_P_8021Q) &&
@@ -171,6 +185,8 @@ static __always_inline int parse_frame(struct __sk_buff *skb,
 			break;
 		if (bpf_skb_load_bytes(skb, off, &tag, sizeof(tag)))
 			return PARSE_MALFORMED;
+		if (pkt->vlan == VLAN_KEYS - 1)
+			pkt->vlan = bpf_ntohs(tag.tci) & 0xfff;
 		proto = tag.encap_proto;
 		off += sizeof(tag);
 	}

@@ -10,8 +10,18 @@ import ctypes
 import enum
 from pathlib import Path
 
-MAX_RULES = 256
+MAX_RULES = 16384
 RULE_SLOTS = 2
+RULE_WORDS = MAX_RULES // 64
+SUMMARY_WORDS = RULE_WORDS // 64
+CLASS_CAPACITY = 1024
+PORT_KEYS = 65537
+NO_PORTS = 65536
+META_KEYS = 1024
+VLAN_KEYS = 4097
+FLAG_KEYS = 257
+NOT_TCP = 256
+IFACE_KEYS = 1024
 MAX_SESSIONS = 64
 MAX_VLAN_TAGS = 2
 MAX_IPV6_EXT = 6
@@ -22,17 +32,43 @@ XFER_TAG = 0xB7000000
 XFER_TAG_MASK = 0xFF000000
 XFER_EGRESS = 0x00010000
 XFER_RULE_MASK = 0x0000FFFF
+XFER_SOURCE_SHIFT = 17
+XFER_SOURCE_MASK = 0x00FE0000
+MAX_SOURCES = 128
+
+# struct mirror_session.flags
+MIRROR_SF_KEY = 0x01
+MIRROR_SF_SEQ = 0x02
+MIRROR_HDR_MAX = 86
+# wire constants of the tunnels (bpf/tunnels.bpf.h and bpftap.tunnels use these)
+GENEVE_OPT_CLASS_BPFTAP = 0xFFFB
+GENEVE_OPT_TYPE_SOURCE = 0x01
+GENEVE_OPT_VERSION = 1
+ERSPAN3_GRA_1588 = 2
+ERSPAN3_PLATFORM_ID = 3
 
 # program and map names, as in bpf/mirror_tc.bpf.c (checked by a test)
 PROG_INGRESS = "mirror_ingress"
 PROG_EGRESS = "mirror_egress"
 PROG_ENCAP = "mirror_encap"
+PROG_NAPI = "mirror_napi"
 MAP_CONFIG = "config"
 MAP_RULES = "rules"
+MAP_ADDR_CLASSES = "addr_classes"
+MAP_PORT_CLASSES = "port_classes"
+MAP_META_CLASSES = "meta_classes"
+MAP_CLASS_BITS = "class_bits"
+MAP_VLAN_CLASSES = "vlan_classes"
+MAP_FLAG_CLASSES = "flag_classes"
+MAP_IFACE_CLASSES = "iface_classes"
 MAP_SESSIONS = "sessions"
 MAP_STATS = "stats"
 MAP_RULE_STATS = "rule_stats"
 MAP_SESSION_STATS = "session_stats"
+MAP_SESSION_SEQS = "session_seqs"
+MAP_CLOCK = "clock"
+MAP_SOURCE_IDS = "source_ids"
+MAP_SOURCE_IFINDEXES = "source_ifindexes"
 
 OBJECT_NAME = "mirror_tc.bpf.o"
 
@@ -52,9 +88,26 @@ class MirrorAction(enum.IntEnum):
 
 
 class MirrorTunnel(enum.IntEnum):
-    """`enum mirror_tunnel`."""
+    """`enum mirror_tunnel`; the config spells each in lower case (`tunnel: erspan3`)."""
 
     VXLAN = 1
+    GENEVE = 2
+    GRE = 3
+    ERSPAN2 = 4
+    ERSPAN3 = 5
+
+
+class MirrorDim(enum.IntEnum):
+    """`enum mirror_dim`: the classifier's dimensions."""
+
+    SRC = 0
+    DST = 1
+    SPORT = 2
+    DPORT = 3
+    META = 4
+    VLAN = 5
+    TCP_FLAGS = 6
+    IFACE = 7
 
 
 class MirrorStat(enum.IntEnum):
@@ -88,28 +141,44 @@ class MirrorConfig(ctypes.Structure):
         ("active_slot", ctypes.c_uint32),
         ("rule_count", ctypes.c_uint32 * 2),
         ("encap_ifindex", ctypes.c_uint32),
-        ("v6_sessions", ctypes.c_uint64),
+        ("class_capacity", ctypes.c_uint32),
     ]
 
 
-class MirrorRule(ctypes.Structure):
-    """Mirror of `struct mirror_rule`. Address fields hold network-order bytes."""
+class AddrKey(ctypes.Structure):
+    """Mirror of `struct addr_key` (the `addr_classes` LPM trie key)."""
 
     _fields_ = [
-        ("src_net", _be32x4),
-        ("src_mask", _be32x4),
-        ("dst_net", _be32x4),
-        ("dst_mask", _be32x4),
+        ("prefixlen", ctypes.c_uint32),
+        ("slot", ctypes.c_uint8),
+        ("dim", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+        ("addr", ctypes.c_uint8 * 16),
+    ]
+
+
+class IfaceKey(ctypes.Structure):
+    """Mirror of `struct iface_key` (the `iface_classes` key)."""
+
+    _fields_ = [("slot", ctypes.c_uint32), ("ifindex", ctypes.c_uint32)]
+
+
+class RuleBits(ctypes.Structure):
+    """Mirror of `struct rule_bits`: a set of rule positions as a bitmap."""
+
+    _fields_ = [("summary", ctypes.c_uint64 * SUMMARY_WORDS), ("words", ctypes.c_uint64 * RULE_WORDS)]
+
+
+class MirrorRule(ctypes.Structure):
+    """Mirror of `struct mirror_rule`: what the first match does."""
+
+    _fields_ = [
         ("sessions", ctypes.c_uint64),
         ("number", ctypes.c_uint32),
-        ("sport_lo", ctypes.c_uint16),
-        ("sport_hi", ctypes.c_uint16),
-        ("dport_lo", ctypes.c_uint16),
-        ("dport_hi", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("proto", ctypes.c_uint8),
-        ("dirs", ctypes.c_uint8),
+        ("stats_id", ctypes.c_uint16),
         ("action", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
     ]
 
 
@@ -122,13 +191,28 @@ class MirrorSession(ctypes.Structure):
         ("src_mac", ctypes.c_uint8 * 6),
         ("dst_mac", ctypes.c_uint8 * 6),
         ("ifindex", ctypes.c_uint32),
-        ("vni", ctypes.c_uint32),
+        ("tun_id", ctypes.c_uint32),
         ("mtu", ctypes.c_uint16),
         ("dst_port", ctypes.c_uint16),
+        ("hdr_len", ctypes.c_uint16),
         ("family", ctypes.c_uint8),
         ("tunnel", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 2),
+        ("flags", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+        ("stats_id", ctypes.c_uint16),
     ]
+
+
+class SessionSeq(ctypes.Structure):
+    """Mirror of `struct session_seq`; `lock` is the kernel's `struct bpf_spin_lock` (4 bytes)."""
+
+    _fields_ = [("lock", ctypes.c_uint32), ("seq", ctypes.c_uint32)]
+
+
+class MirrorClock(ctypes.Structure):
+    """Mirror of `struct mirror_clock`."""
+
+    _fields_ = [("realtime_offset_ns", ctypes.c_uint64)]
 
 
 class RuleStats(ctypes.Structure):

@@ -12,39 +12,56 @@ turns it into map entries.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import errno
 import ipaddress
 import os
-import re
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import yaml
 
-from bpftap import abi
+from bpftap import abi, rule_fields
+from bpftap.config_values import (  # noqa: F401 (re-exported: the config's vocabulary)
+    ANY_PORTS,
+    IFNAMSIZ,
+    PROTOCOLS,
+    IPAddress,
+    IPNetwork,
+    PortRange,
+    _choice,
+    _describe,
+    _cidr,
+    _did_you_mean,
+    _integer,
+    _interface,
+    _Invalid,
+    _name_list,
+    _ports,
+    _protocol,
+    _remote,
+    _session_name,
+    _string,
+    _unknown,
+)
 from bpftap.errors import ConfigError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-PortRange = tuple[int, int]
 
-ANY_PORTS: PortRange = (0, 65535)
 VXLAN_PORT = 4789
+GENEVE_PORT = 6081
 VNI_MAX = 2**24 - 1
+GRE_KEY_MAX = 2**32 - 1
+ERSPAN_SESSION_MAX = 1023
 RULE_NUMBER_MAX = 2**31 - 1
-IFNAMSIZ = 16  # the kernel's limit includes the terminating NUL
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
-PROTOCOLS: dict[str, int | None] = {"any": None, "tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
 ONE_FAMILY_PROTOCOLS = {IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 6}  # protocol -> the only family it exists in
-TUNNELS = ("vxlan",)
+TUNNELS = ("vxlan", "geneve", "gre", "erspan2", "erspan3")
+UDP_TUNNELS = ("vxlan", "geneve")
+# the field that identifies a session's copies, per tunnel type; gre's is optional
+TUNNEL_ID_FIELDS = {"vxlan": "vni", "geneve": "vni", "gre": "key", "erspan2": "session_id", "erspan3": "session_id"}
 
-_SESSION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-_PORT = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
-_GLOB_CHARS = frozenset("*?[")
 _TOP_KEYS = ("sources", "sessions", "rules")
 T = TypeVar("T")
 
@@ -74,13 +91,38 @@ class Source:
 
 @dataclass(frozen=True)
 class Session:
-    """A collector that receives tunnelled copies (VXLAN to remote:port, vni)."""
+    """A collector that receives tunnelled copies: `tunnel` to `remote`, over its address family.
+
+    `vni` belongs to vxlan and geneve, `port` (the UDP destination) too;
+    `key` (optional) and `sequence` (send GRE sequence numbers) to gre;
+    `session_id` to erspan2 and erspan3. A validated Config has exactly
+    the fields of its tunnel type set; the others keep their defaults (port
+    0 for the GRE-based types).
+    """
 
     name: str
     tunnel: str
     remote: IPAddress
-    vni: int
+    vni: int | None = None
     port: int = VXLAN_PORT
+    key: int | None = None
+    session_id: int | None = None
+    sequence: bool = True
+
+    @property
+    def tun_id(self) -> int:
+        """The VNI, GRE key or ERSPAN session id (0 for a gre session without a key)."""
+        return {"vni": self.vni, "key": self.key, "session_id": self.session_id}[TUNNEL_ID_FIELDS[self.tunnel]] or 0
+
+    @property
+    def gre_key(self) -> bool:
+        """A gre session's copies carry a key."""
+        return self.tunnel == "gre" and self.key is not None
+
+    @property
+    def gre_seq(self) -> bool:
+        """A gre session's copies carry a sequence number (ERSPAN's always do)."""
+        return self.tunnel == "gre" and self.sequence
 
 
 @dataclass(frozen=True)
@@ -96,6 +138,9 @@ class Rule:
     src_ports: PortRange = ANY_PORTS
     dst_ports: PortRange = ANY_PORTS
     sessions: tuple[str, ...] = ()
+    vlan: int | None = None  # outer VLAN id, or rule_fields.VLAN_UNTAGGED
+    tcp_flags: tuple[int, int] | None = None  # (mask, value)
+    interface: str | None = None  # name or glob of the source interface
 
     @property
     def family(self) -> int | None:
@@ -214,10 +259,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 _Report = list[tuple[str, str]]  # (location, message) in the order found
 
 
-class _Invalid(Exception):
-    """A value is wrong; the message says what, the caller says where."""
-
-
 class _Entry:
     """One mapping in a list: checks its keys and parses fields, recording errors."""
 
@@ -284,15 +325,44 @@ def _source(report: _Report, where: str, raw: object, seen: dict[str, str]) -> S
 
 
 def _session(report: _Report, where: str, raw: object, names: dict[str, str]) -> Session | None:
-    e = _Entry(report, where, raw, _SESSION_FIELDS, ("name", "remote", "vni"))
+    e = _Entry(report, where, raw, _SESSION_FIELDS, ("name", "remote"))
     name = e.get("name", _session_name, "")
     tunnel = e.get("tunnel", _choice("tunnel", {t: t for t in TUNNELS}), "vxlan")
     unset: IPAddress = ipaddress.IPv4Address(0)  # only seen when the entry is rejected
     remote = e.get("remote", _remote, unset)
-    vni = e.get("vni", _integer(0, VNI_MAX), 0)
-    port = e.get("port", _integer(1, 65535), VXLAN_PORT)
+    vni = e.get("vni", _integer(0, VNI_MAX), None)
+    key = e.get("key", _integer(0, GRE_KEY_MAX), None)
+    session_id = e.get("session_id", _integer(0, ERSPAN_SESSION_MAX), None)
+    sequence = e.get("sequence", _boolean, True)
+    default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
+    port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
-    return Session(name, tunnel, remote, vni, port) if e.ok else None
+    if "tunnel" not in e.bad:
+        _check_tunnel_fields(e, tunnel)
+    if not e.ok:
+        return None
+    return Session(name, tunnel, remote, vni, port, key, session_id, sequence)
+
+
+def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:
+    """Each tunnel type has its identifier (required but gre's key) and refuses the others' fields."""
+    id_field = TUNNEL_ID_FIELDS[tunnel]
+    if id_field in ("vni", "session_id") and id_field not in e.raw:
+        e.fail(id_field, f"missing required field {id_field!r}", at_entry=True)
+    owners = {"vni": "vxlan and geneve", "key": "gre", "session_id": "erspan2 and erspan3",
+              "sequence": "gre", "port": "vxlan and geneve"}
+    for field, owner in owners.items():
+        if field in e.raw and field != id_field and not (field == "port" and tunnel in UDP_TUNNELS) \
+                and not (field == "sequence" and tunnel == "gre"):
+            article = "an" if tunnel[0] in "aeiou" else "a"
+            hint = f"; {article} {tunnel} session is identified by {id_field}" if field in TUNNEL_ID_FIELDS.values() else ""
+            e.fail(field, f"only {owner} sessions have {field}{hint}")
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"expected true or false, got {_describe(value)}")
 
 
 def _rule(
@@ -310,6 +380,11 @@ def _rule(
     src_ports = e.get("src_ports", _ports, ANY_PORTS)
     dst_ports = e.get("dst_ports", _ports, ANY_PORTS)
     sessions: tuple[str, ...] = e.get("sessions", _name_list, ())  # names checked below
+    vlan = e.get("vlan", _invalid_on_value_error(rule_fields.vlan), None)
+    tcp_flags = e.get("tcp_flags", _invalid_on_value_error(rule_fields.tcp_flags), None)
+    interface = e.get("interface", _invalid_on_value_error(rule_fields.interface), None)
+    if tcp_flags is not None and protocol != IPPROTO_TCP and "protocol" not in e.bad:
+        e.fail("tcp_flags", "tcp_flags needs protocol: tcp")
     e.claim("number", number, numbers)
 
     # one address family per rule: both CIDRs, and icmp/icmpv6, must agree
@@ -352,145 +427,17 @@ def _rule(
             e.fail(f"sessions[{i}]", f"session {name!r} is listed twice")
     if not e.ok:
         return None
-    return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions)
+    return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions, vlan, tcp_flags, interface)
+
+
+def _invalid_on_value_error(parse: Callable[[object], T]) -> Callable[[object], T]:
+    def wrapped(value: object) -> T:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+
+    return wrapped
 
 
 _DIRECTIONS = {"ingress": Direction.INGRESS, "egress": Direction.EGRESS, "both": Direction.BOTH}
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null (nothing)"
-    kinds = {bool: "boolean", str: "string", int: "integer", float: "number", list: "list"}
-    kind = kinds.get(type(value), "mapping" if isinstance(value, Mapping) else type(value).__name__)
-    if isinstance(value, (list, Mapping)):
-        return f"a {kind}"
-    return f"the {kind} {str(value).lower() if isinstance(value, bool) else repr(value)}"
-
-
-def _did_you_mean(word: object, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _unknown(what: str, text: str, options: Mapping[str, object], known: str = "") -> _Invalid:
-    hint, known = _did_you_mean(text.strip().lower(), options), known or ", ".join(options)
-    return _Invalid(f"unknown {what} {text!r}{hint or ';'} supported: {known}")
-
-
-def _string(value: object, what: str = "a string") -> str:
-    if isinstance(value, str):
-        return value
-    hint = "; put it in quotes" if isinstance(value, (bool, int, float)) else ""
-    raise _Invalid(f"expected {what}, got {_describe(value)}{hint}")
-
-
-def _integer(lo: int, hi: int) -> Callable[[object], int]:
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"expected an integer, got {_describe(value)}")
-        if not lo <= value <= hi:
-            raise _Invalid(f"{value} is out of range {lo}-{hi}")
-        return value
-
-    return parse
-
-
-def _choice(what: str, options: Mapping[str, T]) -> Callable[[object], T]:
-    def parse(value: object) -> T:
-        text = _string(value, f"a {what}")
-        if text.strip().lower() in options:
-            return options[text.strip().lower()]
-        raise _unknown(what, text, options)
-
-    return parse
-
-
-def _interface(value: object) -> str:
-    name = _string(value, "an interface name")
-    if not name:
-        raise _Invalid("is empty; give an interface name or a glob such as 'eth*'")
-    if "/" in name or ":" in name or any(c.isspace() for c in name):
-        raise _Invalid(f"{name!r} is not an interface name: '/', ':' and spaces are not allowed")
-    if len(name) >= IFNAMSIZ and not _GLOB_CHARS.intersection(name):
-        raise _Invalid(f"{name!r} has {len(name)} characters; interface names have at most {IFNAMSIZ - 1}")
-    return name
-
-
-def _session_name(value: object) -> str:
-    name = _string(value, "a session name")
-    if not _SESSION_NAME.fullmatch(name):
-        raise _Invalid(f"{name!r} is not a session name: use 1-32 letters, digits, '_', '.' or '-'")
-    return name
-
-
-def _name_list(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _Invalid(f"expected a list of session names, got {_describe(value)}")
-    for item in value:
-        _string(item, "session names")
-    return tuple(value)
-
-
-def _remote(value: object) -> IPAddress:
-    text = _string(value, "an IP address")
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        hint = "; give the address without a prefix length" if "/" in text else ""
-        raise _Invalid(f"{text!r} is not an IP address{hint}") from None
-    if addr.is_multicast or addr.is_unspecified:
-        kind = "a multicast" if addr.is_multicast else "the unspecified"
-        raise _Invalid(f"{text} is {kind} address; give the collector's unicast address")
-    return addr
-
-
-def _cidr(value: object) -> IPNetwork | None:
-    text = _string(value, "a CIDR or 'any'")
-    if text.strip().lower() == "any":
-        return None
-    try:
-        return ipaddress.ip_network(text)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise _Invalid(f"{text!r} is not a CIDR") from None
-    raise _Invalid(f"{text!r} has host bits set; did you mean {loose}?")
-
-
-def _ports(value: object) -> PortRange:
-    if isinstance(value, int) and not isinstance(value, bool):
-        lo = hi = value
-    else:
-        text = _string(value, "a port, a range a-b or 'any'").strip()
-        if text.lower() == "any":
-            return ANY_PORTS
-        m = _PORT.fullmatch(text)
-        if not m:
-            raise _Invalid(f"{text!r} is not a port, a range such as 1024-65535, or 'any'")
-        lo, hi = int(m[1]), int(m[2] or m[1])
-    for port in (lo, hi):
-        if not 0 <= port <= 65535:
-            raise _Invalid(f"port {port} is out of range 0-65535")
-    if lo > hi:
-        raise _Invalid(f"range {lo}-{hi} is backwards; write {hi}-{lo}")
-    return (lo, hi)
-
-
-def _protocol(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    else:
-        text = _string(value, "a protocol name or number").strip().lower()
-        if text in PROTOCOLS:
-            return PROTOCOLS[text]
-        if not text.isascii() or not text.isdigit():
-            raise _unknown("protocol", str(value), PROTOCOLS, ", ".join(PROTOCOLS) + " or 1-255")
-        number = int(text)
-    if number == 0:
-        raise _Invalid("protocol 0 cannot be matched (0 means any to the kernel); write 'any'")
-    if not 0 < number <= 255:
-        raise _Invalid(f"protocol number {number} is out of range 1-255")
-    return number

@@ -17,9 +17,14 @@ HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mirror_abi.h"
 STRUCTS = {
     "mirror_config": abi.MirrorConfig,
     "mirror_rule": abi.MirrorRule,
+    "addr_key": abi.AddrKey,
+    "iface_key": abi.IfaceKey,
+    "rule_bits": abi.RuleBits,
     "mirror_session": abi.MirrorSession,
     "rule_stats": abi.RuleStats,
     "session_stats": abi.SessionStats,
+    "session_seq": abi.SessionSeq,
+    "mirror_clock": abi.MirrorClock,
 }
 
 
@@ -49,8 +54,14 @@ def test_struct_layout_matches_btf(name: str, btf_structs: dict[str, dict[str, o
 def header_constants() -> dict[str, int]:
     text = HEADER.read_text()
     found = {}
-    for name, value in re.findall(r"#define\s+(\w+)\s+\(?(-?(?:0x[0-9a-fA-F]+|\d+))U?\)?", text):
-        found[name] = int(value, 0)
+    # object-like macros whose value is an integer expression of earlier ones
+    for name, expr in re.findall(r"^#define\s+([A-Z]\w*)[ \t]+(.+?)\s*(?:/\*.*)?$", text, re.M):
+        expr = re.sub(r"(0x[0-9a-fA-F]+|\d+)U\b", r"\1", expr.strip())
+        expr = re.sub(r"[A-Z_][A-Z0-9_]*", lambda m: str(found.get(m.group(0), m.group(0))), expr).replace("/", "//")
+        try:
+            found[name] = int(eval(expr, {"__builtins__": {}}))
+        except Exception:
+            pass
     for body in re.findall(r"enum \w+ \{(.*?)\};", text, re.S):
         nxt = 0
         for name, value in re.findall(r"(\w+)(?:\s*=\s*(\w+))?,", re.sub(r"/\*.*?\*/", "", body, flags=re.S)):
@@ -62,11 +73,17 @@ def header_constants() -> dict[str, int]:
 
 def test_constants_match_header() -> None:
     h = header_constants()
-    for name in ("MAX_RULES", "RULE_SLOTS", "MAX_SESSIONS", "MAX_VLAN_TAGS", "MAX_IPV6_EXT", "MIRROR_PASS",
-                 "MIRROR_COPY_MARK", "XFER_TAG", "XFER_TAG_MASK", "XFER_EGRESS", "XFER_RULE_MASK"):
+    for name in ("RULE_WORDS", "SUMMARY_WORDS", "CLASS_CAPACITY", "PORT_KEYS", "NO_PORTS", "META_KEYS",
+                 "VLAN_KEYS", "FLAG_KEYS", "NOT_TCP", "IFACE_KEYS",
+                 "MAX_RULES", "RULE_SLOTS", "MAX_SESSIONS", "MAX_VLAN_TAGS", "MAX_IPV6_EXT", "MIRROR_PASS",
+                 "MIRROR_COPY_MARK", "XFER_TAG", "XFER_TAG_MASK", "XFER_EGRESS", "XFER_RULE_MASK",
+                 "XFER_SOURCE_SHIFT", "XFER_SOURCE_MASK", "MAX_SOURCES", "MIRROR_SF_KEY", "MIRROR_SF_SEQ", "MIRROR_HDR_MAX",
+                 "GENEVE_OPT_CLASS_BPFTAP", "GENEVE_OPT_TYPE_SOURCE", "GENEVE_OPT_VERSION", "ERSPAN3_GRA_1588",
+                 "ERSPAN3_PLATFORM_ID"):
         assert getattr(abi, name) == h[name], name
     for enum_type, prefix in ((abi.MirrorStat, "MS_"), (abi.MirrorDir, "MIRROR_DIR_"),
-                              (abi.MirrorAction, "MIRROR_ACT_"), (abi.MirrorTunnel, "MIRROR_TUN_")):
+                              (abi.MirrorAction, "MIRROR_ACT_"), (abi.MirrorTunnel, "MIRROR_TUN_"),
+                              (abi.MirrorDim, "MIRROR_DIM_")):
         in_header = {k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix) and not k.endswith("__MAX")}
         assert {m.name: m.value for m in enum_type} == in_header, enum_type.__name__
     assert abi.MS__MAX == h["MS__MAX"]
@@ -79,6 +96,9 @@ def test_program_and_map_names_exist_in_object() -> None:
         obj.load()
         for prog in (abi.PROG_INGRESS, abi.PROG_EGRESS, abi.PROG_ENCAP):
             assert obj.program(prog).fd > 0
-        for m in (abi.MAP_CONFIG, abi.MAP_RULES, abi.MAP_SESSIONS, abi.MAP_STATS, abi.MAP_RULE_STATS,
-                  abi.MAP_SESSION_STATS):
+        for m in (abi.MAP_ADDR_CLASSES, abi.MAP_PORT_CLASSES, abi.MAP_META_CLASSES, abi.MAP_CLASS_BITS,
+                  abi.MAP_VLAN_CLASSES, abi.MAP_FLAG_CLASSES, abi.MAP_IFACE_CLASSES,
+                  abi.MAP_CONFIG, abi.MAP_RULES, abi.MAP_SESSIONS, abi.MAP_STATS, abi.MAP_RULE_STATS,
+                  abi.MAP_SESSION_STATS, abi.MAP_SESSION_SEQS, abi.MAP_CLOCK,
+                  abi.MAP_SOURCE_IDS, abi.MAP_SOURCE_IFINDEXES):
             assert obj.map(m).fd > 0

@@ -53,7 +53,9 @@ def lab() -> Iterator[Lab]:
                       "local", str(col.ip4), "nolearning"])
         lab.run(col, ["ip", "link", "add", "vx43", "type", "vxlan", "id", "43", "dstport", "4789",
                       "local", str(col.ip6), "nolearning", "udp6zerocsumrx"])
-        for dev in ("vx42", "vx43"):
+        lab.run(col, ["ip", "link", "add", "vx44", "type", "vxlan", "id", "44", "dstport", "4789",
+                      "local", str(col.ip4), "nolearning"])
+        for dev in ("vx42", "vx43", "vx44"):
             lab.run(col, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"])
             lab.run(col, ["ip", "link", "set", dev, "up"])
         yield lab
@@ -144,6 +146,23 @@ def test_originals_reach_the_destination_unchanged(lab: Lab) -> None:
     # untagged frames are routed on to dst (tagged ones stop at tap: no VLAN device there)
     assert sum(without.values()) == len(sent) - 2
     assert with_bpftap == without
+
+
+def test_one_packet_fans_out_to_three_collectors(lab: Lab) -> None:
+    """A rule feeding three sessions: each collector (a kernel VXLAN device) gets a correct copy."""
+    crafted = frames(lab)["mirror"]
+    text = config(lab).replace("sessions: [ids, ids6]", "sessions: [ids, ids6, ids44]")
+    text = text.replace("rules:", f'  - {{name: ids44, remote: "{lab.col.ip4}", vni: 44}}\nrules:')
+    agent = Agent(lab, text)
+    try:
+        with sniffing(lab, [(lab.col, dev) for dev in ("vx42", "vx43", "vx44")]) as seen:
+            send_frames(lab, lab.src, "eth0", crafted)
+        sessions = {s["name"]: s["packets"] for s in agent.status()["sessions"]}
+    finally:
+        assert agent.stop() == 0
+    for dev in ("vx42", "vx43", "vx44"):
+        assert received(seen[f"col.{dev}"]) == Counter(crafted), dev
+    assert sessions == {"ids": len(crafted), "ids6": len(crafted), "ids44": len(crafted)}
 
 
 @pytest.mark.parametrize("mode", ["tcx", "tc"])

@@ -1,6 +1,10 @@
 """Collector end to end on loopback: real VXLAN datagrams in, pcapng out; plus the CLI.
 
 Network safety: every socket here binds or sends to 127.0.0.1 / ::1 only.
+These collectors take VXLAN only (`tunnels=("vxlan",)`, `--tunnel vxlan`):
+the other types have their own tests (tests/integration/test_tunnels_collector.py), which
+run in a network namespace of their own because raw sockets see every GRE
+packet of the host.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from bpftap.collector.server import (
     format_summary,
     parse_listen,
 )
-from bpftap.collector.vxlan import encode
+from bpftap.tunnels.vxlan import encode
+
+VX = ("vxlan",)
 
 
 def inner(i: int) -> bytes:
@@ -142,7 +148,7 @@ def test_parse_listen_rejects(text: str, message: str) -> None:
 
 def test_ipv4_good_and_garbage(tmp_path: Path) -> None:
     out = tmp_path / "v4.pcapng"
-    collector = Collector("127.0.0.1", 0, out, vnis={42, 43})
+    collector = Collector("127.0.0.1", 0, out, vnis={42, 43}, tunnels=VX)
     bad = garbage() + [(encode(99, inner(9)), "vni")]
     good = [(42 + i % 2, inner(i)) for i in range(6)]
     datagrams = [encode(v, f) for v, f in good[:3]] + [d for d, _ in bad] + [
@@ -157,17 +163,18 @@ def test_ipv4_good_and_garbage(tmp_path: Path) -> None:
     assert isinstance(stats, CollectorStats)
     assert read_pcapng(out) == [
         (pytest.approx((before + after) // 2, abs=after - before), f,
-         f"vni={v} from=127.0.0.1:{sport}")
+         f"tunnel=vxlan vni={v} from=127.0.0.1:{sport}")
         for v, f in good
     ]
     assert stats.received == len(datagrams)
     assert stats.written == 6
     expected_bad: dict[str, int] = {}
     for _, reason in bad:
-        expected_bad[reason] = expected_bad.get(reason, 0) + 1
+        key = reason if reason == "vni" else f"vxlan:{reason}"
+        expected_bad[key] = expected_bad.get(key, 0) + 1
     assert stats.malformed == expected_bad
     assert stats.received == stats.written + sum(stats.malformed.values())
-    assert stats.per_vni == {42: 3, 43: 3}
+    assert stats.per_session == {"vxlan/42": 3, "vxlan/43": 3}
     assert stats.per_sender == {"127.0.0.1": len(datagrams)}
     assert stats.files == [out]
     assert stats.bytes_written == out.stat().st_size
@@ -177,7 +184,7 @@ def test_ipv4_good_and_garbage(tmp_path: Path) -> None:
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 def test_ipv6_loopback(tmp_path: Path) -> None:
     out = tmp_path / "v6.pcapng"
-    collector = Collector("::1", 0, out)
+    collector = Collector("::1", 0, out, tunnels=VX)
     frames = [inner(i) for i in range(3)]
     with serving(collector):
         sport = send_all(socket.AF_INET6, "::1", collector.port,
@@ -186,26 +193,26 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
         wait_for(lambda: collector.stats.received == 4)
     assert collector.address == f"[::1]:{collector.port}"
     assert [(f, c) for _, f, c in read_pcapng(out)] == [
-        (frames[0], f"vni=7 from=[::1]:{sport}"),
-        (frames[1], f"vni=8 from=[::1]:{sport}"),
-        (frames[2], f"vni=7 from=[::1]:{sport}"),
+        (frames[0], f"tunnel=vxlan vni=7 from=[::1]:{sport}"),
+        (frames[1], f"tunnel=vxlan vni=8 from=[::1]:{sport}"),
+        (frames[2], f"tunnel=vxlan vni=7 from=[::1]:{sport}"),
     ]
-    assert collector.stats.malformed == {"short": 1}
+    assert collector.stats.malformed == {"vxlan:short": 1}
     assert collector.stats.per_sender == {"::1": 4}
 
 
 @pytest.mark.skipif(not ipv6_loopback() or Path("/proc/sys/net/ipv6/bindv6only").read_text().strip()
                     != "0", reason="needs a dual-stack IPv6 socket")
 def test_dual_stack_shows_ipv4_senders_as_ipv4(tmp_path: Path) -> None:
-    collector = Collector("::", 0, tmp_path / "ds.pcapng")
+    collector = Collector("::", 0, tmp_path / "ds.pcapng", tunnels=VX)
     with serving(collector):
         sport = send_all(socket.AF_INET, "127.0.0.1", collector.port, [encode(5, inner(1))])
         wait_for(lambda: collector.stats.written == 1)
-    assert read_pcapng(tmp_path / "ds.pcapng")[0][2] == f"vni=5 from=127.0.0.1:{sport}"
+    assert read_pcapng(tmp_path / "ds.pcapng")[0][2] == f"tunnel=vxlan vni=5 from=127.0.0.1:{sport}"
 
 
 def test_rotation_through_the_collector(tmp_path: Path) -> None:
-    collector = Collector("127.0.0.1", 0, tmp_path / "r.pcapng", rotate_bytes=600)
+    collector = Collector("127.0.0.1", 0, tmp_path / "r.pcapng", rotate_bytes=600, tunnels=VX)
     frames = [inner(i) for i in range(10)]
     with serving(collector, max_packets=10) as result:
         send_all(socket.AF_INET, "127.0.0.1", collector.port, [encode(1, f) for f in frames])
@@ -216,7 +223,7 @@ def test_rotation_through_the_collector(tmp_path: Path) -> None:
 
 
 def test_stops_promptly_and_on_limits(tmp_path: Path) -> None:
-    collector = Collector("127.0.0.1", 0, tmp_path / "a.pcapng")
+    collector = Collector("127.0.0.1", 0, tmp_path / "a.pcapng", tunnels=VX)
     stop = threading.Event()
     thread = threading.Thread(target=collector.serve, args=(stop,), daemon=True)
     thread.start()
@@ -227,11 +234,11 @@ def test_stops_promptly_and_on_limits(tmp_path: Path) -> None:
     assert not thread.is_alive() and time.monotonic() - t0 < POLL_INTERVAL + 0.3
 
     t0 = time.monotonic()
-    stats = Collector("127.0.0.1", 0, tmp_path / "b.pcapng").serve(duration=0.2)
+    stats = Collector("127.0.0.1", 0, tmp_path / "b.pcapng", tunnels=VX).serve(duration=0.2)
     assert 0.2 <= time.monotonic() - t0 < 0.6
     assert stats.received == 0 and read_pcapng(tmp_path / "b.pcapng") == []
 
-    limited = Collector("127.0.0.1", 0, tmp_path / "c.pcapng")
+    limited = Collector("127.0.0.1", 0, tmp_path / "c.pcapng", tunnels=VX)
     limited.bind()
     send_all(socket.AF_INET, "127.0.0.1", limited.port, [encode(1, inner(i)) for i in range(5)])
     assert limited.serve(max_packets=3, duration=3).written == 3
@@ -243,7 +250,7 @@ def test_bind_errors_name_the_culprit(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
         with pytest.raises(CollectorError) as info:
-            Collector("127.0.0.1", port, tmp_path / "a.pcapng").bind()
+            Collector("127.0.0.1", port, tmp_path / "a.pcapng", tunnels=VX).bind()
     assert info.value.errno == errno.EADDRINUSE
     assert str(info.value).startswith(
         f"bind udp socket on 127.0.0.1:{port}: Address already in use (EADDRINUSE); ")
@@ -251,23 +258,23 @@ def test_bind_errors_name_the_culprit(tmp_path: Path) -> None:
 
     for out in (tmp_path / "no-such-dir" / "a.pcapng", tmp_path):
         with pytest.raises(CollectorError, match="create capture file on") as info:
-            Collector("127.0.0.1", 0, out).bind()
+            Collector("127.0.0.1", 0, out, tunnels=VX).bind()
         assert str(out) in str(info.value)
     with pytest.raises(ValueError):
         Collector("localhost", 0, tmp_path / "a.pcapng")
     with pytest.raises(CollectorError, match=r"bind udp socket on \[fe80::1%nosuchif0\]:0"):
-        Collector("fe80::1%nosuchif0", 0, tmp_path / "a.pcapng").bind()
+        Collector("fe80::1%nosuchif0", 0, tmp_path / "a.pcapng", tunnels=VX).bind()
     with pytest.raises(CollectorError, match="create capture file on /dev/full: No space"):
-        Collector("127.0.0.1", 0, Path("/dev/full")).bind()
+        Collector("127.0.0.1", 0, Path("/dev/full"), tunnels=VX).bind()
 
 
 def test_write_failure_mid_run_is_a_collector_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def disk_full(*_args: object) -> None:
+    def disk_full(*_args: object, **_kw: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    collector = Collector("127.0.0.1", 0, tmp_path / "a.pcapng")
+    collector = Collector("127.0.0.1", 0, tmp_path / "a.pcapng", tunnels=VX)
     collector.bind()
     monkeypatch.setattr(PcapngWriter, "write", disk_full)
     send_all(socket.AF_INET, "127.0.0.1", collector.port, [encode(1, inner(1))])
@@ -278,14 +285,16 @@ def test_write_failure_mid_run_is_a_collector_error(
 
 
 def test_format_summary() -> None:
-    stats = CollectorStats(received=9, written=6, malformed={"short": 2, "vni": 1},
-                           per_vni={43: 2, 42: 4}, per_sender={"127.0.0.1": 9},
-                           bytes_written=1234, files=[Path("a.pcapng"), Path("a-0001.pcapng")])
+    stats = CollectorStats(received=9, written=6, malformed={"vxlan:short": 2, "vni": 1},
+                           per_session={"vxlan/43": 2, "vxlan/42": 4}, per_sender={"127.0.0.1": 9},
+                           lost={"gre/7": 3}, bytes_written=1234,
+                           files=[Path("a.pcapng"), Path("a-0001.pcapng")])
     text = format_summary(stats)
     assert "9 datagrams, wrote 6 frames (1234 bytes" in text
-    assert "per VNI:    42=4  43=2" in text
+    assert "per session: vxlan/42=4  vxlan/43=2" in text
+    assert "lost:       gre/7=3 (sequence gaps)" in text
     assert "per sender: 127.0.0.1=9" in text
-    assert "malformed:  short=2  vni=1" in text
+    assert "malformed:  vni=1  vxlan:short=2" in text
     assert "a.pcapng" in text and "a-0001.pcapng" in text
     assert "malformed:  none" in format_summary(CollectorStats())
 
@@ -304,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
         (["--count", "1.5"], "--count '1.5' is not a number"),
         (["--duration", "-1"], "--duration must be > 0"),
         (["--vni", "16777216"], "VNI '16777216' is not 0..16777215"),
+        (["--tunnel", "nvgre"], "invalid choice: 'nvgre'"),
+        (["--geneve-port", "70000"], "port '70000' is not 0..65535"),
         (["--listen", "1.2.3.4:99999"], "port '99999'"),
     ],
 )
@@ -323,7 +334,7 @@ def test_cli_help_has_examples_and_signals(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_cli_usage_errors_return_2(tmp_path: Path) -> None:
-    args = parser().parse_args(["collect", "--out", str(tmp_path / "a.pcapng")])
+    args = parser().parse_args(["collect", "--tunnel", "vxlan", "--out", str(tmp_path / "a.pcapng")])
     args.listen = "not-an-address"
     err = io.StringIO()
     assert cli.run_collect(args, stdout=io.StringIO(), stderr=err) == 2
@@ -336,7 +347,7 @@ def test_cli_usage_errors_return_2(tmp_path: Path) -> None:
         assert cli.run_collect(args, stdout=io.StringIO(), stderr=err) == 2
     assert f"{args.listen}: Address already in use" in err.getvalue()
 
-    args = parser().parse_args(["collect", "--listen", "127.0.0.1:0", "--out", str(tmp_path)])
+    args = parser().parse_args(["collect", "--tunnel", "vxlan", "--listen", "127.0.0.1:0", "--out", str(tmp_path)])
     err = io.StringIO()
     assert cli.run_collect(args, stdout=io.StringIO(), stderr=err) == 2
     assert f"create capture file on {tmp_path}" in err.getvalue()
@@ -344,14 +355,14 @@ def test_cli_usage_errors_return_2(tmp_path: Path) -> None:
 
 def listening_port(err: io.StringIO) -> int:
     wait_for(lambda: "listening on" in err.getvalue())
-    match = re.search(r"listening on udp 127\.0\.0\.1:(\d+), writing ", err.getvalue())
+    match = re.search(r"listening on udp 127\.0\.0\.1:(\d+) \(vxlan\), writing ", err.getvalue())
     assert match, err.getvalue()
     return int(match.group(1))
 
 
 def test_cli_collects_until_count(tmp_path: Path) -> None:
     out = tmp_path / "c.pcapng"
-    args = parser().parse_args(["collect", "--listen", "127.0.0.1:0", "--out", str(out),
+    args = parser().parse_args(["collect", "--tunnel", "vxlan", "--listen", "127.0.0.1:0", "--out", str(out),
                                 "--count", "2", "--vni", "42", "--duration", "5"])
     assert args.func is cli.run_collect
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -365,11 +376,11 @@ def test_cli_collects_until_count(tmp_path: Path) -> None:
     thread.join(3)
     assert result == [0]
     assert [f for _, f, _ in read_pcapng(out)] == [inner(1), inner(3)]
-    assert "malformed:  short=1  vni=1" in stdout.getvalue()
+    assert "malformed:  vni=1  vxlan:short=1" in stdout.getvalue()
 
 
 def test_cli_sigint_stops_and_prints_summary(tmp_path: Path) -> None:
-    args = parser().parse_args(["collect", "--listen", "127.0.0.1:0",
+    args = parser().parse_args(["collect", "--tunnel", "vxlan", "--listen", "127.0.0.1:0",
                                 "--out", str(tmp_path / "s.pcapng"), "--duration", "5"])
     stdout, stderr = io.StringIO(), io.StringIO()
     previous = signal.getsignal(signal.SIGINT)

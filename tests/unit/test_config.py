@@ -89,7 +89,8 @@ BAD = [
     ("sessions.0.vni", True, "sessions[0].vni: expected an integer, got the boolean true"),
     ("sessions.0.vni", 2**24, "sessions[0].vni: 16777216 is out of range 0-16777215"),
     ("sessions.0.port", 0, "sessions[0].port: 0 is out of range 1-65535"),
-    ("sessions.0.tunnel", "gre", "sessions[0].tunnel: unknown tunnel 'gre'; supported: vxlan"),
+    ("sessions.0.tunnel", "nvgre", "sessions[0].tunnel: unknown tunnel 'nvgre'; did you mean 'gre'? "
+     "supported: vxlan, geneve, gre, erspan2, erspan3"),
     ("sessions.0.remote", "collector", "sessions[0].remote: 'collector' is not an IP address"),
     ("sessions.0.remote", "ff02::1", "sessions[0].remote: ff02::1 is a multicast address"),
     ("sessions.0.remote", "0.0.0.0", "sessions[0].remote: 0.0.0.0 is the unspecified address"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
+import time
 import ipaddress
 from typing import Any
 
@@ -12,14 +12,8 @@ from hypothesis import strategies as st
 
 from bpftap import abi
 from bpftap.config import Action, Config, Direction, Rule, Session, Source, parse_config
-from bpftap.rules import (
-    PacketInfo,
-    assign_session_slots,
-    compile_rule,
-    compile_rules,
-    match_compiled,
-    reference_match,
-)
+from bpftap.classifier import compile_rules, match_compiled, rule_bits
+from bpftap.rules import PacketInfo, assign_session_slots, reference_match
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -48,62 +42,64 @@ def test_slots_refuse_more_than_the_map_holds() -> None:
         assign_session_slots([session(f"s{i}", "198.18.2.1") for i in range(abi.MAX_SESSIONS + 1)])
 
 
-def test_ipv4_rule_fields_are_in_abi_byte_order() -> None:
-    rule = Rule(
-        7,
-        Direction.INGRESS,
-        protocol=17,
-        src=net("198.18.1.0/24"),
-        dst=net("198.19.0.7/32"),
-        src_ports=(1024, 65535),
-        dst_ports=(53, 53),
-        sessions=("x", "z"),
-    )
-    r = compile_rule(rule, {"x": 0, "y": 1, "z": 5})
-    assert bytes(r.src_net) == bytes([198, 18, 1, 0]) + bytes(12)
-    assert bytes(r.src_mask) == bytes([255, 255, 255, 0]) + bytes(12)
-    assert bytes(r.dst_net) == bytes([198, 19, 0, 7]) + bytes(12)
-    assert bytes(r.dst_mask) == b"\xff" * 4 + bytes(12)
-    # the struct's first bytes are the address itself, not a host-order integer
-    assert bytes(r)[:4] == b"\xc6\x12\x01\x00"
-    assert (r.sport_lo, r.sport_hi, r.dport_lo, r.dport_hi) == (1024, 65535, 53, 53)
-    assert (r.family, r.proto, r.dirs, r.action) == (4, 17, abi.MirrorDir.INGRESS, abi.MirrorAction.MIRROR)
-    assert r.sessions == 0b100001
-    assert r.number == 7
-
-
-def test_ipv6_rule_fields_and_any() -> None:
-    rule = Rule(9, Direction.BOTH, protocol=58, dst=net("2001:db8:1::/48"))
-    r = compile_rule(rule, {})
-    assert bytes(r.src_net) == bytes(r.src_mask) == bytes(16)  # "any"
-    assert bytes(r.dst_net) == bytes.fromhex("20010db8000100000000000000000000")
-    assert bytes(r.dst_mask) == b"\xff" * 6 + bytes(10)
-    assert (r.family, r.proto, r.dirs, r.sessions) == (6, 58, 3, 0)
-    assert (r.sport_lo, r.sport_hi, r.dport_lo, r.dport_hi) == (0, 65535, 0, 65535)
-
-
-def test_family_comes_from_icmp_when_no_cidr_says() -> None:
-    assert compile_rule(Rule(1, protocol=1), {}).family == 4
-    assert compile_rule(Rule(1, protocol=58), {}).family == 6
-    assert compile_rule(Rule(1, protocol=6), {}).family == 0
-    assert compile_rule(Rule(1), {}).proto == 0
-
-
-def test_skip_action_and_rule_order() -> None:
-    cfg = config(Rule(30, sessions=("s",)), Rule(10, action=Action.SKIP), Rule(20, sessions=("s",)))
-    compiled = compile_rules(cfg, {"s": 3})
-    assert [r.number for r in compiled] == [10, 20, 30]
-    assert [r.action for r in compiled] == [
-        abi.MirrorAction.SKIP,
-        abi.MirrorAction.MIRROR,
-        abi.MirrorAction.MIRROR,
-    ]
-    assert ctypes.sizeof(compiled[0]) == ctypes.sizeof(abi.MirrorRule)
+def test_rules_compile_in_number_order_with_actions_and_session_masks() -> None:
+    cfg = config(Rule(30, sessions=("s",)), Rule(10, action=Action.SKIP), Rule(20, sessions=("s", "t")))
+    compiled = compile_rules(cfg, {"s": 3, "t": 0})
+    assert [r.number for r in compiled.rules] == [10, 20, 30]
+    assert [r.action for r in compiled.rules] == [abi.MirrorAction.SKIP, abi.MirrorAction.MIRROR, abi.MirrorAction.MIRROR]
+    assert [r.sessions for r in compiled.rules] == [0, 0b1001, 0b1000]
 
 
 def test_session_without_slot_is_an_error() -> None:
     with pytest.raises(ValueError, match="session 'ghost' has no slot"):
-        compile_rule(Rule(5, sessions=("ghost",)), {})
+        compile_rules(config(Rule(5, sessions=("ghost",))), {})
+
+
+def test_address_classes_nest_and_cover_both_families() -> None:
+    wide = Rule(1, src=net("198.18.0.0/15"), sessions=("s",))
+    narrow = Rule(2, src=net("198.18.1.0/24"), sessions=("s",))
+    anywhere = Rule(3, sessions=("s",))
+    compiled = compile_rules(config(wide, narrow, anywhere), {"s": 0})
+    src = {(e.network): compiled.classes[e.class_id] for e in compiled.addr if e.dim == abi.MirrorDim.SRC}
+    assert src == {
+        net("0.0.0.0/0"): 0b100,
+        net("::/0"): 0b100,
+        net("198.18.0.0/15"): 0b101,
+        net("198.18.1.0/24"): 0b111,
+    }
+    # identical rule sets share one class
+    assert len(compiled.classes) == len(set(compiled.classes))
+
+
+def test_port_intervals_and_the_no_ports_class() -> None:
+    dns = Rule(1, protocol=17, dst_ports=(53, 53), sessions=("s",))
+    high = Rule(2, protocol=17, dst_ports=(1024, 65535), sessions=("s",))
+    anyport = Rule(3, protocol=17, sessions=("s",))
+    compiled = compile_rules(config(dns, high, anyport), {"s": 0})
+    dport = [compiled.classes[c] for c in compiled.ports[abi.MirrorDim.DPORT]]
+    assert (dport[52], dport[53], dport[54], dport[1023], dport[1024], dport[65535]) == (
+        0b100, 0b101, 0b100, 0b100, 0b110, 0b110,
+    )
+    assert dport[abi.NO_PORTS] == 0b100
+
+
+def test_rule_bits_layout() -> None:
+    bits = rule_bits((1 << 0) | (1 << 64 * 5 + 3) | (1 << 64 * 70), words=71)
+    assert (bits.words[0], bits.words[5], bits.words[70]) == (1, 8, 1)
+    assert (bits.summary[0], bits.summary[1]) == ((1 << 0) | (1 << 5), 1 << 6)
+
+
+def test_ten_thousand_rules_compile_quickly() -> None:
+    rules = [
+        Rule(i + 1, protocol=17, src=net(f"198.18.{i // 256 % 256}.{i % 256}/32"), dst_ports=(i % 5000, i % 5000 + 10),
+             sessions=("s",))
+        for i in range(10_000)
+    ]
+    start = time.monotonic()
+    compiled = compile_rules(config(*rules), {"s": 0})
+    assert time.monotonic() - start < 20
+    pkt = PacketInfo(Direction.INGRESS, 4, 17, ip("198.18.39.15"), ip("198.18.3.1"), 9, 4999)
+    assert match_compiled(compiled, pkt) == 9999
 
 
 def packet(
@@ -218,4 +214,4 @@ def test_compiled_rules_match_like_the_reference(data: dict[str, Any], pkts: lis
         got = match_compiled(compiled, pkt)
         assert (None if got is None else cfg.rules[got]) == want, pkt
         if got is not None:
-            assert compiled[got].number == cfg.rules[got].number
+            assert compiled.rules[got].number == cfg.rules[got].number

@@ -1,4 +1,4 @@
-"""VXLAN codec: exact header bytes, round trips, each malformed reason, fuzzing."""
+"""VXLAN codec (bpftap.tunnels.vxlan): exact header bytes, round trips, each malformed reason."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bpftap.collector import vxlan
-from bpftap.collector.vxlan import DecapError, decode, encode
+from bpftap.tunnels import vxlan
+from bpftap.tunnels.common import DecapError, Meta
+from bpftap.tunnels.vxlan import decode, encode
 from bpftap.errors import BpftapError
 
 INNER = bytes(range(14)) + b"payload"
@@ -26,7 +27,7 @@ def test_header_matches_scapy() -> None:
 
 @pytest.mark.parametrize("vni", [0, 1, 42, 0x123456, vxlan.VNI_MAX])
 def test_round_trip(vni: int) -> None:
-    assert decode(encode(vni, INNER)) == (vni, INNER)
+    assert decode(encode(vni, INNER)) == (Meta("vxlan", id=vni), INNER)
 
 
 @pytest.mark.parametrize("vni", [-1, vxlan.VNI_MAX + 1])
@@ -63,16 +64,16 @@ def test_malformed(description: str, datagram: bytes, reason: str) -> None:
 @given(st.binary(max_size=64))
 def test_decode_never_raises_anything_else(datagram: bytes) -> None:
     try:
-        vni, inner = decode(datagram)
+        meta, inner = decode(datagram)
     except DecapError as exc:
         assert exc.reason in vxlan.REASONS
     else:
-        assert encode(vni, inner) == datagram
+        assert meta.id is not None and encode(meta.id, inner) == datagram
 
 
 @given(st.integers(0, vxlan.VNI_MAX), st.binary(min_size=14, max_size=256))
 def test_round_trip_fuzz(vni: int, inner: bytes) -> None:
-    assert decode(encode(vni, inner)) == (vni, inner)
+    assert decode(encode(vni, inner)) == (Meta("vxlan", id=vni), inner)
 
 
 @given(st.integers(0, vxlan.VNI_MAX), st.binary(min_size=14, max_size=32),
@@ -83,7 +84,7 @@ def test_any_single_bit_flip_in_header_is_caught_or_changes_vni(
     raw = bytearray(encode(vni, inner))
     raw[byte] ^= 1 << bit
     if 4 <= byte <= 6:
-        assert decode(bytes(raw))[0] != vni
+        assert decode(bytes(raw))[0].id != vni
     else:
         with pytest.raises(DecapError):
             decode(bytes(raw))

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,10 @@ from bpftap import abi
 from bpftap.agent import state
 from bpftap.agent.status import StatusServer
 from bpftap.bpf import tc
-from bpftap.agent.tables import Tables
+from bpftap.agent.tables import Tables, class_capacity
 from bpftap.bpf.objects import BpfObject
 from bpftap.config import Config, Direction, load_config
-from bpftap.errors import BpftapError, ConfigError
+from bpftap.errors import BpfError, BpftapError, ConfigError
 from bpftap.netlink import (
     NextHop,
     ResolveError,
@@ -40,7 +41,8 @@ from bpftap.netlink import (
     links as netlink_links,
     resolve,
 )
-from bpftap.rules import assign_session_slots, compile_rules
+from bpftap.classifier import CompiledRules, compile_rules
+from bpftap.rules import assign_session_slots
 
 log = logging.getLogger("bpftap.agent")
 
@@ -72,7 +74,7 @@ class Plan:
 
     config: Config
     slots: dict[str, int]
-    rules: list[abi.MirrorRule]
+    rules: CompiledRules
     sessions: dict[str, SessionState] = field(default_factory=dict)
 
 
@@ -97,6 +99,7 @@ class Agent:
         self.plan: Plan | None = None
         self.active_slot = 0
         self.encap_ifindex = 0
+        self.source_ifindex: dict[str, int] = {}
         self.tables: Tables
 
     # --- start and stop -------------------------------------------------------------------
@@ -116,12 +119,24 @@ class Agent:
             log.warning("a previous agent (pid %d) died without cleaning up; removing what it left", leftover.pid)
             cleanup_leftovers(leftover, self.ipr)
         sources = self._resolve_sources()
+        self.source_ifindex = {name: index for name, index in sources}
         self.encap_ifindex, peer_ifindex = ensure_internal_pair(INTERNAL_A, INTERNAL_B, self.ipr)
         self.stack.callback(delete_internal_pair, INTERNAL_A, self.ipr)
-        self.obj = self.stack.enter_context(BpfObject.open(self.object_path).load())
-        self.tables = Tables(self.obj)
+        # the classifier's bitmap map is sized to the rule set, with room to grow
+        capacity = class_capacity(len(self.compile(self.config)[1].classes))
+        self.obj = self.stack.enter_context(BpfObject.open(self.object_path))
+        self.obj.set_max_entries(abi.MAP_CLASS_BITS, abi.RULE_SLOTS * capacity)
+        self.obj.load()
+        self.tables = Tables(self.obj, capacity)
         self.apply(self.config)
+        # before the first source is attached, so every copy names its interface
+        self.tables.write_sources([ifindex for (_, ifindex) in sources])
         # the encap stage first, so the first clone has somewhere to go
+        try:
+            napi = tc.attach_xdp(self.obj.program(abi.PROG_NAPI), INTERNAL_B, peer_ifindex)
+            self.stack.callback(napi.close)
+        except BpfError as exc:
+            log.warning("%s: clones share the CPU backlog with veth traffic (copies may cost originals under overload)", exc)
         self._attach(self.obj.program(abi.PROG_ENCAP), INTERNAL_B, peer_ifindex, tc.Direction.INGRESS)
         for (ifname, ifindex), direction in sources.items():
             for hook in (tc.Direction.INGRESS, tc.Direction.EGRESS):
@@ -178,17 +193,30 @@ class Agent:
         self.ipr.close()
 
     # --- rule sets and sessions -------------------------------------------------------------
-    def apply(self, config: Config) -> None:
-        """Compile `config` and make it live in one step (the inactive rule slot, then a flip)."""
+    def compile(self, config: Config) -> tuple[dict[str, int], CompiledRules]:
+        """Session slots and the compiled rules of `config`, against the attached sources (pure)."""
         slots = assign_session_slots(config.sessions)
-        rules = compile_rules(config, slots)
+        return slots, compile_rules(config, slots, self.source_ifindex)
+
+    def apply(self, config: Config) -> None:
+        """Compile `config` and make it live in one step (the inactive rule slot, then a flip).
+
+        Raises BpftapError if the rule set needs more classifier classes
+        than this run's maps hold (the running rules then stay).
+        """
+        slots, rules = self.compile(config)
         plan = Plan(config, slots, rules, {s.name: SessionState(slots[s.name]) for s in config.sessions})
-        v6 = sum(1 << slots[s.name] for s in config.sessions if s.remote.version == 6)
         with self.lock:
             self._write_sessions(plan, force=True)
-            self.active_slot = self.tables.write_rules(rules, v6, self.encap_ifindex)
+            self.active_slot = self.tables.write_rules(rules, self.encap_ifindex)
             self.plan, self.config = plan, config
-        log.info("rules applied: %d rules, %d sessions (slot %d)", len(rules), len(config.sessions), self.active_slot)
+        log.info(
+            "rules applied: %d rules (%d classifier classes), %d sessions (slot %d)",
+            len(rules.rules),
+            len(rules.classes),
+            len(config.sessions),
+            self.active_slot,
+        )
 
     def refresh_sessions(self) -> None:
         """Re-resolve every session's next hop; write the ones that changed."""
@@ -218,7 +246,8 @@ class Agent:
                     hop.mtu,
                 )
             st.nexthop, st.problem = hop, problem
-            self.tables.write_session(st.slot, sess, hop)
+            # a full write stages the next rule slot's table; a refresh rewrites the live one
+            self.tables.write_session(st.slot, sess, hop, live=not force)
 
     # --- reporting ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -227,8 +256,8 @@ class Agent:
             plan = self.plan
             assert plan is not None
             rules = []
-            for i, rule in enumerate(plan.config.rules):
-                rs = self.tables.rule_stats(self.active_slot, i)
+            for rule in plan.config.rules:
+                rs = self.tables.rule_stats(rule.number)
                 rules.append(
                     {
                         "number": rule.number,
@@ -241,7 +270,7 @@ class Agent:
             sessions = []
             for sess in plan.config.sessions:
                 st = plan.sessions[sess.name]
-                ss = self.tables.session_stats(st.slot)
+                ss = self.tables.session_stats(sess.name)
                 sessions.append(
                     {
                         "name": sess.name,
@@ -284,20 +313,45 @@ def cleanup_leftovers(old: state.AgentState | None, ipr: IPRoute) -> list[str]:
     return done
 
 
-def run(config_path: str, mode: tc.Mode, first: bool, priority: int, object_path: Path | None = None) -> int:
-    """`bpftap run`: serve in the foreground until SIGTERM/SIGINT; SIGHUP reloads."""
+def run(
+    config_path: str,
+    mode: tc.Mode,
+    first: bool,
+    priority: int,
+    object_path: Path | None = None,
+    metrics: tuple[str, int] | None = None,
+) -> int:
+    """`bpftap run`: serve in the foreground until SIGTERM/SIGINT; SIGHUP reloads.
+
+    `metrics` (host, port) also serves Prometheus metrics there; a bind
+    failure raises BpftapError after detaching.
+    """
     config = load_config(config_path)
     agent = Agent(config, mode, first, priority, object_path)
-    stop, reload = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(event: threading.Event) -> Callable[..., None]:
+        return lambda *_: (event.set(), wake.set())
+
+    signal.signal(signal.SIGTERM, on_signal(stop))
+    signal.signal(signal.SIGINT, on_signal(stop))
+    signal.signal(signal.SIGHUP, on_signal(reload))
     agent.start()
     server = StatusServer(agent.status)
     server.start()
     log.info("mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C detaches and exits", config_path)
+    exporter = None
     try:
-        while not stop.wait(REFRESH_SECONDS):
+        if metrics is not None:
+            from bpftap.agent.metrics import AgentSource, serve
+
+            exporter = serve(metrics, AgentSource(agent))
+        while not stop.is_set():
+            # a signal ends the wait at once; otherwise refresh every second
+            wake.wait(REFRESH_SECONDS)
+            wake.clear()
+            if stop.is_set():
+                break
             if reload.is_set():
                 reload.clear()
                 try:
@@ -306,6 +360,8 @@ def run(config_path: str, mode: tc.Mode, first: bool, priority: int, object_path
                     log.error("reload refused, the running rules stay: %s", exc)
             agent.refresh_sessions()
     finally:
+        if exporter is not None:
+            exporter.close()
         server.close()
         agent.stop()
         log.info("detached; bye")

@@ -6,54 +6,198 @@ the agent programs.
 
 from __future__ import annotations
 
+import array
 import ctypes
+import time
 from typing import Any
 
 from bpftap import abi
 from bpftap.bpf.libbpf import check, lib, num_possible_cpus
 from bpftap.bpf.objects import BpfObject, U64
+from bpftap.classifier import PORT_DIMS, CompiledRules, rule_bits
 from bpftap.config import Session
+from bpftap.errors import BpftapError
 from bpftap.netlink import NextHop
+from bpftap.rules import session_header_len
 
 _PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS)
-_ALL = (abi.MAP_CONFIG, abi.MAP_RULES, abi.MAP_SESSIONS, *_PERCPU)
+_ALL = (
+    abi.MAP_CONFIG,
+    abi.MAP_RULES,
+    abi.MAP_SESSIONS,
+    abi.MAP_ADDR_CLASSES,
+    abi.MAP_PORT_CLASSES,
+    abi.MAP_META_CLASSES,
+    abi.MAP_CLASS_BITS,
+    abi.MAP_VLAN_CLASSES,
+    abi.MAP_FLAG_CLASSES,
+    abi.MAP_IFACE_CLASSES,
+    abi.MAP_SESSION_SEQS,
+    abi.MAP_CLOCK,
+    abi.MAP_SOURCE_IDS,
+    abi.MAP_SOURCE_IFINDEXES,
+    *_PERCPU,
+)
+
+
+def class_capacity(classes: int) -> int:
+    """Classes per slot to size `class_bits` for a rule set with `classes` classes: room to grow 2x."""
+    capacity = abi.CLASS_CAPACITY
+    while capacity < 2 * classes:
+        capacity *= 2
+    return capacity
+
+
+class _Ids:
+    """Stable small ids for things that come and go across reloads (counter keys)."""
+
+    def __init__(self, limit: int) -> None:
+        self.ids: dict[object, int] = {}
+        self.free: list[int] = []
+        self.limit = limit
+
+    def get(self, key: object) -> tuple[int, bool]:
+        """The id of `key`, and whether it is new (its counters must be zeroed)."""
+        found = self.ids.get(key)
+        if found is not None:
+            return found, False
+        found = self.free.pop() if self.free else len(self.ids)
+        if found >= self.limit:
+            raise BpftapError(f"more than {self.limit} counter ids in use; restart bpftap")
+        self.ids[key] = found
+        return found, True
+
+    def keep_only(self, live: set[object]) -> None:
+        """Free the ids of everything not in `live`."""
+        for key in [k for k in self.ids if k not in live]:
+            self.free.append(self.ids.pop(key))
 
 
 class Tables:
     """Handles on every map of a loaded mirror object."""
 
-    def __init__(self, obj: BpfObject) -> None:
+    def __init__(self, obj: BpfObject, class_capacity: int = abi.CLASS_CAPACITY) -> None:
+        """`class_capacity` must be what `class_bits` was sized to (RULE_SLOTS times it) before load."""
         self.maps = {name: obj.map(name, percpu=name in _PERCPU) for name in _ALL}
         self.ncpus = num_possible_cpus()
+        self.class_capacity = class_capacity
+        self._trie_keys: list[list[abi.AddrKey]] = [[], []]
+        self._iface_keys: list[list[int]] = [[], []]
+        self._tables_written: dict[tuple[str, int], array.array[int]] = {}
+        self._rule_ids = _Ids(abi.RULE_SLOTS * abi.MAX_RULES)  # rule number -> `rule_stats` key
+        self._session_ids = _Ids(abi.RULE_SLOTS * abi.MAX_SESSIONS)  # session identity -> stats/seq key
+        self._staged: set[object] = set()  # identities of the sessions staged for the next flip
+        self._source_ids: dict[int, int] = {}  # ifindex -> source id, as written
 
     def config(self) -> abi.MirrorConfig:
         return self.maps[abi.MAP_CONFIG].lookup(0, abi.MirrorConfig)
 
-    def write_rules(self, rules: list[abi.MirrorRule], v6_sessions: int, encap_ifindex: int) -> int:
-        """Fill the inactive rule slot (counters zeroed), then make it live; returns the live slot.
-
-        The count is written before the flip, so no packet sees the new slot
-        with a stale count. Raises BpfError if a map write fails.
-        """
+    def staging_slot(self) -> int:
+        """The rule slot the next write_rules fills: the inactive one (the live one before any rules)."""
         cfg = self.config()
-        new_slot = 1 - cfg.active_slot if cfg.rule_count[cfg.active_slot] else cfg.active_slot
-        base = new_slot * abi.MAX_RULES
-        zero = (abi.RuleStats * self.ncpus)()
-        for i, rule in enumerate(rules):
-            self.maps[abi.MAP_RULES].update(base + i, rule)
-            self._update_raw(abi.MAP_RULE_STATS, base + i, zero)
-        cfg.encap_ifindex = encap_ifindex
-        cfg.v6_sessions = v6_sessions
-        cfg.rule_count[new_slot] = len(rules)
-        self.maps[abi.MAP_CONFIG].update(0, cfg)
-        cfg.active_slot = new_slot
-        self.maps[abi.MAP_CONFIG].update(0, cfg)
-        return new_slot
+        return 1 - cfg.active_slot if cfg.rule_count[cfg.active_slot] else cfg.active_slot
 
-    def write_session(self, slot: int, session: Session, hop: NextHop | None) -> None:
-        """One session's kernel record; without a next hop its copies count as unresolved."""
+    def write_rules(self, compiled: CompiledRules, encap_ifindex: int) -> int:
+        """Fill the staging rule slot, then make it live with its staged sessions; returns the live slot.
+
+        Every table of the slot is rewritten and trie entries of its previous
+        rule set are deleted first; the count is written before the flip, so
+        no packet sees the new slot half-made. Stage the slot's sessions with
+        write_session first. Rules and sessions keep their counters across
+        reloads. Raises BpftapError if the rule set has more classes than the
+        map was sized for, BpfError if a map write fails.
+        """
+        if len(compiled.classes) > self.class_capacity:
+            raise BpftapError(
+                f"this rule set needs {len(compiled.classes)} classifier classes and the running agent has room "
+                f"for {self.class_capacity}; restart bpftap to apply it (the running rules stay)"
+            )
+        slot = self.staging_slot()
+        cfg = self.config()
+        n = len(compiled.rules)
+        if n:
+            rules = (abi.MirrorRule * n)(*compiled.rules)
+            for rule in rules:
+                rule.stats_id = self._stats_id(rule.number)
+            self.maps[abi.MAP_RULES].update_batch(slot * abi.MAX_RULES, rules)
+        words = compiled.words
+        bits = (abi.RuleBits * len(compiled.classes))(*(rule_bits(b, words) for b in compiled.classes))
+        self.maps[abi.MAP_CLASS_BITS].update_batch(slot * self.class_capacity, bits)
+        ports = compiled.ports[PORT_DIMS[0]] + compiled.ports[PORT_DIMS[1]]
+        self._write_table(abi.MAP_PORT_CLASSES, slot, slot * 2 * abi.PORT_KEYS, ports)
+        self._write_table(abi.MAP_META_CLASSES, slot, slot * abi.META_KEYS, compiled.meta)
+        self._write_table(abi.MAP_VLAN_CLASSES, slot, slot * abi.VLAN_KEYS, compiled.vlan)
+        self._write_table(abi.MAP_FLAG_CLASSES, slot, slot * abi.FLAG_KEYS, compiled.tcp_flags)
+        ifaces = self.maps[abi.MAP_IFACE_CLASSES]
+        for index in self._iface_keys[slot]:
+            ifaces.delete_key(abi.IfaceKey(slot, index))
+        for index, class_id in compiled.iface.items():
+            ifaces.update_key(abi.IfaceKey(slot, index), ctypes.c_uint32(class_id))
+        self._iface_keys[slot] = list(compiled.iface)
+        trie = self.maps[abi.MAP_ADDR_CLASSES]
+        for key in self._trie_keys[slot]:
+            trie.delete_key(key)
+        self._trie_keys[slot] = []
+        for entry in compiled.addr:
+            key = abi.AddrKey(prefixlen=32 + entry.network.prefixlen, slot=slot, dim=entry.dim,
+                              family=entry.network.version)
+            key.addr[:] = entry.network.network_address.packed.ljust(16, b"\0")
+            trie.update_key(key, ctypes.c_uint32(entry.class_id))
+            self._trie_keys[slot].append(key)
+        cfg.encap_ifindex = encap_ifindex
+        cfg.class_capacity = self.class_capacity
+        cfg.rule_count[slot] = n
+        self.maps[abi.MAP_CONFIG].update(0, cfg)
+        cfg.active_slot = slot
+        self.maps[abi.MAP_CONFIG].update(0, cfg)
+        # counters of rules and sessions that are gone are free for new ones
+        self._rule_ids.keep_only({r.number for r in compiled.rules})
+        self._session_ids.keep_only(self._staged)
+        self._staged = set()
+        return slot
+
+    def _stats_id(self, number: int) -> int:
+        """The `rule_stats` key of rule `number`: the same across reloads; a new one starts at zero."""
+        found, new = self._rule_ids.get(number)
+        if new:
+            self._update_raw(abi.MAP_RULE_STATS, found, (abi.RuleStats * self.ncpus)())
+        return found
+
+    def _write_table(self, name: str, slot: int, first: int, values: list[int]) -> None:
+        """Write a whole class table of a slot, unless it already holds exactly these values."""
+        data = array.array("I", values)
+        if self._tables_written.get((name, slot)) == data:
+            return
+        self.maps[name].update_batch(first, (ctypes.c_uint32 * len(data)).from_buffer(data))
+        self._tables_written[(name, slot)] = data
+
+    def write_session(self, slot: int, session: Session, hop: NextHop | None, live: bool = False) -> None:
+        """One session's kernel record; without a next hop its copies count as unresolved.
+
+        Written into the staging rule slot's session table (live=False: for
+        the next write_rules) or the live one (live=True: a next hop that
+        changed). The record carries the tunnel type, its identifier, GRE
+        options and the outer header length the encap program grows the
+        packet to. A session keeps its counters and sequence numbers while
+        its name, tunnel, remote and id stay; the `clock` map gets the
+        current realtime-minus-monotonic offset (ERSPAN III timestamps of
+        packets without a receive time use it). Raises BpfError if a map
+        write fails.
+        """
+        flags = (abi.MIRROR_SF_KEY if session.gre_key else 0) | (abi.MIRROR_SF_SEQ if session.gre_seq else 0)
+        identity = (session.name, session.tunnel, session.remote, session.tun_id)
+        stats_id, new = self._session_ids.get(identity)
+        if new:
+            self._update_raw(abi.MAP_SESSION_STATS, stats_id, (abi.SessionStats * self.ncpus)())
+            self.maps[abi.MAP_SESSION_SEQS].update(stats_id, abi.SessionSeq())
         value = abi.MirrorSession(
-            vni=session.vni, dst_port=session.port, family=session.remote.version, tunnel=abi.MirrorTunnel.VXLAN
+            tun_id=session.tun_id,
+            dst_port=session.port,
+            hdr_len=session_header_len(session),
+            family=session.remote.version,
+            tunnel=abi.MirrorTunnel[session.tunnel.upper()],
+            flags=flags,
+            stats_id=stats_id,
         )
         abi.set_addr(value.outer_dst, session.remote.packed)
         if hop is not None:
@@ -61,18 +205,65 @@ class Tables:
             abi.set_addr(value.outer_src, hop.src.packed)
             value.src_mac[:] = hop.src_mac
             value.dst_mac[:] = hop.dst_mac
-        self.maps[abi.MAP_SESSIONS].update(slot, value)
+        rule_slot = self.config().active_slot if live else self.staging_slot()
+        if not live:
+            self._staged.add(identity)
+        self.maps[abi.MAP_SESSIONS].update(rule_slot * abi.MAX_SESSIONS + slot, value)
+        self.write_clock()
+
+    def write_clock(self) -> None:
+        """Store CLOCK_REALTIME minus CLOCK_MONOTONIC in `clock`. Raises BpfError if the write fails."""
+        offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.maps[abi.MAP_CLOCK].update(0, abi.MirrorClock(offset))
+
+    def write_sources(self, ifindexes: list[int]) -> dict[int, int]:
+        """Give source interfaces the ids that carry them from stage 1 to stage 2; returns ifindex -> id.
+
+        Ids run from 1 in the order given, up to abi.MAX_SOURCES - 1; later
+        interfaces get none (their copies say "unknown"). Ids of interfaces
+        that stay keep their number; entries of ones gone are removed.
+        Raises BpfError if a map write fails.
+        """
+        keep = [i for i in ifindexes if i in self._source_ids]
+        free = sorted(set(range(1, abi.MAX_SOURCES)) - {self._source_ids[i] for i in keep})
+        ids = {i: self._source_ids[i] for i in keep}
+        for ifindex in ifindexes:
+            if ifindex not in ids and free:
+                ids[ifindex] = free.pop(0)
+        for ifindex, sid in self._source_ids.items():
+            if ids.get(ifindex) != sid:
+                self.maps[abi.MAP_SOURCE_IDS].delete_key(ctypes.c_uint32(ifindex))  # type: ignore[arg-type]
+                self.maps[abi.MAP_SOURCE_IFINDEXES].update(sid, ctypes.c_uint32(0))  # type: ignore[arg-type]
+        for ifindex, sid in ids.items():
+            self.maps[abi.MAP_SOURCE_IFINDEXES].update(sid, ctypes.c_uint32(ifindex))  # type: ignore[arg-type]
+            self.maps[abi.MAP_SOURCE_IDS].update_key(ctypes.c_uint32(ifindex), ctypes.c_uint32(sid))  # type: ignore[arg-type]
+        self._source_ids = ids
+        return dict(ids)
+
+    def _session_key(self, name: str) -> int | None:
+        return next((i for (n, *_), i in self._session_ids.ids.items() if n == name), None)  # type: ignore[misc]
+
+    def session_seq(self, name: str) -> int:
+        """The last sequence number session `name` sent (0: none yet, or no such session)."""
+        key = self._session_key(name)
+        return 0 if key is None else int(self.maps[abi.MAP_SESSION_SEQS].lookup(key, abi.SessionSeq).seq)
 
     def _update_raw(self, name: str, index: int, values: ctypes.Array[Any]) -> None:
         key = ctypes.c_uint32(index)
         ret = lib.bpf_map_update_elem(self.maps[name].fd, ctypes.byref(key), ctypes.byref(values), 0)
         check(ret, f"update map {name}[{index}]")
 
-    def rule_stats(self, slot: int, position: int) -> abi.RuleStats:
-        return self.maps[abi.MAP_RULE_STATS].sum_percpu(slot * abi.MAX_RULES + position, abi.RuleStats)
+    def rule_stats(self, number: int) -> abi.RuleStats:
+        """First matches of rule `number` since it appeared (zero for an unknown rule)."""
+        found = self._rule_ids.ids.get(number)
+        if found is None:
+            return abi.RuleStats()
+        return self.maps[abi.MAP_RULE_STATS].sum_percpu(found, abi.RuleStats)
 
-    def session_stats(self, slot: int) -> abi.SessionStats:
-        return self.maps[abi.MAP_SESSION_STATS].sum_percpu(slot, abi.SessionStats)
+    def session_stats(self, name: str) -> abi.SessionStats:
+        """Copies of session `name` and why others were not sent (zero for an unknown session)."""
+        key = self._session_key(name)
+        return abi.SessionStats() if key is None else self.maps[abi.MAP_SESSION_STATS].sum_percpu(key, abi.SessionStats)
 
     def counters(self) -> dict[str, int]:
         """Global counters by `enum mirror_stat` name (lower case), summed over CPUs."""

@@ -27,6 +27,7 @@ BPF_TC_EGRESS = 2
 # enum bpf_attach_type values used with bpf_link_create / bpf_prog_query
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
+BPF_XDP = 37
 # flags
 BPF_F_BEFORE = 1 << 3
 BPF_F_AFTER = 1 << 4
@@ -142,6 +143,9 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "bpf_map__fd": ([c_void_p], ctypes.c_int),
     "bpf_map_update_elem": ([ctypes.c_int, c_void_p, c_void_p, ctypes.c_uint64], ctypes.c_int),
     "bpf_map_lookup_elem": ([ctypes.c_int, c_void_p, c_void_p], ctypes.c_int),
+    "bpf_map_delete_elem": ([ctypes.c_int, c_void_p], ctypes.c_int),
+    "bpf_map_update_batch": ([ctypes.c_int, c_void_p, c_void_p, ctypes.POINTER(c_u32), c_void_p], ctypes.c_int),
+    "bpf_map__set_max_entries": ([c_void_p, c_u32], ctypes.c_int),
     "bpf_prog_test_run_opts": ([ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)], ctypes.c_int),
     "bpf_tc_hook_create": ([ctypes.POINTER(BpfTcHook)], ctypes.c_int),
     "bpf_tc_hook_destroy": ([ctypes.POINTER(BpfTcHook)], ctypes.c_int),

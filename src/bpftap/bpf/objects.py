@@ -7,11 +7,12 @@ attached only through links or tc filters that hold their own references.
 
 from __future__ import annotations
 
+import array
 import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bpftap.bpf.libbpf import BpfTestRunOpts, check, check_ptr, lib, num_possible_cpus, sized
 from bpftap.errors import BpfError
@@ -105,6 +106,24 @@ class Map:
         ret = lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0)
         check(ret, f"update map {self.name}[{index}]")
 
+    def update_batch(self, first: int, values: ctypes.Array[Any]) -> None:
+        """Write len(values) consecutive elements from index `first` in one call (array maps)."""
+        n = len(values)
+        keys = (ctypes.c_uint32 * n).from_buffer(array.array("I", range(first, first + n)))
+        count = ctypes.c_uint32(n)
+        ret = lib.bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count), None)
+        check(ret, f"update map {self.name}[{first}:{first + n}]")
+
+    def update_key(self, key: ctypes.Structure, value: ctypes.Structure | ctypes.c_uint32) -> None:
+        """Write one element under a struct key (hash and LPM maps)."""
+        check(lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0), f"update map {self.name}")
+
+    def delete_key(self, key: ctypes.Structure) -> None:
+        """Delete one element; a missing one is not an error."""
+        ret = lib.bpf_map_delete_elem(self.fd, ctypes.byref(key))
+        if ret < 0 and -ret != 2 and ctypes.get_errno() != 2:
+            check(ret, f"delete from map {self.name}")
+
     def lookup(self, index: int, value_type: type[T]) -> T:
         """Read one element of a plain (not per-CPU) map."""
         key = ctypes.c_uint32(index)
@@ -158,6 +177,11 @@ class BpfObject:
         )
         self._loaded = True
         return self
+
+    def set_max_entries(self, name: str, entries: int) -> None:
+        """Size a map before load(). Raises BpfError if the object is loaded or the map is missing."""
+        handle = check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), "find map", name)
+        check(lib.bpf_map__set_max_entries(handle, entries), f"size map {name}", str(entries))
 
     def program(self, name: str) -> Program:
         """A loaded program by its function name."""

@@ -24,6 +24,7 @@ from bpftap.bpf.libbpf import (
     BPF_TC_INGRESS,
     BPF_TCX_EGRESS,
     BPF_TCX_INGRESS,
+    BPF_XDP,
     BpfLinkCreateOpts,
     BpfProgInfo,
     BpfProgQueryOpts,
@@ -40,7 +41,7 @@ log = logging.getLogger("bpftap.tc")
 
 # handle of bpftap's cls_bpf filters: how a restart finds a crashed run's filters
 FILTER_HANDLE = 0xB7A9
-OUR_PROGRAMS = frozenset({"mirror_ingress", "mirror_egress", "mirror_encap"})
+OUR_PROGRAMS = frozenset({"mirror_ingress", "mirror_egress", "mirror_encap", "mirror_napi"})
 
 
 class Direction(enum.Enum):
@@ -172,6 +173,32 @@ def attach(
             raise
         log.info("tcx refused on %s; falling back to clsact", ifname)
         return _attach_tc(prog, ifname, ifindex, direction, priority)
+
+
+@dataclass
+class XdpLink:
+    """An XDP program attached through a link: detached by close() or when the process dies."""
+
+    ifname: str
+    program: str
+    fd: int
+
+    def describe(self) -> str:
+        return f"{self.program} on {self.ifname} xdp (link)"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def attach_xdp(prog: Program, ifname: str, ifindex: int) -> XdpLink:
+    """Attach an XDP program with a link (native mode where the driver has it)."""
+    opts = sized(BpfLinkCreateOpts)
+    fd = lib.bpf_link_create(prog.fd, ifindex, BPF_XDP, ctypes.byref(opts))
+    if fd < 0:
+        raise BpfError("attach xdp", ifname, -fd)
+    return XdpLink(ifname, prog.name, fd)
 
 
 def prog_name(prog_id: int) -> str:

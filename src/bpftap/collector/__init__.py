@@ -1,5 +1,7 @@
-"""Collector: receive VXLAN copies over UDP, decapsulate them and record pcapng.
+"""Collector: receive tunnelled copies, decapsulate them and record pcapng.
 
-Stages (house style H7): ``server`` (socket reader) -> ``vxlan`` (pure decap)
--> ``pcapng`` (writer with rotation); ``cli`` adds the ``collect`` subcommand.
+Stages (house style H7): ``sockets`` (UDP and raw IP sockets) -> ``server``
+(receive loop, counters) -> ``bpftap.tunnels`` (pure decoders, one per
+tunnel type) -> ``pcapng`` (writer with rotation); ``cli`` adds the
+``collect`` subcommand.
 """

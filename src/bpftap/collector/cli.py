@@ -1,4 +1,4 @@
-"""``bpftap collect``: receive VXLAN copies and record the inner frames as pcapng.
+"""``bpftap collect``: receive tunnelled copies and record the inner frames as pcapng.
 
 ``register(subparsers)`` adds the subcommand to the main CLI's parser;
 ``run_collect(args)`` runs it and returns the exit status. Options validate
@@ -17,8 +17,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bpftap.collector.server import Collector, CollectorError, format_summary, parse_listen
-from bpftap.collector.vxlan import VNI_MAX, VXLAN_PORT
+from bpftap.collector.server import (
+    Collector,
+    CollectorError,
+    format_summary,
+    parse_listen,
+)
+from bpftap.tunnels import TUNNELS
+from bpftap.tunnels.geneve import GENEVE_PORT
+from bpftap.tunnels.vxlan import VNI_MAX, VXLAN_PORT
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -28,18 +35,21 @@ MB = 1_000_000  # --rotate-mb counts decimal megabytes, as tcpdump -C does
 EXAMPLES = f"""\
 examples:
   bpftap collect --out mirror.pcapng
-      listen on 0.0.0.0:{VXLAN_PORT} until Ctrl-C and record every VNI
-  bpftap collect --listen [::]:{VXLAN_PORT} --out mirror.pcapng --rotate-mb 100
-      IPv6 (and, on dual-stack hosts, IPv4) senders; start mirror-0001.pcapng,
-      mirror-0002.pcapng, ... every 100 MB
-  bpftap collect --listen 198.18.2.254 --vni 42 --vni 43 --count 1000 --out t.pcapng
-      keep VNIs 42 and 43 only, stop after 1000 frames
-  bpftap collect --out t.pcapng --duration 60 && tshark -r t.pcapng -e frame.comment -T fields
-      record for a minute; each packet's comment says "vni=N from=ADDR:PORT"
+      every tunnel type on 0.0.0.0 (VXLAN udp/{VXLAN_PORT}, GENEVE udp/{GENEVE_PORT}, GRE and
+      ERSPAN as IP protocol 47) until Ctrl-C
+  bpftap collect --listen [::] --out mirror.pcapng --rotate-mb 100
+      IPv6 and IPv4 senders; start mirror-0001.pcapng, mirror-0002.pcapng, ...
+      every 100 MB
+  bpftap collect --listen 198.18.2.254 --tunnel vxlan --vni 42 --vni 43 --count 1000 --out t.pcapng
+      VXLAN only, keep VNIs 42 and 43, stop after 1000 frames
+  bpftap collect --tunnel erspan3 --out t.pcapng --duration 60 && tshark -r t.pcapng -e frame.comment -T fields
+      ERSPAN III for a minute; each comment reads like
+      "tunnel=erspan3 session=7 seq=12 dir=egress if=3 ts=1700000000.123456789 from=198.18.2.254"
 
 signals:
   SIGINT (Ctrl-C) and SIGTERM stop the collector: it closes the capture and
-  prints the summary (frames per VNI and sender, malformed per reason, files).
+  prints the summary (frames per session and sender, sequence gaps,
+  malformed per reason, files).
 
 exit status:
   0 done; 2 bad option, bad or busy --listen address, or unwritable --out;
@@ -74,14 +84,21 @@ def _vni_arg(text: str) -> int:
     return int(text)
 
 
+def _port_arg(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not 0..65535")
+    return int(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``collect`` subcommand; it sets ``func=run_collect``."""
     p = subparsers.add_parser(
         "collect",
-        help="receive VXLAN mirror copies and write them to pcapng",
-        description="Receive VXLAN-encapsulated copies sent by bpftap (or any VXLAN\n"
-        "source), strip the outer headers and write the inner Ethernet frames to\n"
-        "pcapng, with the VNI and sender in each packet's comment.",
+        help="receive mirror copies (VXLAN, GENEVE, GRE, ERSPAN) and write them to pcapng",
+        description="Receive tunnelled copies sent by bpftap (or any VXLAN, GENEVE, GRE or\n"
+        "ERSPAN source), strip the outer headers and write the inner Ethernet frames to\n"
+        "pcapng, with the tunnel type, VNI/key/session id, sequence number, direction,\n"
+        "source interface and sender in each packet's comment.",
         epilog=EXAMPLES,
         # Raw keeps EXAMPLES as written; defaults are spelled out in the help
         # texts that have one (ArgumentDefaultsHelpFormatter adds "None" noise).
@@ -89,8 +106,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--listen", metavar="ADDR[:PORT]", type=_listen_arg,
                    default=f"0.0.0.0:{VXLAN_PORT}",
-                   help="UDP address to receive on; IPv6 as [ADDR]:PORT; port 0 picks a "
-                   "free one (default: %(default)s)")
+                   help="address to receive on; PORT is VXLAN's UDP port; IPv6 as "
+                   "[ADDR]:PORT; [::] takes IPv4 too; port 0 picks a free one "
+                   "(default: %(default)s)")
+    p.add_argument("--geneve-port", metavar="PORT", type=_port_arg, default=GENEVE_PORT,
+                   help="GENEVE's UDP port (default: %(default)s)")
+    p.add_argument("--tunnel", metavar="TYPE", choices=TUNNELS, action="append",
+                   help=f"accept only this tunnel type (repeatable; {', '.join(TUNNELS)}); "
+                   "others are counted as malformed 'tunnel' and dropped. Default: all "
+                   "(GRE and ERSPAN need a raw socket, i.e. CAP_NET_RAW)")
     p.add_argument("--out", metavar="FILE.pcapng", type=Path, required=True,
                    help="capture file (overwritten)")
     p.add_argument("--rotate-mb", metavar="N", type=_positive(float, "--rotate-mb"),
@@ -101,8 +125,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--duration", metavar="SECONDS", type=_positive(float, "--duration"),
                    help="stop after SECONDS")
     p.add_argument("--vni", metavar="N", type=_vni_arg, action="append",
-                   help="keep only this VNI (repeatable); others are counted as "
-                   "malformed 'vni' and dropped")
+                   help="keep only this VXLAN/GENEVE VNI (repeatable); others are counted "
+                   "as malformed 'vni' and dropped")
     p.set_defaults(func=run_collect)
 
 
@@ -139,7 +163,8 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
         print(f"bpftap collect: error: {exc}", file=err)
         return EXIT_USAGE
     rotate = None if args.rotate_mb is None else max(1, int(args.rotate_mb * MB))
-    collector = Collector(addr, port, Path(args.out), rotate, args.vni)
+    collector = Collector(addr, port, Path(args.out), rotate, args.vni, tunnels=args.tunnel,
+                          geneve_port=args.geneve_port)
     try:
         collector.bind()
     except CollectorError as exc:
@@ -148,7 +173,9 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
     with _stop_on_signals(stop):
         rotating = f", new file every {args.rotate_mb:g} MB" if rotate else ""
         vnis = f", VNIs {','.join(map(str, sorted(set(args.vni))))}" if args.vni else ""
-        print(f"listening on udp {collector.address}, writing {args.out}{rotating}{vnis}",
+        for warning in collector.warnings:
+            print(f"bpftap collect: warning: {warning}", file=err)
+        print(f"listening on {collector.describe()}, writing {args.out}{rotating}{vnis}",
               file=err, flush=True)
         try:
             stats = collector.serve(stop, max_packets=args.count, duration=args.duration)

@@ -4,7 +4,7 @@ Every file is a complete section: a Section Header Block, one Interface
 Description Block (LINKTYPE_ETHERNET, snaplen 0, ``if_name`` "bpftap",
 ``if_tsresol`` 9 = nanoseconds) and then Enhanced Packet Blocks, little-endian,
 each block padded to 32 bits. A packet comment becomes an ``opt_comment``
-option. The file is flushed after every block so a killed collector leaves a
+option, a direction an ``epb_flags`` option. The file is flushed after every block so a killed collector leaves a
 readable capture (at worst missing the packet being written).
 
 Rotation: when the next packet would push the current file past
@@ -33,6 +33,7 @@ BT_EPB: Final = 0x00000006
 BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
 OPT_ENDOFOPT: Final = 0
 OPT_COMMENT: Final = 1
+EPB_FLAGS: Final = 2
 SHB_USERAPPL: Final = 4
 IF_NAME: Final = 2
 IF_TSRESOL: Final = 9
@@ -70,11 +71,13 @@ def _file_header() -> bytes:
     return _block(BT_SHB, shb) + _block(BT_IDB, idb)
 
 
-def packet_block(frame: bytes, ts_ns: int, comment: str | None = None) -> bytes:
+def packet_block(frame: bytes, ts_ns: int, comment: str | None = None, flags: int | None = None) -> bytes:
     """Encode one Enhanced Packet Block for interface 0 (nanosecond timestamps).
 
-    Raises ValueError if ``ts_ns`` does not fit 0..2**64-1 or the UTF-8
-    comment is longer than 65535 bytes.
+    ``flags`` becomes the ``epb_flags`` option (bits 0-1: 1 inbound,
+    2 outbound; Wireshark's ``frame.packet_flags_direction``). Raises
+    ValueError if ``ts_ns`` does not fit 0..2**64-1, the UTF-8 comment is
+    longer than 65535 bytes or ``flags`` does not fit 32 bits.
     """
     if not 0 <= ts_ns <= _U64_MAX:
         raise ValueError(f"timestamp {ts_ns} ns does not fit 64 bits")
@@ -84,6 +87,10 @@ def packet_block(frame: bytes, ts_ns: int, comment: str | None = None) -> bytes:
         if len(raw) > _OPT_MAX:
             raise ValueError(f"comment of {len(raw)} bytes exceeds {_OPT_MAX}")
         opts.append((OPT_COMMENT, raw))
+    if flags is not None:
+        if not 0 <= flags <= 0xFFFFFFFF:
+            raise ValueError(f"epb_flags {flags} does not fit 32 bits")
+        opts.append((EPB_FLAGS, struct.pack("<I", flags)))
     head = struct.pack("<IIIII", 0, ts_ns >> 32, ts_ns & 0xFFFFFFFF, len(frame), len(frame))
     return _block(BT_EPB, head + _pad4(bytes(frame)) + _options(opts))
 
@@ -142,7 +149,7 @@ class PcapngWriter:
         self._size += len(data)
         self.bytes_written += len(data)
 
-    def write(self, frame: bytes, ts_ns: int, comment: str | None = None) -> None:
+    def write(self, frame: bytes, ts_ns: int, comment: str | None = None, flags: int | None = None) -> None:
         """Append one frame with its wall-clock timestamp in ns since the epoch.
 
         Raises ValueError after close() or for an unencodable timestamp or
@@ -150,7 +157,7 @@ class PcapngWriter:
         """
         if self._fh is None:
             raise ValueError("write to a closed PcapngWriter")
-        block = packet_block(frame, ts_ns, comment)
+        block = packet_block(frame, ts_ns, comment, flags)
         if (
             self.rotate_bytes is not None
             and self._packets_in_file > 0

@@ -1,0 +1,171 @@
+"""Parsers of single config values (CIDRs, ports, protocols, names): raw YAML value in, typed value out.
+
+Each raises `Invalid` with the message that follows ``<file>: <location>: ``
+in a config error; bpftap.config says where.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+PortRange = tuple[int, int]
+
+ANY_PORTS: PortRange = (0, 65535)
+IFNAMSIZ = 16  # the kernel's limit includes the terminating NUL
+PROTOCOLS: dict[str, int | None] = {"any": None, "tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
+
+_SESSION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_PORT = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
+_GLOB_CHARS = frozenset("*?[")
+T = TypeVar("T")
+
+
+class Invalid(Exception):
+    """A value is wrong; the message says what, the caller says where."""
+
+
+_Invalid = Invalid
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null (nothing)"
+    kinds = {bool: "boolean", str: "string", int: "integer", float: "number", list: "list"}
+    kind = kinds.get(type(value), "mapping" if isinstance(value, Mapping) else type(value).__name__)
+    if isinstance(value, (list, Mapping)):
+        return f"a {kind}"
+    return f"the {kind} {str(value).lower() if isinstance(value, bool) else repr(value)}"
+
+
+def _did_you_mean(word: object, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown(what: str, text: str, options: Mapping[str, object], known: str = "") -> _Invalid:
+    hint, known = _did_you_mean(text.strip().lower(), options), known or ", ".join(options)
+    return _Invalid(f"unknown {what} {text!r}{hint or ';'} supported: {known}")
+
+
+def _string(value: object, what: str = "a string") -> str:
+    if isinstance(value, str):
+        return value
+    hint = "; put it in quotes" if isinstance(value, (bool, int, float)) else ""
+    raise _Invalid(f"expected {what}, got {_describe(value)}{hint}")
+
+
+def _integer(lo: int, hi: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"expected an integer, got {_describe(value)}")
+        if not lo <= value <= hi:
+            raise _Invalid(f"{value} is out of range {lo}-{hi}")
+        return value
+
+    return parse
+
+
+def _choice(what: str, options: Mapping[str, T]) -> Callable[[object], T]:
+    def parse(value: object) -> T:
+        text = _string(value, f"a {what}")
+        if text.strip().lower() in options:
+            return options[text.strip().lower()]
+        raise _unknown(what, text, options)
+
+    return parse
+
+
+def _interface(value: object) -> str:
+    name = _string(value, "an interface name")
+    if not name:
+        raise _Invalid("is empty; give an interface name or a glob such as 'eth*'")
+    if "/" in name or ":" in name or any(c.isspace() for c in name):
+        raise _Invalid(f"{name!r} is not an interface name: '/', ':' and spaces are not allowed")
+    if len(name) >= IFNAMSIZ and not _GLOB_CHARS.intersection(name):
+        raise _Invalid(f"{name!r} has {len(name)} characters; interface names have at most {IFNAMSIZ - 1}")
+    return name
+
+
+def _session_name(value: object) -> str:
+    name = _string(value, "a session name")
+    if not _SESSION_NAME.fullmatch(name):
+        raise _Invalid(f"{name!r} is not a session name: use 1-32 letters, digits, '_', '.' or '-'")
+    return name
+
+
+def _name_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected a list of session names, got {_describe(value)}")
+    for item in value:
+        _string(item, "session names")
+    return tuple(value)
+
+
+def _remote(value: object) -> IPAddress:
+    text = _string(value, "an IP address")
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        hint = "; give the address without a prefix length" if "/" in text else ""
+        raise _Invalid(f"{text!r} is not an IP address{hint}") from None
+    if addr.is_multicast or addr.is_unspecified:
+        kind = "a multicast" if addr.is_multicast else "the unspecified"
+        raise _Invalid(f"{text} is {kind} address; give the collector's unicast address")
+    return addr
+
+
+def _cidr(value: object) -> IPNetwork | None:
+    text = _string(value, "a CIDR or 'any'")
+    if text.strip().lower() == "any":
+        return None
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _Invalid(f"{text!r} is not a CIDR") from None
+    raise _Invalid(f"{text!r} has host bits set; did you mean {loose}?")
+
+
+def _ports(value: object) -> PortRange:
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo = hi = value
+    else:
+        text = _string(value, "a port, a range a-b or 'any'").strip()
+        if text.lower() == "any":
+            return ANY_PORTS
+        m = _PORT.fullmatch(text)
+        if not m:
+            raise _Invalid(f"{text!r} is not a port, a range such as 1024-65535, or 'any'")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+    for port in (lo, hi):
+        if not 0 <= port <= 65535:
+            raise _Invalid(f"port {port} is out of range 0-65535")
+    if lo > hi:
+        raise _Invalid(f"range {lo}-{hi} is backwards; write {hi}-{lo}")
+    return (lo, hi)
+
+
+def _protocol(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        text = _string(value, "a protocol name or number").strip().lower()
+        if text in PROTOCOLS:
+            return PROTOCOLS[text]
+        if not text.isascii() or not text.isdigit():
+            raise _unknown("protocol", str(value), PROTOCOLS, ", ".join(PROTOCOLS) + " or 1-255")
+        number = int(text)
+    if number == 0:
+        raise _Invalid("protocol 0 cannot be matched (0 means any to the kernel); write 'any'")
+    if not 0 < number <= 255:
+        raise _Invalid(f"protocol number {number} is out of range 1-255")
+    return number
