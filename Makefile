@@ -8,9 +8,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLANG ?= clang
 BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu -Ibpf
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping tshark iperf3 python3-venv linux-libc-dev libc6-dev
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping tshark iperf3 python3-venv linux-libc-dev libc6-dev tmux
 BPF_OBJ := build/bpf/mirror_tc.bpf.o
 PKG_OBJ := src/bpftap/data/mirror_tc.bpf.o
+# programs written for the tests (another vendor's TC program, for coexistence)
+TEST_BPF_OBJS := build/bpf/counter.bpf.o
 ifeq ($(V),1)
 Q :=
 else
@@ -34,12 +36,17 @@ $(VENV)/.installed: pyproject.toml
 	$(Q)$(PY) -m pip install -q -e '.[dev]'
 	$(Q)touch $@
 
-build: deps $(PKG_OBJ)
+build: deps $(PKG_OBJ) $(TEST_BPF_OBJS)
 
 build/bpf/%.bpf.o: bpf/%.bpf.c bpf/*.h | deps
 	$(Q)mkdir -p $(@D)
 	@echo "  CLANG   $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(TEST_BPF_OBJS): build/bpf/%.bpf.o: tests/bpf_progs/%.bpf.c | deps
+	$(Q)mkdir -p $(@D)
+	@echo "  CLANG   $@"
+	$(Q)$(CLANG) -g -O2 -target bpf -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu -c $< -o $@
 
 $(PKG_OBJ): $(BPF_OBJ)
 	$(Q)mkdir -p $(@D) && cp $< $@
@@ -55,6 +62,23 @@ test: build
 
 test-unit: build
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# `bpftap bench`: every tier on the lab (about 10 minutes, root); results in bench/results/.
+# Not part of `make test`. BENCH_ARGS is passed on, e.g. BENCH_ARGS="--tiers 1".
+BENCH_OBJ := build/bench/empty.bpf.o
+
+$(BENCH_OBJ): bench/empty.bpf.c | deps
+	$(Q)mkdir -p $(@D)
+	@echo "  CLANG   $@"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(VENV)/.bench-installed: pyproject.toml | deps
+	$(Q)$(PY) -m pip install -q -e '.[bench]'
+	$(Q)touch $@
+
+bench: build $(BENCH_OBJ) $(VENV)/.bench-installed
+	$(Q)mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	$(VENV)/bin/bpftap bench $(BENCH_ARGS)
 
 demo: build
 	$(VENV)/bin/bpftap demo

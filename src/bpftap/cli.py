@@ -25,6 +25,8 @@ examples:
   bpftap run -c bpftap.yaml                 mirror as the config says, in the foreground
   bpftap run -c bpftap.yaml --attach tc     force clsact instead of tcx
   bpftap status                             attachments and counters of the running agent
+  bpftap run -c bpftap.yaml --metrics 127.0.0.1:9477   also serve Prometheus metrics
+  bpftap top                                live rule and session rates of the running agent
   bpftap collect --out mirror.pcapng        receive VXLAN copies on 0.0.0.0:4789
   bpftap detach                             remove what a killed agent left behind
   bpftap demo                               the whole path in a lab of network namespaces
@@ -32,7 +34,7 @@ examples:
 
 
 # modules that add subcommands: each has register(subparsers)
-COMMAND_MODULES = ("bpftap.collector.cli",)
+COMMAND_MODULES = ("bpftap.collector.cli", "bpftap.top", "bpftap.bench.cli")
 
 
 class ExitStatus(enum.IntEnum):
@@ -59,7 +61,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bpftap.agent.daemon import run
     from bpftap.bpf.tc import Mode
 
-    return run(args.config, Mode(args.attach), args.order == "first", args.priority, args.object)
+    return run(args.config, Mode(args.attach), args.order == "first", args.priority, args.object, metrics=args.metrics)
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    from bpftap.agent.metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def others_attached() -> dict[str, list[str]]:
+    """What else (not bpftap) is on the TC hooks of this namespace's interfaces, by "IFACE DIRECTION"."""
+    import socket
+
+    from bpftap.bpf import tc
+
+    found = {}
+    for ifindex, ifname in socket.if_nameindex():
+        for direction in tc.Direction:
+            others = tc.others_on_hook(ifname, ifindex, direction)
+            if others:
+                found[f"{ifname} {direction.value}"] = others
+    return found
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -67,6 +93,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     features = probe()
     data = as_dict(features)
+    data["others"] = others_attached()
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -74,6 +101,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             note = features.detail.get(key.replace("object_loads", "object"), "")
             print(f"{key:<13} {'yes' if data[key] else 'no':<4} {note}".rstrip())
         print(f"{'mode':<13} {features.mode}")
+        for hook, others in data["others"].items():
+            print("\n".join(f"{'other':<13} {hook}: {other}" for other in others))
+        if not data["others"]:
+            print(f"{'other':<13} none (no other TC program or filter on this namespace's interfaces)")
     return ExitStatus.OK if features.object_loads and (features.tcx or features.clsact) else ExitStatus.NOT_SUPPORTED
 
 
@@ -149,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=_positive_int, default=1, help="clsact filter priority (lower runs first)")
     p.add_argument("--object", type=Path, default=None, help="BPF object to load (default: the packaged one; "
                    "'make debug' builds build/bpf/mirror_tc.debug.bpf.o, which logs to the kernel trace pipe)")
+    p.add_argument("--metrics", metavar="ADDR:PORT", type=_metrics_address, default=None,
+                   help="serve Prometheus metrics on this address (127.0.0.1:9477, [::1]:9477; port 0: any free)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="report kernel features and the attach mode", formatter_class=fmt)

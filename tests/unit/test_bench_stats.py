@@ -1,0 +1,99 @@
+"""The bench's statistics and report code, on made-up numbers (no kernel, no clock)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bpftap.bench import stats
+from bpftap.bench.report import format_report, result_stem, tier1_lines, tier3_lines
+
+
+def test_summarize_median_min_max_and_drops_missing() -> None:
+    s = stats.summarize([3.0, 1.0, None, 2.0, math.nan, 10.0])  # type: ignore[list-item]
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.5, 1.0, 10.0, 4)
+    assert stats.summarize([])["median"] is None
+
+
+def test_ratios_pair_rounds_and_skip_missing_baselines() -> None:
+    assert stats.ratios([2.0, 3.0, None, 8.0], [1.0, 0.0, 5.0, 4.0]) == [2.0, 2.0]
+    s = stats.ratio_summary([10.0, 12.0, 9.0], [10.0, 10.0, 10.0])
+    assert (s["median"], s["min"], s["max"]) == (1.0, 0.9, 1.2)
+    with pytest.raises(ValueError):
+        stats.ratios([1.0], [1.0, 2.0])
+
+
+def test_rule_counts_are_clipped_to_max_rules_and_reported() -> None:
+    assert stats.clip_rule_counts([10, 1000, 10000], 256) == ([10, 256], [1000, 10000])
+    assert stats.clip_rule_counts([10, 100, 1000, 10000], 16384) == ([10, 100, 1000, 10000], [])
+    assert stats.clip_rule_counts([10, 256, 1000], 256) == ([10, 256], [1000])
+
+
+def test_rounds_interleave_configurations_after_a_warmup() -> None:
+    assert stats.rounds(["a", "b"], reps=2, warmup=1) == [(0, "a"), (0, "b"), (1, "a"), (1, "b"), (2, "a"), (2, "b")]
+
+
+@pytest.mark.parametrize("util,band", [(0.5, "<=65%"), (0.65, "<=65%"), (0.75, "65-75%"), (0.85, "75-85%"),
+                                       (0.95, "85-99%"), (0.99, "85-99%")])
+def test_utilisations_fall_in_the_reference_bands(util: float, band: str) -> None:
+    assert stats.band_of(util) == band
+    assert stats.REFERENCE["not mirrored"][band]
+
+
+def test_cpu_busy_from_proc_stat_deltas() -> None:
+    before = [100, 0, 50, 800, 50, 0, 0, 0, 0, 0]
+    after = [200, 0, 150, 900, 50, 0, 50, 50, 0, 0]  # 400 jiffies: 300 busy, 100 idle, 50 of them steal
+    got = stats.cpu_busy(before, after)
+    assert got["jiffies"] == 400 and got["busy"] == pytest.approx(0.75) and got["steal"] == pytest.approx(0.125)
+    assert stats.cpu_busy(before, before)["busy"] == 0.0
+
+
+def test_loss_resolution_and_formatting() -> None:
+    assert stats.loss_resolution(1_000_000) == pytest.approx(1e-4)
+    assert stats.loss_resolution(0) is None
+    assert stats.fmt_pct(0.0, 0.002) == "0 (<0.002)"
+    assert stats.fmt_pct(12.345) == "12.3"
+    assert stats.fmt_ratio(stats.summarize([0.5, 0.4, 0.6])) == "0.50x (0.40-0.60)"
+    assert stats.fmt_ratio(None) == "-"
+
+
+def test_band_table_groups_repetitions_by_band() -> None:
+    points = {"mirror": {0.5: stats.summarize([0.0, 0.0]), 0.65: stats.summarize([1.0]), 0.95: stats.summarize([9.0])}}
+    table = stats.band_table(points)
+    assert table["mirror"]["<=65%"]["values"] == [0.0, 0.0, 1.0]
+    assert table["mirror"]["85-99%"]["median"] == 9.0
+
+
+def _row(kind: str, fam: int, size: int, ns: list[float], floor: list[float], **kw: int) -> dict:
+    return {"kind": kind, "family": fam, "size": size, "ns": stats.summarize(ns),
+            "ratio": stats.ratio_summary(ns, floor), "problem": None, **kw}
+
+
+def test_report_tables_show_ratios_clipping_and_reference() -> None:
+    floor = [15.0, 16.0, 15.0]
+    rows = []
+    for fam in (4, 6):
+        for size in (64, 1500):
+            rows += [_row("empty", fam, size, floor, floor), _row("nomatch", fam, size, [45.0, 46, 44], floor, rules=10),
+                     _row("match", fam, size, [250.0, 260, 255], floor, rules=10)]
+    t1 = {"rows": rows, "rule_counts": [10], "clipped": [1000, 10000], "max_rules": 256, "problems": {},
+          "match_totals": []}
+    text = "\n".join(tier1_lines(t1))
+    assert "45 2.9x" in text and "255 16.7x" in text and "clipped: MAX_RULES is 256" in text
+    row = {"loss_pct": stats.summarize([0.0]), "copies_pct": stats.summarize([100.0]), "resolution_pct": 0.002}
+    t3 = {"reps": 3, "seconds_per_point": 2, "capacity": {"64": {"pps": 40000.0}},
+          "table": {c: {"64": {f"{u:.2f}": row for u in stats.UTILISATIONS}} for c in ("none", "mirror")}}
+    text3 = "\n".join(tier3_lines(t3))
+    assert "C = 40000 pps" in text3 and "0 (<0.002) / 100.0" in text3 and "7-8 / ~15 / <=20" in text3
+    meta = {"host": "h", "uname_r": "6.18", "cpu_model": "cpu", "ncpus": 2, "bpf_jit_enable": "1",
+            "mitigations_cmdline": ["mitigations=auto"], "commit": "abc", "dirty": True, "duration_s": 1.0}
+    report = format_report({"meta": meta, "tier1": t1, "errors": {"tier2": "boom"}})
+    assert "(dirty tree)" in report and "tier2: FAILED: boom" in report
+
+
+def test_result_file_is_named_by_date_and_host() -> None:
+    stem = result_stem(Path("bench/results"), "my host!", when=0.0)
+    assert stem.parent == Path("bench/results") and stem.name.endswith("-my_host_")
+    assert len(stem.name.split("-")[0]) == 4  # the year
