@@ -234,6 +234,64 @@ static __always_inline int udp6_csum(struct __sk_buff *skb,
 	return 0;
 }
 
+/* 1 in s->sample copies, by a per-CPU count: exact on each CPU */
+static __always_inline int sampled_out(const struct mirror_session *s)
+{
+	__u32 k = s->stats_id;
+	__u64 *n;
+
+	if (s->sample <= 1)
+		return 0;
+	n = bpf_map_lookup_elem(&session_samples, &k);
+	if (!n)
+		return 0;
+	*n += 1;
+	return (*n % s->sample) != 0;
+}
+
+static __always_inline __u64 refill(__u64 tokens, __u64 elapsed, __u64 rate)
+{
+	__u64 cap = rate * RATE_BURST_NS;
+
+	tokens += elapsed * rate;
+	return tokens > cap ? cap : tokens;
+}
+
+/* take one copy of `bytes` from the session's token buckets, or refuse */
+static __always_inline int over_rate(const struct mirror_session *s,
+				     __u32 bytes)
+{
+	__u64 now, elapsed, pkt_cost = 1000000000ULL,
+		bit_cost = (__u64)bytes * 8 * 1000000000ULL;
+	struct session_limit *l;
+	__u32 k = s->stats_id;
+	int over;
+
+	if (!s->rate_pps && !s->rate_bps)
+		return 0;
+	l = bpf_map_lookup_elem(&session_limits, &k);
+	if (!l)
+		return 0;
+	now = bpf_ktime_get_ns();
+	bpf_spin_lock(&l->lock);
+	elapsed = now - l->last_ns;
+	if (elapsed > RATE_BURST_NS)
+		elapsed = RATE_BURST_NS;
+	l->last_ns = now;
+	l->pkt_tokens = refill(l->pkt_tokens, elapsed, s->rate_pps);
+	l->bit_tokens = refill(l->bit_tokens, elapsed, s->rate_bps);
+	over = (s->rate_pps && l->pkt_tokens < pkt_cost) ||
+	       (s->rate_bps && l->bit_tokens < bit_cost);
+	if (!over) {
+		if (s->rate_pps)
+			l->pkt_tokens -= pkt_cost;
+		if (s->rate_bps)
+			l->bit_tokens -= bit_cost;
+	}
+	bpf_spin_unlock(&l->lock);
+	return over;
+}
+
 /* next sequence number of a session: one counter for all CPUs */
 static __always_inline __u32 next_seq(__u32 stats_id)
 {
@@ -289,6 +347,16 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	if (hlen - ETH_HLEN + ci->inner_len > s->mtu) {
 		ss->oversize += 1;
 		count(MS_OVERSIZE);
+		return grown;
+	}
+	if (sampled_out(s)) {
+		ss->sampled_out += 1;
+		count(MS_SAMPLED_OUT);
+		return grown;
+	}
+	if (over_rate(s, hlen + ci->inner_len)) {
+		ss->rate_limited += 1;
+		count(MS_RATE_LIMITED);
 		return grown;
 	}
 	/* a shorter header than the head has: slots out of order */

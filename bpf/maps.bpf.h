@@ -124,6 +124,21 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct session_limit);
+} session_limits SEC(".maps");
+
+/* per CPU, key a session's stats_id: packets seen, for 1-in-N sampling */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} session_samples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct mirror_clock);

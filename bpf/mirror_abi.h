@@ -133,6 +133,8 @@ enum mirror_stat {
 	MS_OVERSIZE,	  /* copy larger than the egress MTU */
 	MS_ENCAP_FAIL,	  /* growing or writing the copy failed */
 	MS_VLAN_DEPTH,	  /* more tags than MAX_VLAN_TAGS */
+	MS_SAMPLED_OUT,	  /* copy not the 1 in the session's sample */
+	MS_RATE_LIMITED,  /* copy over the session's rate limit */
 	MS__MAX,
 };
 
@@ -212,7 +214,10 @@ struct mirror_session {
 	__u8 tunnel;		/* MIRROR_TUN_* */
 	__u8 flags;		/* MIRROR_SF_* */
 	__u8 _pad;
-	__u16 stats_id;		/* host order: key in `session_stats` and `session_seqs` */
+	__u16 stats_id;		/* host order: key in `session_stats`, `session_seqs`, `session_limits` */
+	__u32 sample;		/* host order: send 1 copy in this many (0, 1: all) */
+	__u32 rate_pps;		/* host order: copies per second at most (0: no limit) */
+	__u64 rate_bps;		/* host order: copy bits per second at most (0: no limit) */
 };
 
 /*
@@ -243,6 +248,23 @@ struct session_stats {
 	__u64 unresolved;	/* no route or neighbour yet */
 	__u64 oversize;		/* copy larger than the egress MTU */
 	__u64 encap_fail;	/* growing or writing the copy failed */
+	__u64 sampled_out;	/* not the 1 in `sample` */
+	__u64 rate_limited;	/* over the session's rate limit */
+};
+
+/* burst of a session's rate limit: this much time's worth of copies */
+#define RATE_BURST_NS 100000000ULL
+
+/*
+ * map `session_limits`, key a session's stats_id: token buckets in
+ * units of (packets or bits) x nanoseconds, so refills need no division
+ */
+struct session_limit {
+	struct bpf_spin_lock lock;	/* the encap program's only */
+	__u32 _pad;
+	__u64 pkt_tokens;	/* host order: packet-ns; a copy costs 1e9 */
+	__u64 bit_tokens;	/* host order: bit-ns; a copy costs its bits x 1e9 */
+	__u64 last_ns;		/* host order: bpf_ktime_get_ns() of the last refill */
 };
 
 #endif /* MIRROR_ABI_H */

@@ -66,6 +66,8 @@ MAP_STATS = "stats"
 MAP_RULE_STATS = "rule_stats"
 MAP_SESSION_STATS = "session_stats"
 MAP_SESSION_SEQS = "session_seqs"
+MAP_SESSION_LIMITS = "session_limits"
+MAP_SESSION_SAMPLES = "session_samples"
 MAP_CLOCK = "clock"
 MAP_SOURCE_IDS = "source_ids"
 MAP_SOURCE_IFINDEXES = "source_ifindexes"
@@ -127,9 +129,12 @@ class MirrorStat(enum.IntEnum):
     OVERSIZE = 11
     ENCAP_FAIL = 12
     VLAN_DEPTH = 13
+    SAMPLED_OUT = 14
+    RATE_LIMITED = 15
 
 
 MS__MAX = len(MirrorStat)
+RATE_BURST_NS = 100_000_000
 
 _be32x4 = ctypes.c_uint32 * 4  # network byte order words, built with bytes
 
@@ -200,6 +205,9 @@ class MirrorSession(ctypes.Structure):
         ("flags", ctypes.c_uint8),
         ("_pad", ctypes.c_uint8),
         ("stats_id", ctypes.c_uint16),
+        ("sample", ctypes.c_uint32),
+        ("rate_pps", ctypes.c_uint32),
+        ("rate_bps", ctypes.c_uint64),
     ]
 
 
@@ -207,6 +215,18 @@ class SessionSeq(ctypes.Structure):
     """Mirror of `struct session_seq`; `lock` is the kernel's `struct bpf_spin_lock` (4 bytes)."""
 
     _fields_ = [("lock", ctypes.c_uint32), ("seq", ctypes.c_uint32)]
+
+
+class SessionLimit(ctypes.Structure):
+    """Mirror of `struct session_limit`; `lock` is the kernel's `struct bpf_spin_lock` (4 bytes)."""
+
+    _fields_ = [
+        ("lock", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("pkt_tokens", ctypes.c_uint64),
+        ("bit_tokens", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+    ]
 
 
 class MirrorClock(ctypes.Structure):
@@ -230,6 +250,8 @@ class SessionStats(ctypes.Structure):
         ("unresolved", ctypes.c_uint64),
         ("oversize", ctypes.c_uint64),
         ("encap_fail", ctypes.c_uint64),
+        ("sampled_out", ctypes.c_uint64),
+        ("rate_limited", ctypes.c_uint64),
     ]
 
 

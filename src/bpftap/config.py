@@ -108,6 +108,8 @@ class Session:
     key: int | None = None
     session_id: int | None = None
     sequence: bool = True
+    sample: int = 1  # send 1 copy in this many
+    rate_limit: tuple[int, int] = (0, 0)  # (copies per second, bits per second); 0 = no limit
 
     @property
     def tun_id(self) -> int:
@@ -334,6 +336,8 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     key = e.get("key", _integer(0, GRE_KEY_MAX), None)
     session_id = e.get("session_id", _integer(0, ERSPAN_SESSION_MAX), None)
     sequence = e.get("sequence", _boolean, True)
+    sample = e.get("sample", _integer(1, 2**32 - 1), 1)
+    rate_limit = e.get("rate_limit", _invalid_on_value_error(rule_fields.rate_limit), (0, 0))
     default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
     port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
@@ -341,7 +345,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
         _check_tunnel_fields(e, tunnel)
     if not e.ok:
         return None
-    return Session(name, tunnel, remote, vni, port, key, session_id, sequence)
+    return Session(name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit)
 
 
 def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:

@@ -1,4 +1,4 @@
-"""Parsers for the rule fields beyond addresses and ports: VLAN id, TCP flags, source interface.
+"""Parsers for rule fields beyond addresses and ports (VLAN id, TCP flags, source interface), and session rate limits.
 
 Each takes the raw YAML value and returns the typed value or raises
 ValueError with the message the config error shows after `rules[i].field: `.
@@ -52,3 +52,29 @@ def interface(value: object) -> str:
     if not _IFNAME.fullmatch(value) and not any(c in value for c in "*?["):
         raise ValueError(f"{value!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
     return value
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def _rate(value: object, unit: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a rate")
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _RATE.fullmatch(str(value).strip().lower().removesuffix(unit))
+        if not match:
+            raise ValueError(f"{value!r} is not a rate; write e.g. 1000, 10k or 1.5M ({unit})")
+        number = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if not 1 <= number <= (2**32 - 1 if unit == "pps" else 10**12):
+        raise ValueError(f"{value!r} is out of range for {unit}")
+    return number
+
+
+def rate_limit(value: object) -> tuple[int, int]:
+    """`rate_limit: {pps: 10k, bps: 100M}` (either or both): returns (pps, bps), 0 for no limit."""
+    if not isinstance(value, dict) or not value or set(value) - {"pps", "bps"}:
+        raise ValueError(f"{value!r} is not a rate limit; write e.g. {{pps: 10k}}, {{bps: 100M}} or both")
+    return (_rate(value["pps"], "pps") if "pps" in value else 0, _rate(value["bps"], "bps") if "bps" in value else 0)

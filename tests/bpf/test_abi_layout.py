@@ -19,6 +19,7 @@ STRUCTS = {
     "mirror_rule": abi.MirrorRule,
     "addr_key": abi.AddrKey,
     "iface_key": abi.IfaceKey,
+    "session_limit": abi.SessionLimit,
     "rule_bits": abi.RuleBits,
     "mirror_session": abi.MirrorSession,
     "rule_stats": abi.RuleStats,

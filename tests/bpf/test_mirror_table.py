@@ -9,6 +9,7 @@ byte, against headers built independently with scapy.
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -311,3 +312,36 @@ def test_staged_sessions_never_reach_the_live_rule_set(loaded: tuple[BpfObject, 
     assert vni_of(xfer_ctx(tables, cfg_b.rules, 20)) == 77
     assert vni_of(live_a) == 42, "a clone handed over before the flip still finds its own session"
     assert tables.session_stats("b").packets == 1
+
+
+def test_sampling_sends_exactly_one_copy_in_n(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    obj, tables = loaded
+    cfg_data = {**CONFIG, "sessions": [{"name": "ids4", "remote": "198.18.2.1", "vni": 42, "sample": 10},
+                                       {"name": "ids6", "remote": "2001:db8:2::1", "vni": 43}]}
+    cfg, _ = program(tables, kernel_ns, cfg_data)
+    ctx = xfer_ctx(tables, cfg.rules, 20)
+    encap = obj.program(abi.PROG_ENCAP)
+    for _ in range(1000):  # test runs stay on one CPU: the per-CPU count is exact
+        encap.test_run(INNER_V4, ctx=ctx)
+    stats = tables.session_stats("ids4")
+    assert (stats.packets, stats.sampled_out) == (100, 900)
+    assert tables.counters()["sampled_out"] == 900
+
+
+def test_rate_limit_allows_the_burst_then_the_rate(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    """100 copies/s with 100 ms of burst: a tight loop of 1,000 gets the burst and what accrues meanwhile."""
+    obj, tables = loaded
+    cfg_data = {**CONFIG, "sessions": [{"name": "ids4", "remote": "198.18.2.1", "vni": 42,
+                                        "rate_limit": {"pps": 100}},
+                                       {"name": "ids6", "remote": "2001:db8:2::1", "vni": 43}]}
+    cfg, _ = program(tables, kernel_ns, cfg_data)
+    ctx = xfer_ctx(tables, cfg.rules, 20)
+    encap = obj.program(abi.PROG_ENCAP)
+    start = time.monotonic()
+    for _ in range(1000):
+        encap.test_run(INNER_V4, ctx=ctx)
+    elapsed = time.monotonic() - start
+    stats = tables.session_stats("ids4")
+    assert stats.packets + stats.rate_limited == 1000
+    burst = 100 * abi.RATE_BURST_NS // 1_000_000_000
+    assert burst <= stats.packets <= burst + int(100 * elapsed) + 1, (stats.packets, elapsed)

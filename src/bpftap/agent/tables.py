@@ -20,7 +20,7 @@ from bpftap.errors import BpftapError
 from bpftap.netlink import NextHop
 from bpftap.rules import session_header_len
 
-_PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS)
+_PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS, abi.MAP_SESSION_SAMPLES)
 _ALL = (
     abi.MAP_CONFIG,
     abi.MAP_RULES,
@@ -33,6 +33,7 @@ _ALL = (
     abi.MAP_FLAG_CLASSES,
     abi.MAP_IFACE_CLASSES,
     abi.MAP_SESSION_SEQS,
+    abi.MAP_SESSION_LIMITS,
     abi.MAP_CLOCK,
     abi.MAP_SOURCE_IDS,
     abi.MAP_SOURCE_IFINDEXES,
@@ -190,6 +191,8 @@ class Tables:
         if new:
             self._update_raw(abi.MAP_SESSION_STATS, stats_id, (abi.SessionStats * self.ncpus)())
             self.maps[abi.MAP_SESSION_SEQS].update(stats_id, abi.SessionSeq())
+            self.maps[abi.MAP_SESSION_LIMITS].update(stats_id, abi.SessionLimit())
+            self._update_raw(abi.MAP_SESSION_SAMPLES, stats_id, (ctypes.c_uint64 * self.ncpus)())
         value = abi.MirrorSession(
             tun_id=session.tun_id,
             dst_port=session.port,
@@ -198,6 +201,9 @@ class Tables:
             tunnel=abi.MirrorTunnel[session.tunnel.upper()],
             flags=flags,
             stats_id=stats_id,
+            sample=session.sample,
+            rate_pps=session.rate_limit[0],
+            rate_bps=session.rate_limit[1],
         )
         abi.set_addr(value.outer_dst, session.remote.packed)
         if hop is not None:
