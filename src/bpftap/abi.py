@@ -255,6 +255,10 @@ class SessionStats(ctypes.Structure):
     ]
 
 
+# the session_stats fields that count copies not sent, one per reason
+SESSION_NOT_SENT = tuple(name for name, _ in SessionStats._fields_ if name not in ("packets", "bytes"))
+
+
 def set_addr(field: ctypes.Array[ctypes.c_uint32], packed: bytes) -> None:
     """Write 4 or 16 network-order address bytes into a `__be32[4]` field."""
     ctypes.memmove(field, packed.ljust(16, b"\0"), 16)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bpftap import __version__
+from bpftap import __version__, abi
 from bpftap.errors import BpfError, BpftapError, ConfigError, NotSupportedError
 
 EPILOG = """\
@@ -115,14 +115,11 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(f"{'rule':>8} {'action':<7} {'packets':>10} {'bytes':>12}  sessions")
     for r in data["rules"]:
         lines.append(f"{r['number']:>8} {r['action']:<7} {r['packets']:>10} {r['bytes']:>12}  {','.join(r['sessions'])}")
-    lines.append(
-        f"{'session':<12} {'remote':<24} {'copies':>10} {'bytes':>12} {'unresolved':>10} {'oversize':>9} {'encap_fail':>10}"
-    )
+    lines.append(f"{'session':<12} {'tunnel, remote, id':<38} {'copies':>10} {'bytes':>12}  not sent")
     for s in data["sessions"]:
-        lines.append(
-            f"{s['name']:<12} {s['remote'] + ' vni ' + str(s['vni']):<24} {s['packets']:>10} {s['bytes']:>12} "
-            f"{s['unresolved']:>10} {s['oversize']:>9} {s['encap_fail']:>10}"
-        )
+        where = f"{s['tunnel']} {s['remote']}" + (f" {s['id_field']} {s['id']}" if s["id"] is not None else "")
+        not_sent = ", ".join(f"{k} {s[k]}" for k in abi.SESSION_NOT_SENT if s.get(k)) or "0"
+        lines.append(f"{s['name']:<12} {where:<38} {s['packets']:>10} {s['bytes']:>12}  {not_sent}")
         if s.get("problem"):
             lines.append(f"{'':<12} ! {s['problem']}")
     counters = ", ".join(f"{k} {v}" for k, v in data["counters"].items() if v)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from bpftap import abi
 from bpftap.agent.status import query_status
 
 EXAMPLES = """\
@@ -95,8 +96,8 @@ def render(prev: Sample | None, cur: Sample, interval: float) -> list[str]:
         old = old_sessions.get(s["name"], {})
         cps = _rate(s["packets"], old.get("packets"), dt)
         bps = _rate(s["bytes"], old.get("bytes"), dt)
-        lost = ", ".join(f"{k} {s[k]}" for k in ("unresolved", "oversize", "encap_fail") if s.get(k)) or "0"
-        where = f"{s['tunnel']} {s['remote']} vni {s['vni']}"
+        lost = ", ".join(f"{k} {s[k]}" for k in abi.SESSION_NOT_SENT if s.get(k)) or "0"
+        where = f"{s['tunnel']} {s['remote']}" + (f" {s['id_field']} {s['id']}" if s.get("id") is not None else "")
         lines.append(
             f"{s['name']:<12} {where:<28} {_fmt_rate(cps, 'p/s'):>10} {_fmt_rate(bps, 'B/s'):>12} "
             f"{s['packets']:>12} {s['bytes']:>14}  {lost}"

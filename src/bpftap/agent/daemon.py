@@ -28,7 +28,7 @@ from bpftap.agent.status import StatusServer
 from bpftap.bpf import tc
 from bpftap.agent.tables import Tables, class_capacity
 from bpftap.bpf.objects import BpfObject
-from bpftap.config import Config, Direction, load_config
+from bpftap.config import TUNNEL_ID_FIELDS, Config, Direction, load_config
 from bpftap.errors import BpfError, BpftapError, ConfigError
 from bpftap.netlink import (
     NextHop,
@@ -276,7 +276,9 @@ class Agent:
                         "name": sess.name,
                         "tunnel": sess.tunnel,
                         "remote": str(sess.remote),
-                        "vni": sess.vni,
+                        # the tunnel's identifier: vni, key or session_id (None: a gre session without a key)
+                        "id_field": TUNNEL_ID_FIELDS[sess.tunnel],
+                        "id": getattr(sess, TUNNEL_ID_FIELDS[sess.tunnel]),
                         "via": st.nexthop.ifname if st.nexthop else None,
                         "problem": st.problem or None,
                         **{name: getattr(ss, name) for name, _ in abi.SessionStats._fields_},
