@@ -11,6 +11,7 @@ BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu 
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping tshark iperf3 python3-venv linux-libc-dev libc6-dev tmux
 BPF_OBJ := build/bpf/mirror_tc.bpf.o
 PKG_OBJ := src/bpftap/data/mirror_tc.bpf.o
+DEBUG_OBJ := build/bpf/mirror_tc.debug.bpf.o
 # programs written for the tests (another vendor's TC program, for coexistence)
 TEST_BPF_OBJS := build/bpf/counter.bpf.o
 ifeq ($(V),1)
@@ -36,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(Q)$(PY) -m pip install -q -e '.[dev]'
 	$(Q)touch $@
 
-build: deps $(PKG_OBJ) $(TEST_BPF_OBJS)
+build: deps $(PKG_OBJ) $(DEBUG_OBJ) $(TEST_BPF_OBJS)
 
 build/bpf/%.bpf.o: bpf/%.bpf.c bpf/*.h | deps
 	$(Q)mkdir -p $(@D)
@@ -51,10 +52,13 @@ $(TEST_BPF_OBJS): build/bpf/%.bpf.o: tests/bpf_progs/%.bpf.c | deps
 $(PKG_OBJ): $(BPF_OBJ)
 	$(Q)mkdir -p $(@D) && cp $< $@
 
-# GPL build: bpf_printk allowed, same behaviour otherwise
-debug: deps
-	$(Q)mkdir -p build/bpf
-	$(Q)$(CLANG) $(BPF_CFLAGS) -DMIRROR_DEBUG -c bpf/mirror_tc.bpf.c -o build/bpf/mirror_tc.debug.bpf.o
+# GPL build: bpf_printk allowed (to /sys/kernel/tracing/trace_pipe), same behaviour otherwise
+debug: deps $(DEBUG_OBJ)
+
+$(DEBUG_OBJ): bpf/mirror_tc.bpf.c bpf/*.h | deps
+	$(Q)mkdir -p $(@D)
+	@echo "  CLANG   $@ (debug, GPL)"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -DMIRROR_DEBUG -c $< -o $@
 
 test: build
 	$(Q)mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

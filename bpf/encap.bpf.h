@@ -393,6 +393,7 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	bpf_redirect(s->ifindex, 0);
 	return ENCAP_REDIRECTED;
 fail:
+	dbg("bpftap: copy for session key %u failed", slot);
 	ss->encap_fail += 1;
 	count(MS_ENCAP_FAIL);
 	return grown;

@@ -135,6 +135,7 @@ enum mirror_stat {
 	MS_VLAN_DEPTH,	  /* more tags than MAX_VLAN_TAGS */
 	MS_SAMPLED_OUT,	  /* copy not the 1 in the session's sample */
 	MS_RATE_LIMITED,  /* copy over the session's rate limit */
+	MS_PAUSED,	  /* packets passed while mirroring is paused */
 	MS__MAX,
 };
 
@@ -144,6 +145,7 @@ struct mirror_config {
 	__u32 rule_count[2];	 /* host order: rules in each slot */
 	__u32 encap_ifindex;	 /* host order: the internal device clones go to */
 	__u32 class_capacity;	 /* host order: class ids per slot in `class_bits` */
+	__u32 paused;		 /* host order: non-zero: copy nothing (`bpftap pause`) */
 };
 
 /*

@@ -39,16 +39,21 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		count(MS_LOOP);
 		return MIRROR_PASS;
 	}
+	cfg = bpf_map_lookup_elem(&config, &key);
+	p = bpf_map_lookup_elem(&scratch, &key);
+	if (!cfg || !p)
+		return MIRROR_PASS;
+	/* the kill switch: nothing is copied, nothing else changes */
+	if (cfg->paused) {
+		count(MS_PAUSED);
+		return MIRROR_PASS;
+	}
 	ret = parse_frame(skb, &pkt);
 	pkt.ifindex = skb->ifindex;
 	if (ret != PARSE_OK) {
 		count(ret == PARSE_NOT_IP ? MS_NOT_IP : MS_MALFORMED);
 		return MIRROR_PASS;
 	}
-	cfg = bpf_map_lookup_elem(&config, &key);
-	p = bpf_map_lookup_elem(&scratch, &key);
-	if (!cfg || !p)
-		return MIRROR_PASS;
 	*p = pkt;
 	r = classify(cfg, p, dir, &key);
 	if (!r) {
@@ -66,6 +71,8 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		return MIRROR_PASS;
 	}
 	count(MS_MATCHED);
+	dbg("bpftap: rule %u matched, ifindex %u dir %u", r->number, skb->ifindex,
+	    dir);
 
 	/* hand the untouched original to stage 2; the mark is restored */
 	ifindex = skb->ifindex;

@@ -131,6 +131,7 @@ class MirrorStat(enum.IntEnum):
     VLAN_DEPTH = 13
     SAMPLED_OUT = 14
     RATE_LIMITED = 15
+    PAUSED = 16
 
 
 MS__MAX = len(MirrorStat)
@@ -147,6 +148,7 @@ class MirrorConfig(ctypes.Structure):
         ("rule_count", ctypes.c_uint32 * 2),
         ("encap_ifindex", ctypes.c_uint32),
         ("class_capacity", ctypes.c_uint32),
+        ("paused", ctypes.c_uint32),
     ]
 
 

@@ -28,6 +28,7 @@ examples:
   bpftap run -c bpftap.yaml --metrics 127.0.0.1:9477   also serve Prometheus metrics
   bpftap top                                live rule and session rates of the running agent
   bpftap collect --out mirror.pcapng        receive VXLAN copies on 0.0.0.0:4789
+  bpftap pause / bpftap resume              kill switch: stop and restart all copying, still attached
   bpftap detach                             remove what a killed agent left behind
   bpftap demo                               the whole path in a lab of network namespaces
 """
@@ -110,7 +111,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def format_status(data: dict[str, Any]) -> str:
     """The human form of `bpftap status`."""
-    lines = [f"agent pid {data['pid']}, config {data['config']}", "attached:"]
+    paused = ", PAUSED (bpftap resume to copy again)" if data.get("paused") else ""
+    lines = [f"agent pid {data['pid']}, config {data['config']}{paused}", "attached:"]
     lines += [f"  {a}" for a in data["attachments"]]
     lines.append(f"{'rule':>8} {'action':<7} {'packets':>10} {'bytes':>12}  sessions")
     for r in data["rules"]:
@@ -132,6 +134,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     data = query_status()
     print(json.dumps(data, indent=2) if args.json else format_status(data))
+    return ExitStatus.OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from bpftap.agent.status import query_status
+
+    data = query_status(command=args.command)
+    state = "paused: no copies are made; attachments and originals unchanged" if data["paused"] else "copying"
+    print(f"agent pid {data['pid']}: {state}")
     return ExitStatus.OK
 
 
@@ -188,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="attachments and counters of the running agent", formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("pause", help="kill switch: stop all copying at once, without detaching")
+    p.set_defaults(func=cmd_pause)
+    p = sub.add_parser("resume", help="copy again after 'bpftap pause'")
+    p.set_defaults(func=cmd_pause)
 
     p = sub.add_parser("detach", help="remove what a killed agent left in this network namespace")
     p.set_defaults(func=cmd_detach)

@@ -198,3 +198,24 @@ def test_status_without_agent_says_so(lab: Lab) -> None:
     res = lab.run(lab.dst, [sys.executable, "-m", "bpftap.cli", "status"], check=False)
     assert res.returncode == 1
     assert "no bpftap agent runs in this network namespace" in res.stderr
+
+
+def test_pause_stops_every_copy_and_resume_restarts(lab: Lab) -> None:
+    """The kill switch: paused, originals flow and nothing is copied; resumed, copies again."""
+    crafted = frames(lab)["mirror"]
+    agent = Agent(lab, config(lab))
+    try:
+        res = lab.run(lab.tap, [sys.executable, "-m", "bpftap.cli", "pause"])
+        assert "paused" in res.stdout
+        with sniffing(lab, [(lab.col, "vx42"), (lab.dst, "eth0")]) as paused:
+            send_frames(lab, lab.src, "eth0", crafted)
+        status = agent.status()
+        assert status["paused"] is True and status["counters"]["paused"] >= len(crafted)
+        lab.run(lab.tap, [sys.executable, "-m", "bpftap.cli", "resume"])
+        with sniffing(lab, [(lab.col, "vx42")]) as resumed:
+            send_frames(lab, lab.src, "eth0", crafted)
+    finally:
+        assert agent.stop() == 0
+    assert not received(paused["col.vx42"]), "a copy was sent while paused"
+    assert sum(1 for f in received(paused["dst.eth0"]) if MARKER in f) == len(crafted) - 2  # untagged ones
+    assert received(resumed["col.vx42"]) == Counter(crafted)

@@ -249,6 +249,21 @@ class Agent:
             # a full write stages the next rule slot's table; a refresh rewrites the live one
             self.tables.write_session(st.slot, sess, hop, live=not force)
 
+    # --- the kill switch ----------------------------------------------------------------
+    def pause(self) -> dict[str, Any]:
+        """Stop all copying at once, attachments and maps untouched; originals flow as before."""
+        with self.lock:
+            self.tables.set_paused(True)
+        log.warning("paused: no copies until 'bpftap resume'")
+        return self.status()
+
+    def resume(self) -> dict[str, Any]:
+        """Copy again after pause()."""
+        with self.lock:
+            self.tables.set_paused(False)
+        log.info("resumed")
+        return self.status()
+
     # --- reporting ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Attachments, and per-rule, per-session and global counters, as JSON-able data."""
@@ -288,6 +303,7 @@ class Agent:
             return {
                 "pid": os.getpid(),
                 "config": str(plan.config.path),
+                "paused": bool(self.tables.config().paused),
                 "attachments": [a.describe() for a in self.attachments],
                 "rules": rules,
                 "sessions": sessions,
@@ -339,7 +355,7 @@ def run(
     signal.signal(signal.SIGINT, on_signal(stop))
     signal.signal(signal.SIGHUP, on_signal(reload))
     agent.start()
-    server = StatusServer(agent.status)
+    server = StatusServer({"status": agent.status, "pause": agent.pause, "resume": agent.resume})
     server.start()
     log.info("mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C detaches and exits", config_path)
     exporter = None

@@ -23,11 +23,14 @@ ADDRESS = "\0bpftap.status"
 
 
 class StatusServer(threading.Thread):
-    """Serves `report()` as one JSON document per connection."""
+    """Answers one command per connection: the client sends a word and a newline, gets one JSON document.
 
-    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+    `commands` maps each word ("status", "pause", ...) to what answers it.
+    """
+
+    def __init__(self, commands: dict[str, Callable[[], dict[str, Any]]]) -> None:
         super().__init__(name="status", daemon=True)
-        self.report = report
+        self.commands = commands
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.bind(ADDRESS)
@@ -48,7 +51,11 @@ class StatusServer(threading.Thread):
                 break
             with conn:
                 try:
-                    conn.sendall(json.dumps(self.report()).encode())
+                    conn.settimeout(1.0)
+                    word = conn.recv(64).decode(errors="replace").strip() or "status"
+                    answer = self.commands.get(word)
+                    reply = answer() if answer else {"error": f"unknown command {word!r}"}
+                    conn.sendall(json.dumps(reply).encode())
                 except OSError as exc:
                     log.debug("status client went away: %s", exc)
 
@@ -58,16 +65,23 @@ class StatusServer(threading.Thread):
         self.join(timeout=2)
 
 
-def query_status(timeout: float = 3.0) -> dict[str, Any]:
-    """The running agent's status; raises BpftapError if none runs in this namespace."""
+def query_status(timeout: float = 3.0, command: str = "status") -> dict[str, Any]:
+    """Send `command` to the running agent and return its answer (by default its status).
+
+    Raises BpftapError if no agent runs in this network namespace, or it
+    does not know the command.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(ADDRESS)
         except OSError as exc:
             raise BpftapError("no bpftap agent runs in this network namespace (start one with 'bpftap run')") from exc
+        sock.sendall(command.encode() + b"\n")
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     data: dict[str, Any] = json.loads(b"".join(chunks))
+    if "error" in data:
+        raise BpftapError(f"the agent refused {command!r}: {data['error']}")
     return data

@@ -93,6 +93,12 @@ class Tables:
     def config(self) -> abi.MirrorConfig:
         return self.maps[abi.MAP_CONFIG].lookup(0, abi.MirrorConfig)
 
+    def set_paused(self, paused: bool) -> None:
+        """The kill switch: while paused the source programs copy nothing (counted as `paused`)."""
+        cfg = self.config()
+        cfg.paused = int(paused)
+        self.maps[abi.MAP_CONFIG].update(0, cfg)
+
     def staging_slot(self) -> int:
         """The rule slot the next write_rules fills: the inactive one (the live one before any rules)."""
         cfg = self.config()
