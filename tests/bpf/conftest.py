@@ -7,12 +7,9 @@ makes lands on the test's own veth, never on an interface of the host.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import secrets
 import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +19,8 @@ from bpftap import abi
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject
 
-CLONE_NEWNET = 0x40000000
+from ..netns import inside_new_netns
+
 
 
 def _skip_reason() -> str | None:
@@ -51,37 +49,12 @@ class KernelNs:
     k1: int
 
 
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {path}")
-    finally:
-        os.close(fd)
-
-
 @pytest.fixture(scope="session")
 def kernel_ns() -> Iterator[KernelNs]:
-    name = f"btk-{secrets.token_hex(3)}"
-    home = f"/proc/self/task/{ctypes.CDLL(None).gettid()}/ns/net"
-    home_fd = os.open(home, os.O_RDONLY)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (["link", "set", "lo", "up"], ["link", "add", "k0", "type", "veth", "peer", "name", "k1"]):
-            subprocess.run(["ip", "-n", name, *cmd], check=True)
-        for dev in ("k0", "k1"):
-            subprocess.run(["ip", "-n", name, "link", "set", dev, "up"], check=True)
-        _setns(f"/run/netns/{name}")
-        try:
-            idx = {d: socket.if_nametoindex(d) for d in ("k0", "k1")}
-            yield KernelNs(name, idx["k0"], idx["k1"])
-        finally:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.setns(home_fd, CLONE_NEWNET)
-    finally:
-        os.close(home_fd)
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    veth = [["link", "add", "k0", "type", "veth", "peer", "name", "k1"], ["link", "set", "k0", "up"],
+            ["link", "set", "k1", "up"]]
+    with inside_new_netns("btk", veth) as name:
+        yield KernelNs(name, socket.if_nametoindex("k0"), socket.if_nametoindex("k1"))
 
 
 @pytest.fixture()

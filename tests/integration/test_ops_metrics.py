@@ -23,6 +23,7 @@ from bpftap import __version__, abi
 from bpftap.lab import Lab
 
 from .agent_lab import BPFTAP, Agent, hook_state, send_frames
+from .test_mirror_e2e import config
 
 pytestmark = [
     pytest.mark.lab,
@@ -30,16 +31,6 @@ pytestmark = [
     pytest.mark.skipif(not abi.object_path().exists(), reason="no BPF object: run 'make build'"),
 ]
 
-CONFIG = """
-sources:
-  - interface: eth0
-sessions:
-  - {{name: ids, remote: "{col4}", vni: 42}}
-  - {{name: ids6, remote: "{col6}", vni: 43}}
-rules:
-  - {{number: 10, action: skip, protocol: udp, dst_ports: 7001}}
-  - {{number: 20, protocol: udp, dst_ports: 7000-7001, sessions: [ids, ids6]}}
-"""
 HEADLINE = {"seen": "bpftap_packets_seen_total", "matched": "bpftap_packets_matched_total",
             "copy_sent": "bpftap_copies_sent_total"}
 Scrape = dict[str, dict[frozenset[tuple[str, str]], float]]
@@ -78,7 +69,7 @@ def expected(status: dict, mode: str) -> Scrape:  # type: ignore[type-arg]
     want["bpftap_session_not_sent_total"] = {
         frozenset(labels[s["name"]] | {("reason", reason)}): s[reason]
         for s in status["sessions"]
-        for reason in ("unresolved", "oversize", "encap_fail")
+        for reason in abi.SESSION_NOT_SENT
     }
     want["bpftap_session_resolved"] = {frozenset(labels[s["name"]]): float(bool(s["via"])) for s in status["sessions"]}
     want["bpftap_build_info"] = {
@@ -103,7 +94,7 @@ def traffic(lab: Lab) -> list[bytes]:
 @pytest.mark.parametrize("mode,listen", [("tcx", "127.0.0.1:9477"), ("tc", "[::1]:9477")])
 def test_scrape_equals_status(lab: Lab, mode: str, listen: str) -> None:
     before = hook_state(lab)
-    agent = Agent(lab, CONFIG.format(col4=lab.col.ip4, col6=lab.col.ip6), "--attach", mode, "--metrics", listen)
+    agent = Agent(lab, config(lab), "--attach", mode, "--metrics", listen)
     try:
         send_frames(lab, lab.src, "eth0", traffic(lab))
         for _ in range(5):
@@ -127,9 +118,9 @@ def test_scrape_equals_status(lab: Lab, mode: str, listen: str) -> None:
 def test_unusable_address_fails_the_run_and_detaches(lab: Lab, tmp_path: Path) -> None:
     """An address of another host: `run` says so, exits 1 and leaves nothing attached."""
     before = hook_state(lab)
-    config = tmp_path / "bpftap.yaml"
-    config.write_text(CONFIG.format(col4=lab.col.ip4, col6=lab.col.ip6))
-    res = lab.run(lab.tap, [*BPFTAP, "run", "-c", str(config), "--metrics", f"{lab.col.ip4}:9477"], check=False)
+    path = tmp_path / "bpftap.yaml"
+    path.write_text(config(lab))
+    res = lab.run(lab.tap, [*BPFTAP, "run", "-c", str(path), "--metrics", f"{lab.col.ip4}:9477"], check=False)
     assert res.returncode == 1, res.stderr
     assert f"metrics: cannot listen on {lab.col.ip4}:9477: Cannot assign requested address" in res.stderr
     assert hook_state(lab) == before

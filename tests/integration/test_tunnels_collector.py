@@ -9,11 +9,9 @@ metadata in each comment and the direction in the pcapng flags.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -32,41 +30,20 @@ from bpftap.collector.pcapng import read_pcapng
 from bpftap.collector.server import Collector
 from bpftap.tunnels import erspan, geneve, gre, vxlan
 
+from ..netns import inside_new_netns
+
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets and network namespaces need root"),
 ]
-CLONE_NEWNET = 0x40000000
 T = 1_700_000_000_000_000_123
-
-
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {path}")
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def private_netns() -> Iterator[str]:
     """Move this thread into a fresh namespace with only loopback, and back out afterwards."""
-    name = f"bttun-{secrets.token_hex(3)}"
-    home = os.open(f"/proc/self/task/{ctypes.CDLL(None).gettid()}/ns/net", os.O_RDONLY)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        _setns(f"/run/netns/{name}")
-        try:
-            yield name
-        finally:
-            if ctypes.CDLL(None, use_errno=True).setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home")
-    finally:
-        os.close(home)
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with inside_new_netns("bttun") as name:
+        yield name
 
 
 def inner(i: int) -> bytes:

@@ -61,8 +61,6 @@ HEADLINE = {
     abi.MirrorStat.COPY_SENT: ("bpftap_copies_sent", "Copies handed to an egress device (all sessions)."),
 }
 SESSION_LABELS = ["session", "tunnel", "remote"]
-# SessionStats fields that are not a reason a copy was not sent
-_SESSION_TOTALS = ("packets", "bytes")
 
 
 class TablesView(Protocol):
@@ -216,7 +214,7 @@ class MirrorCollector(Collector):
                                    "by reason.", labels=[*SESSION_LABELS, "reason"])
         resolved = GaugeMetricFamily("bpftap_session_resolved", "1 while the session's remote has a route and "
                                      "a neighbour, else 0 (its copies count as unresolved).", labels=SESSION_LABELS)
-        reasons = [name for name, _ in abi.SessionStats._fields_ if name not in _SESSION_TOTALS]
+        reasons = abi.SESSION_NOT_SENT
         for sess, stats in sessions:
             labels = [sess.name, sess.tunnel, sess.remote]
             copies.add_metric(labels, stats.packets)
