@@ -129,6 +129,13 @@ struct {
 	__type(value, struct session_limit);
 } session_limits SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS * GROUP_BUCKETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} group_buckets SEC(".maps");
+
 /* per CPU, key a session's stats_id: packets seen, for 1-in-N sampling */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -193,8 +193,11 @@ struct mirror_rule {
 	__u32 number;		/* host order: the rule's number in the config */
 	__u16 stats_id;		/* host order: key in `rule_stats`, kept across reloads */
 	__u8 action;		/* MIRROR_ACT_* */
-	__u8 _pad;
+	__u8 flags;		/* MIRROR_RF_* */
 };
+
+/* mirror_rule.flags: a session of the rule is a collector group */
+#define MIRROR_RF_GROUP 0x01
 
 /*
  * map `sessions`, key rule slot * MAX_SESSIONS + session slot: one
@@ -215,7 +218,7 @@ struct mirror_session {
 	__u8 family;		/* 4 or 6: outer IP version */
 	__u8 tunnel;		/* MIRROR_TUN_* */
 	__u8 flags;		/* MIRROR_SF_* */
-	__u8 _pad;
+	__u8 group_size;	/* host order: collectors of the group from this slot on (0, 1: one) */
 	__u16 stats_id;		/* host order: key in `session_stats`, `session_seqs`, `session_limits` */
 	__u32 sample;		/* host order: send 1 copy in this many (0, 1: all) */
 	__u32 rate_pps;		/* host order: copies per second at most (0: no limit) */
@@ -253,6 +256,14 @@ struct session_stats {
 	__u64 sampled_out;	/* not the 1 in `sample` */
 	__u64 rate_limited;	/* over the session's rate limit */
 };
+
+/*
+ * map `group_buckets`, key (rule slot * MAX_SESSIONS + first member's slot)
+ * * GROUP_BUCKETS + bucket: which member (0 .. group_size - 1) takes the
+ * flows whose symmetric hash falls in the bucket (rendezvous hashing, so
+ * removing a collector moves only its own flows)
+ */
+#define GROUP_BUCKETS 256
 
 /* burst of a session's rate limit: this much time's worth of copies */
 #define RATE_BURST_NS 100000000ULL

@@ -105,7 +105,8 @@ int mirror_encap(struct __sk_buff *skb)
 {
 	struct copy_info *ci;
 	struct mirror_rule *r;
-	__u32 key = 0, grown = 0, base;
+	__u32 key = 0, grown = 0, base, hash = 0;
+	struct mirror_session *s;
 	__u64 mask;
 	int ret;
 
@@ -122,6 +123,9 @@ int mirror_encap(struct __sk_buff *skb)
 	mask = r->sessions;
 	/* the session table of the rule's own slot */
 	base = (key / MAX_RULES) * MAX_SESSIONS;
+	/* collector groups pick a member by flow: hash the frame as it came */
+	if (r->flags & MIRROR_RF_GROUP)
+		hash = flow_sym_hash(skb) | 1;
 	ret = prepare_copy(skb, ci);
 	if (ret) {
 		count(ret == -1 ? MS_VLAN_DEPTH : MS_ENCAP_FAIL);
@@ -132,11 +136,16 @@ int mirror_encap(struct __sk_buff *skb)
 	/* one copy per session in slot order, i.e. ascending header length */
 	for (__u32 i = 0; i < MAX_SESSIONS; i++) {
 		__u64 bit = 1ULL << i;
+		__u32 slot = base + i;
 
 		if (!(mask & bit))
 			continue;
 		mask &= ~bit;
-		ret = encap_one(skb, base + i, grown, !mask);
+		/* a collector group: its member for this flow, both ways alike */
+		s = bpf_map_lookup_elem(&sessions, &slot);
+		if (s && s->group_size > 1)
+			slot += group_member(slot, hash) % s->group_size;
+		ret = encap_one(skb, slot, grown, !mask);
 		if (ret == ENCAP_REDIRECTED)
 			return TC_ACT_REDIRECT;
 		grown = ret;

@@ -67,6 +67,7 @@ MAP_RULE_STATS = "rule_stats"
 MAP_SESSION_STATS = "session_stats"
 MAP_SESSION_SEQS = "session_seqs"
 MAP_SESSION_LIMITS = "session_limits"
+MAP_GROUP_BUCKETS = "group_buckets"
 MAP_SESSION_SAMPLES = "session_samples"
 MAP_CLOCK = "clock"
 MAP_SOURCE_IDS = "source_ids"
@@ -136,6 +137,8 @@ class MirrorStat(enum.IntEnum):
 
 MS__MAX = len(MirrorStat)
 RATE_BURST_NS = 100_000_000
+GROUP_BUCKETS = 256
+MIRROR_RF_GROUP = 0x01
 
 _be32x4 = ctypes.c_uint32 * 4  # network byte order words, built with bytes
 
@@ -185,7 +188,7 @@ class MirrorRule(ctypes.Structure):
         ("number", ctypes.c_uint32),
         ("stats_id", ctypes.c_uint16),
         ("action", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
     ]
 
 
@@ -205,7 +208,7 @@ class MirrorSession(ctypes.Structure):
         ("family", ctypes.c_uint8),
         ("tunnel", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("group_size", ctypes.c_uint8),
         ("stats_id", ctypes.c_uint16),
         ("sample", ctypes.c_uint32),
         ("rate_pps", ctypes.c_uint32),

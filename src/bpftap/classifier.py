@@ -219,6 +219,7 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
     rules = sorted(config.rules, key=lambda r: r.number)
     if len(rules) > abi.MAX_RULES:
         raise ValueError(f"{len(rules)} rules; at most {abi.MAX_RULES} fit")
+    groups = {s.name for s in config.sessions if len(s.members) > 1}
     records = []
     for rule in rules:
         mask = 0
@@ -227,7 +228,8 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
             if slot is None or not 0 <= slot < abi.MAX_SESSIONS:
                 raise ValueError(f"rule {rule.number}: session {name!r} has no slot (got {slot})")
             mask |= 1 << slot
-        records.append(abi.MirrorRule(sessions=mask, number=rule.number, action=_ACTIONS[rule.action]))
+        flags = abi.MIRROR_RF_GROUP if groups.intersection(rule.sessions) else 0
+        records.append(abi.MirrorRule(sessions=mask, number=rule.number, action=_ACTIONS[rule.action], flags=flags))
     intern = _Interner()
     addr = [e for dim in ADDR_DIMS for e in _addr_entries(rules, dim, intern)]
     ports = {dim: _port_classes(rules, dim, intern) for dim in PORT_DIMS}

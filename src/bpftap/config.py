@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from bpftap import abi, rule_fields
+from bpftap.pod_selector import PodSelector, _pod_selector
 from bpftap.config_values import (  # noqa: F401 (re-exported: the config's vocabulary)
     ANY_PORTS,
     IFNAMSIZ,
@@ -41,6 +42,7 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
     _ports,
     _protocol,
     _remote,
+    _remotes,
     _session_name,
     _string,
     _unknown,
@@ -83,10 +85,15 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Source:
-    """An interface name or fnmatch glob to mirror from, and in which directions."""
+    """An interface name or fnmatch glob to mirror from, and in which directions.
 
-    interface: str
+    `pods` replaces `interface` for pod sources: the agent then attaches to
+    the host-side interface of each selected pod as pods come and go.
+    """
+
+    interface: str = ""
     direction: Direction = Direction.BOTH
+    pods: PodSelector | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,12 @@ class Session:
     sequence: bool = True
     sample: int = 1  # send 1 copy in this many
     rate_limit: tuple[int, int] = (0, 0)  # (copies per second, bits per second); 0 = no limit
+    remotes: tuple[IPAddress, ...] = ()  # a collector group (remote is its first); () = just remote
+
+    @property
+    def members(self) -> tuple[IPAddress, ...]:
+        """The collectors copies go to: the group's, else the one remote (each flow to one of them)."""
+        return self.remotes or (self.remote,)
 
     @property
     def tun_id(self) -> int:
@@ -233,6 +246,9 @@ def parse_config(data: object, filename: str) -> Config:
     sessions = [_session(report, f"sessions[{i}]", raw, names) for i, raw in enumerate(raw_sessions)]
     numbers: dict[int, str] = {}
     rules = [_rule(report, f"rules[{i}]", raw, names, numbers) for i, raw in enumerate(raw_rules)]
+    collectors = sum(len(s.members) for s in sessions if s is not None)
+    if collectors > abi.MAX_SESSIONS >= len(raw_sessions):
+        report.append(("sessions", f"{collectors} collectors in all; at most {abi.MAX_SESSIONS} fit (MAX_SESSIONS)"))
     if report:
         raise InvalidConfigError(f"{filename}: {where}: {what}" for where, what in report)
     return Config(
@@ -319,19 +335,32 @@ def _entries(report: _Report, key: str, value: object, limit: int = 0) -> list[o
 
 
 def _source(report: _Report, where: str, raw: object, seen: dict[str, str]) -> Source | None:
-    e = _Entry(report, where, raw, _SOURCE_FIELDS, ("interface",))
+    e = _Entry(report, where, raw, _SOURCE_FIELDS, ())
+    if e.ok and "interface" not in e.raw and "pods" not in e.raw:
+        e.fail("interface", "missing required field 'interface' (or 'pods' to select pods)", at_entry=True)
+    if "interface" in e.raw and "pods" in e.raw:
+        e.fail("pods", "give either interface or pods, not both")
     interface = e.get("interface", _interface, "")
+    pods = e.get("pods", _pod_selector, None)
     direction = e.get("direction", _choice("direction", _DIRECTIONS), Direction.BOTH)
     e.claim("interface", interface, seen, "; list each interface once (direction: both covers both ways)")
-    return Source(interface, direction) if e.ok else None
+    if pods is not None:
+        e.claim("pods", pods.describe(), seen, "; list each pod selector once")
+    return Source(interface, direction, pods) if e.ok else None
 
 
 def _session(report: _Report, where: str, raw: object, names: dict[str, str]) -> Session | None:
-    e = _Entry(report, where, raw, _SESSION_FIELDS, ("name", "remote"))
+    e = _Entry(report, where, raw, _SESSION_FIELDS, ("name",))
     name = e.get("name", _session_name, "")
     tunnel = e.get("tunnel", _choice("tunnel", {t: t for t in TUNNELS}), "vxlan")
     unset: IPAddress = ipaddress.IPv4Address(0)  # only seen when the entry is rejected
     remote = e.get("remote", _remote, unset)
+    remotes = e.get("remotes", _remotes, ())
+    if isinstance(e.raw, dict) and ("remote" in e.raw) == ("remotes" in e.raw):
+        e.fail("remote", "give remote (one collector) or remotes (a group), not both" if "remote" in e.raw
+               else "missing required field 'remote' (or 'remotes' for a group of collectors)", at_entry=True)
+    if remotes:
+        remote = remotes[0]
     vni = e.get("vni", _integer(0, VNI_MAX), None)
     key = e.get("key", _integer(0, GRE_KEY_MAX), None)
     session_id = e.get("session_id", _integer(0, ERSPAN_SESSION_MAX), None)
@@ -345,7 +374,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
         _check_tunnel_fields(e, tunnel)
     if not e.ok:
         return None
-    return Session(name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit)
+    return Session(name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes)
 
 
 def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:

@@ -120,6 +120,18 @@ def _remote(value: object) -> IPAddress:
     return addr
 
 
+def _remotes(value: object) -> tuple[IPAddress, ...]:
+    """`remotes: [a, b, c]`: a collector group, 2-16 unicast addresses of one family."""
+    if not isinstance(value, list) or not 2 <= len(value) <= 16:
+        raise _Invalid("expected a list of 2 to 16 collector addresses (one collector: use remote)")
+    addrs = tuple(_remote(v) for v in value)
+    if len({a.version for a in addrs}) > 1:
+        raise _Invalid("mixes IPv4 and IPv6; a group's collectors share one address family")
+    if len(set(addrs)) < len(addrs):
+        raise _Invalid("lists a collector twice")
+    return addrs
+
+
 def _cidr(value: object) -> IPNetwork | None:
     text = _string(value, "a CIDR or 'any'")
     if text.strip().lower() == "any":

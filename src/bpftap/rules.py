@@ -39,17 +39,22 @@ def assign_session_slots(sessions: Sequence[Session]) -> dict[str, int]:
     Slots go by ascending outer header length (session_header_len), in
     config order among equal lengths: the encap program walks a rule's
     sessions in slot order and may only grow the packet's head between
-    copies, never shrink it (that would cut the inner frame).
+    copies, never shrink it (that would cut the inner frame). A collector
+    group takes one slot per member, from its own slot on (all members
+    share the header length).
 
-    Raises ValueError if there are more than abi.MAX_SESSIONS sessions or
-    a name repeats; a validated Config has neither.
+    Raises ValueError if the members need more than abi.MAX_SESSIONS slots
+    or a name repeats; a validated Config has neither.
     """
-    if len(sessions) > abi.MAX_SESSIONS:
-        raise ValueError(f"{len(sessions)} sessions; at most {abi.MAX_SESSIONS} fit")
-    ordered = sorted(sessions, key=session_header_len)
-    slots = {s.name: slot for slot, s in enumerate(ordered)}
-    if len(slots) != len(sessions):
-        raise ValueError("session names repeat")
+    slots: dict[str, int] = {}
+    nxt = 0
+    for session in sorted(sessions, key=session_header_len):
+        if session.name in slots:
+            raise ValueError("session names repeat")
+        slots[session.name] = nxt
+        nxt += len(session.members)
+    if nxt > abi.MAX_SESSIONS:
+        raise ValueError(f"{nxt} collectors in sessions; at most {abi.MAX_SESSIONS} fit")
     return slots
 
 

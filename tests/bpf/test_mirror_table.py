@@ -181,7 +181,9 @@ def program(tables: Tables, ns: KernelNs, config: dict[str, object] = CONFIG, ho
     slots = assign_session_slots(cfg.sessions)
     for sess in cfg.sessions:
         default = hop(ns, sess.remote.version)
-        tables.write_session(slots[sess.name], sess, (hops or {}).get(sess.name, default))
+        for member in range(len(sess.members)):
+            tables.write_session(slots[sess.name], sess, (hops or {}).get(sess.name, default), member=member)
+        tables.write_buckets(slots[sess.name], sess)
     tables.write_rules(compile_rules(cfg, slots), ns.k1)
     return cfg, slots
 
@@ -345,3 +347,30 @@ def test_rate_limit_allows_the_burst_then_the_rate(loaded: tuple[BpfObject, Tabl
     assert stats.packets + stats.rate_limited == 1000
     burst = 100 * abi.RATE_BURST_NS // 1_000_000_000
     assert burst <= stats.packets <= burst + int(100 * elapsed) + 1, (stats.packets, elapsed)
+
+
+def test_collector_group_sends_both_directions_of_a_flow_to_one_member(
+    loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs
+) -> None:
+    obj, tables = loaded
+    remotes = ["198.18.2.1", "198.18.2.2", "198.18.2.3"]
+    data = {**CONFIG, "sessions": [{"name": "ids4", "remotes": remotes, "vni": 42},
+                                   {"name": "ids6", "remote": "2001:db8:2::1", "vni": 43}]}
+    cfg, _ = program(tables, kernel_ns, data)
+    ctx = xfer_ctx(tables, cfg.rules, 20)
+    encap = obj.program(abi.PROG_ENCAP)
+    chosen = {}
+    for i in range(60):
+        a, b = f"198.18.1.{i + 1}", f"198.18.3.{(i * 7) % 200 + 1}"
+        ways = []
+        for src, dst, sport, dport in ((a, b, 1024 + i, 53), (b, a, 53, 1024 + i)):
+            frame = bytes(eth() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / PAYLOAD)
+            out = obj.program(abi.PROG_ENCAP).test_run(frame, ctx=ctx)
+            assert out.retval == TC_ACT_REDIRECT
+            ways.append(str(IP(out.data[14:]).dst))
+        assert ways[0] == ways[1], f"flow {i}: the two directions went to {ways}"
+        chosen[i] = ways[0]
+    counts = {r: list(chosen.values()).count(r) for r in remotes}
+    assert all(counts.values()), counts
+    assert encap.name == abi.PROG_ENCAP
+    assert sum(tables.session_stats(f"ids4@{r}").packets for r in remotes) == 120

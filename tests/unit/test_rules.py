@@ -215,3 +215,22 @@ def test_compiled_rules_match_like_the_reference(data: dict[str, Any], pkts: lis
         assert (None if got is None else cfg.rules[got]) == want, pkt
         if got is not None:
             assert compiled.rules[got].number == cfg.rules[got].number
+
+
+def test_rendezvous_moves_only_the_removed_collectors_buckets() -> None:
+    from bpftap.agent.tables import rendezvous
+
+    three = rendezvous(("198.18.2.1", "198.18.2.2", "198.18.2.3"), 256)
+    two = rendezvous(("198.18.2.1", "198.18.2.3"), 256)
+    assert sorted(set(three)) == [0, 1, 2]
+    assert all(abs(three.count(i) - 256 / 3) < 0.25 * 256 / 3 for i in range(3)), [three.count(i) for i in range(3)]
+    names3, names2 = ("a", "b", "c"), ("a", "c")
+    for b in range(256):
+        if names3[three[b]] != "b":
+            assert names2[two[b]] == names3[three[b]], b
+
+
+def test_group_members_take_consecutive_slots() -> None:
+    group = Session("g", "vxlan", ip("198.18.2.1"), 1, remotes=(ip("198.18.2.1"), ip("198.18.2.2"), ip("198.18.2.3")))
+    single = Session("s", "vxlan", ip("198.18.2.9"), 2)
+    assert assign_session_slots([group, single]) == {"g": 0, "s": 3}

@@ -24,11 +24,13 @@ from pyroute2 import IPRoute
 
 from bpftap import abi
 from bpftap.agent import state
+from bpftap.agent.configwatch import ConfigWatch
+from bpftap.agent.pods import PodFollower
 from bpftap.agent.status import StatusServer
 from bpftap.bpf import tc
-from bpftap.agent.tables import Tables, class_capacity
+from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf.objects import BpfObject
-from bpftap.config import TUNNEL_ID_FIELDS, Config, Direction, load_config
+from bpftap.config import TUNNEL_ID_FIELDS, Config, Direction, IPAddress, Session, load_config
 from bpftap.errors import BpfError, BpftapError, ConfigError
 from bpftap.netlink import (
     NextHop,
@@ -61,11 +63,17 @@ def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
 
 @dataclass
 class SessionState:
-    """A session's slot and what it currently resolves to."""
+    """One collector of a session (the only one, or a group's member): its slot and next hop."""
 
-    slot: int
+    slot: int  # the session's first slot; the collector's record is at slot + member
+    session: Session
+    member: int = 0
     nexthop: NextHop | None = None
     problem: str = ""
+
+    @property
+    def remote(self) -> IPAddress:
+        return self.session.members[self.member]
 
 
 @dataclass
@@ -101,6 +109,7 @@ class Agent:
         self.encap_ifindex = 0
         self.source_ifindex: dict[str, int] = {}
         self.tables: Tables
+        self.pods: PodFollower | None = None  # attaches to pod sources as pods come and go
 
     # --- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -146,6 +155,7 @@ class Agent:
                         log.info("also on %s %s: %s", ifname, hook.value, "; ".join(others))
                     prog = abi.PROG_INGRESS if hook is tc.Direction.INGRESS else abi.PROG_EGRESS
                     self._attach(self.obj.program(prog), ifname, ifindex, hook)
+        self.pods = PodFollower.start(self)
         self._record()
 
     def _attach(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction) -> None:
@@ -166,6 +176,8 @@ class Agent:
         found: dict[tuple[str, int], Direction] = {}
         egress_devs = set()
         for src in self.config.sources:
+            if src.pods is not None:
+                continue  # self.pods attaches to these, as pods come and go
             matched = match_interfaces([src.interface], self.ipr)
             if not matched:
                 raise ConfigError(f"{self.config.path}: sources: interface '{src.interface}' matches no interface here")
@@ -205,7 +217,10 @@ class Agent:
         than this run's maps hold (the running rules then stay).
         """
         slots, rules = self.compile(config)
-        plan = Plan(config, slots, rules, {s.name: SessionState(slots[s.name]) for s in config.sessions})
+        collectors = {
+            member_name(s, m): SessionState(slots[s.name], s, m) for s in config.sessions for m in range(len(s.members))
+        }
+        plan = Plan(config, slots, rules, collectors)
         with self.lock:
             self._write_sessions(plan, force=True)
             self.active_slot = self.tables.write_rules(rules, self.encap_ifindex)
@@ -225,29 +240,31 @@ class Agent:
                 self._write_sessions(self.plan, force=False)
 
     def _write_sessions(self, plan: Plan, force: bool) -> None:
-        for sess in plan.config.sessions:
-            st = plan.sessions[sess.name]
+        if force:
+            for sess in plan.config.sessions:
+                self.tables.write_buckets(plan.slots[sess.name], sess)
+        for name, st in plan.sessions.items():
             try:
-                hop: NextHop | None = resolve(sess.remote, self.ipr)
+                hop: NextHop | None = resolve(st.remote, self.ipr)
                 problem = ""
             except ResolveError as exc:
                 hop, problem = None, str(exc)
             if not force and hop == st.nexthop and problem == st.problem:
                 continue
             if problem and problem != st.problem:
-                log.warning("session %s: %s; its copies are counted as unresolved", sess.name, problem)
+                log.warning("session %s: %s; its copies are counted as unresolved", name, problem)
             elif hop is not None and hop != st.nexthop:
                 log.info(
                     "session %s: %s via %s (next hop %s, mtu %d)",
-                    sess.name,
-                    sess.remote,
+                    name,
+                    st.remote,
                     hop.ifname,
                     hop.dst_mac.hex(":"),
                     hop.mtu,
                 )
             st.nexthop, st.problem = hop, problem
             # a full write stages the next rule slot's table; a refresh rewrites the live one
-            self.tables.write_session(st.slot, sess, hop, live=not force)
+            self.tables.write_session(st.slot, st.session, hop, live=not force, member=st.member)
 
     # --- the kill switch ----------------------------------------------------------------
     def pause(self) -> dict[str, Any]:
@@ -283,14 +300,14 @@ class Agent:
                     }
                 )
             sessions = []
-            for sess in plan.config.sessions:
-                st = plan.sessions[sess.name]
-                ss = self.tables.session_stats(sess.name)
+            for name, st in plan.sessions.items():
+                sess = st.session
+                ss = self.tables.session_stats(name)
                 sessions.append(
                     {
-                        "name": sess.name,
+                        "name": name,
                         "tunnel": sess.tunnel,
-                        "remote": str(sess.remote),
+                        "remote": str(st.remote),
                         # the tunnel's identifier: vni, key or session_id (None: a gre session without a key)
                         "id_field": TUNNEL_ID_FIELDS[sess.tunnel],
                         "id": getattr(sess, TUNNEL_ID_FIELDS[sess.tunnel]),
@@ -347,6 +364,7 @@ def run(
     config = load_config(config_path)
     agent = Agent(config, mode, first, priority, object_path)
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
+    config_watch = ConfigWatch(config_path)  # a ConfigMap update reloads like SIGHUP
 
     def on_signal(event: threading.Event) -> Callable[..., None]:
         return lambda *_: (event.set(), wake.set())
@@ -370,6 +388,9 @@ def run(
             wake.clear()
             if stop.is_set():
                 break
+            if config_watch.changed():
+                log.info("%s changed; reloading", config_path)
+                reload.set()
             if reload.is_set():
                 reload.clear()
                 try:
@@ -377,6 +398,8 @@ def run(
                 except BpftapError as exc:
                     log.error("reload refused, the running rules stay: %s", exc)
             agent.refresh_sessions()
+            if agent.pods is not None:
+                agent.pods.sync()
     finally:
         if exporter is not None:
             exporter.close()

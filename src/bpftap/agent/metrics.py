@@ -134,8 +134,8 @@ class AgentSource:
             return None
         rules = tuple(RuleLabel(r.number, r.action.value) for r in plan.config.rules)
         sessions = tuple(
-            SessionLabel(s.name, s.tunnel, str(s.remote), plan.sessions[s.name].nexthop is not None)
-            for s in plan.config.sessions
+            SessionLabel(name, st.session.tunnel, str(st.remote), st.nexthop is not None)
+            for name, st in plan.sessions.items()
         )
         modes = sorted({a.mode.value for a in self.agent.attachments})
         return Layout(rules, sessions, str(self.agent.object_path), ",".join(modes) or "none")

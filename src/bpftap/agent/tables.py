@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import hashlib
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ _ALL = (
     abi.MAP_IFACE_CLASSES,
     abi.MAP_SESSION_SEQS,
     abi.MAP_SESSION_LIMITS,
+    abi.MAP_GROUP_BUCKETS,
     abi.MAP_CLOCK,
     abi.MAP_SOURCE_IDS,
     abi.MAP_SOURCE_IFINDEXES,
@@ -47,6 +49,20 @@ def class_capacity(classes: int) -> int:
     while capacity < 2 * classes:
         capacity *= 2
     return capacity
+
+
+def member_name(session: Session, member: int) -> str:
+    """What a collector of a session is called in counters: the name, or `name@remote` in a group."""
+    return f"{session.name}@{session.members[member]}" if session.remotes else session.name
+
+
+def rendezvous(members: tuple[object, ...], buckets: int) -> list[int]:
+    """For each bucket, the index of the member with the highest hash of (bucket, member)."""
+
+    def score(bucket: int, member: object) -> int:
+        return int.from_bytes(hashlib.blake2b(f"{bucket}/{member}".encode(), digest_size=8).digest(), "big")
+
+    return [max(range(len(members)), key=lambda i: score(b, members[i])) for b in range(buckets)]
 
 
 class _Ids:
@@ -178,7 +194,9 @@ class Tables:
         self.maps[name].update_batch(first, (ctypes.c_uint32 * len(data)).from_buffer(data))
         self._tables_written[(name, slot)] = data
 
-    def write_session(self, slot: int, session: Session, hop: NextHop | None, live: bool = False) -> None:
+    def write_session(
+        self, slot: int, session: Session, hop: NextHop | None, live: bool = False, member: int = 0
+    ) -> None:
         """One session's kernel record; without a next hop its copies count as unresolved.
 
         Written into the staging rule slot's session table (live=False: for
@@ -188,11 +206,14 @@ class Tables:
         packet to. A session keeps its counters and sequence numbers while
         its name, tunnel, remote and id stay; the `clock` map gets the
         current realtime-minus-monotonic offset (ERSPAN III timestamps of
-        packets without a receive time use it). Raises BpfError if a map
-        write fails.
+        packets without a receive time use it). For a collector group,
+        `member` picks the collector (its record is at `slot` + member, its
+        counters under `member_name`); write_buckets spreads the flows.
+        Raises BpfError if a map write fails.
         """
         flags = (abi.MIRROR_SF_KEY if session.gre_key else 0) | (abi.MIRROR_SF_SEQ if session.gre_seq else 0)
-        identity = (session.name, session.tunnel, session.remote, session.tun_id)
+        remote = session.members[member]
+        identity = (member_name(session, member), session.tunnel, remote, session.tun_id)
         stats_id, new = self._session_ids.get(identity)
         if new:
             self._update_raw(abi.MAP_SESSION_STATS, stats_id, (abi.SessionStats * self.ncpus)())
@@ -210,8 +231,9 @@ class Tables:
             sample=session.sample,
             rate_pps=session.rate_limit[0],
             rate_bps=session.rate_limit[1],
+            group_size=len(session.members),
         )
-        abi.set_addr(value.outer_dst, session.remote.packed)
+        abi.set_addr(value.outer_dst, remote.packed)
         if hop is not None:
             value.ifindex, value.mtu = hop.ifindex, min(hop.mtu, 0xFFFF)
             abi.set_addr(value.outer_src, hop.src.packed)
@@ -220,8 +242,22 @@ class Tables:
         rule_slot = self.config().active_slot if live else self.staging_slot()
         if not live:
             self._staged.add(identity)
-        self.maps[abi.MAP_SESSIONS].update(rule_slot * abi.MAX_SESSIONS + slot, value)
+        self.maps[abi.MAP_SESSIONS].update(rule_slot * abi.MAX_SESSIONS + slot + member, value)
         self.write_clock()
+
+    def write_buckets(self, slot: int, session: Session, live: bool = False) -> None:
+        """The flow buckets of a collector group at `slot`: which member takes each (rendezvous hashing).
+
+        Each bucket goes to the member whose hash with it is highest, so
+        removing a collector moves only the flows it had. Raises BpfError if
+        the write fails.
+        """
+        if len(session.members) < 2:
+            return
+        rule_slot = self.config().active_slot if live else self.staging_slot()
+        first = (rule_slot * abi.MAX_SESSIONS + slot) * abi.GROUP_BUCKETS
+        table = array.array("I", rendezvous(session.members, abi.GROUP_BUCKETS))
+        self.maps[abi.MAP_GROUP_BUCKETS].update_batch(first, (ctypes.c_uint32 * len(table)).from_buffer(table))
 
     def write_clock(self) -> None:
         """Store CLOCK_REALTIME minus CLOCK_MONOTONIC in `clock`. Raises BpfError if the write fails."""

@@ -1,0 +1,273 @@
+"""Pod sources: find each selected pod's host-side interface and follow pods as they come and go.
+
+A source `pods: {netns: GLOB}` selects network namespaces by name (those of
+/run/netns, as `ip netns list` shows them). For each one, the pod's eth0
+there is one end of a veth pair; its peer, found through eth0's IFLA_LINK
+(`link_index`), is the host-side interface in the agent's namespace, and
+that is where bpftap attaches. The peer is checked from both sides (a veth
+here whose own IFLA_LINK is that eth0), so a stray index never picks a
+wrong interface. A source `pods: {namespace: NS, labels: {...}}` selects
+Kubernetes pods through bpftap.agent.k8s, which maps a pod IP to its
+host-side interface by route.
+
+`PodFollower.sync()` runs once a second from the agent's loop: it attaches
+to interfaces of new pods, forgets attachments whose interface vanished
+(deleting a namespace deletes its veth, and a tcx link or a clsact filter
+goes with the device: nothing to undo, only logged), and then re-applies
+the rules so `interface:` rules see the new ifindexes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyroute2 import IPRoute
+
+from bpftap import abi
+from bpftap.bpf import tc
+from bpftap.config import Direction, Source
+from bpftap.errors import BpftapError
+
+if TYPE_CHECKING:
+    from bpftap.agent.daemon import Agent
+    from bpftap.agent.k8s import PodWatch
+
+log = logging.getLogger("bpftap.agent.pods")
+
+NETNS_DIR = "/run/netns"
+POD_IFNAME = "eth0"
+HOOKS = ((tc.Direction.INGRESS, Direction.INGRESS), (tc.Direction.EGRESS, Direction.EGRESS))
+
+
+@dataclass(frozen=True)
+class HostIface:
+    """The host-side interface of one pod, in the agent's namespace."""
+
+    ifname: str
+    ifindex: int
+    pod: str  # for logs: the netns name, or namespace/name in Kubernetes
+
+
+def netns_names(run_dir: str = NETNS_DIR) -> list[str]:
+    """Names of the named network namespaces (`ip netns list`); none if `run_dir` is missing."""
+    try:
+        return sorted(os.listdir(run_dir))
+    except FileNotFoundError:
+        return []
+
+
+def pod_peer_index(netns: str, ifname: str = POD_IFNAME) -> tuple[int, int] | None:
+    """(ifindex of `ifname` in `netns`, ifindex of its veth peer), or None.
+
+    None if the namespace or the interface is gone, or the interface has no
+    peer in another namespace (not a veth whose other end left the pod).
+    """
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", ifname], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    try:
+        link = json.loads(out.stdout)[0]
+    except (ValueError, IndexError):
+        return None
+    if "link_index" not in link or "link_netnsid" not in link:
+        return None
+    return int(link["ifindex"]), int(link["link_index"])
+
+
+def host_side(pod_ifindex: int, peer_ifindex: int, ipr: IPRoute) -> str | None:
+    """The name of veth `peer_ifindex` here if its own peer is `pod_ifindex`, else None."""
+    try:
+        msg = ipr.link("get", index=peer_ifindex)[0]
+    except Exception:  # noqa: BLE001 - pyroute2 raises NetlinkError (ENODEV) for a missing index
+        return None
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    if kind != "veth" or msg.get_attr("IFLA_LINK") != pod_ifindex:
+        return None
+    return str(msg.get_attr("IFLA_IFNAME"))
+
+
+@dataclass
+class _Attached:
+    iface: HostIface
+    direction: Direction
+    attachments: list[tc.Attachment] = field(default_factory=list)
+    owns_qdisc: bool = False
+
+
+class PodFollower:
+    """Keeps the agent attached to the host-side interfaces of the pods its config selects."""
+
+    def __init__(self, agent: Agent, run_dir: str = NETNS_DIR) -> None:
+        self.agent, self.run_dir = agent, run_dir
+        self.static = dict(agent.source_ifindex)  # the `interface:` sources, fixed at start
+        self.attached: dict[tuple[str, int], _Attached] = {}
+        self._netns_cache: dict[str, HostIface] = {}
+        self.watch: PodWatch | None = None
+
+    @classmethod
+    def start(cls, agent: Agent) -> PodFollower:
+        """Create the follower, register its cleanup on the agent, and attach to the pods there now.
+
+        Raises ConfigError if a Kubernetes selector is configured but the
+        agent cannot watch the API (no NODE_NAME, no `kubernetes` package).
+        """
+        follower = cls(agent)
+        agent.stack.callback(follower.close)
+        if any(s.pods is not None and s.pods.netns is None for s in agent.config.sources):
+            from bpftap.agent.k8s import PodWatch
+
+            follower.watch = PodWatch.from_environment(agent.config.path)
+            follower.watch.start()
+        follower.sync()
+        return follower
+
+    # --- what should be attached ------------------------------------------------------------
+    def desired(self, sources: Iterable[Source], ipr: IPRoute) -> dict[tuple[str, int], tuple[HostIface, Direction]]:
+        """Host interfaces of every selected pod now, with the union of directions asked for each."""
+        present = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+        found: dict[tuple[str, int], tuple[HostIface, Direction]] = {}
+        names = netns_names(self.run_dir)
+        for src in sources:
+            if src.pods is None:
+                continue
+            if src.pods.netns is not None:
+                ifaces = [self._netns_iface(ns, present, ipr) for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]
+            elif self.watch is not None:
+                ifaces = self.watch.host_ifaces(src.pods, ipr)
+            else:
+                ifaces = []
+            for iface in ifaces:
+                if iface is None or present.get(iface.ifindex) != iface.ifname or iface.ifname in self.static:
+                    continue
+                key = (iface.ifname, iface.ifindex)
+                found[key] = (iface, (found[key][1] if key in found else Direction(0)) | src.direction)
+        self._netns_cache = {ns: i for ns, i in self._netns_cache.items() if ns in names}
+        return found
+
+    def _netns_iface(self, netns: str, present: dict[int, str], ipr: IPRoute) -> HostIface | None:
+        cached = self._netns_cache.get(netns)
+        if cached is not None and present.get(cached.ifindex) == cached.ifname:
+            return cached
+        pair = pod_peer_index(os.path.basename(netns))
+        name = host_side(*pair, ipr) if pair else None
+        if name is None or pair is None:
+            self._netns_cache.pop(netns, None)
+            return None
+        iface = HostIface(name, pair[1], netns)
+        self._netns_cache[netns] = iface
+        return iface
+
+    # --- following ----------------------------------------------------------------------
+    def sync(self) -> bool:
+        """Attach to new pods' interfaces, forget vanished ones, re-apply the rules; True if anything changed.
+
+        An interface that vanishes between lookup and attach is skipped
+        (logged) and tried again on the next call; a failed re-apply is
+        logged and the running rules stay.
+        """
+        agent = self.agent
+        want = self.desired(agent.config.sources, agent.ipr)
+        gone = [k for k, a in self.attached.items() if k not in want or want[k][1] != a.direction]
+        new = [k for k in want if k not in self.attached or k in gone]
+        if not gone and not new:
+            return False
+        for key in gone:
+            self._drop(self.attached.pop(key), vanished=key not in want)
+        self._update_sources([want[k][0] for k in new])
+        for key in new:
+            iface, direction = want[key]
+            try:
+                self.attached[key] = self._attach(iface, direction)
+            except BpftapError as exc:
+                log.warning("pod %s: not attached to %s: %s (trying again)", iface.pod, iface.ifname, exc)
+        self._update_sources([])
+        try:
+            agent.apply(agent.config)
+        except BpftapError as exc:
+            log.error("pods changed but the rules could not be re-applied: %s", exc)
+        agent._record()
+        return True
+
+    def _update_sources(self, adding: list[HostIface]) -> None:
+        agent = self.agent
+        names = dict(self.static)
+        names.update({a.iface.ifname: a.iface.ifindex for a in self.attached.values()})
+        names.update({i.ifname: i.ifindex for i in adding})
+        with agent.lock:
+            agent.source_ifindex = names
+            agent.tables.write_sources(list(names.values()))
+
+    def _attach(self, iface: HostIface, direction: Direction) -> _Attached:
+        agent = self.agent
+        done = _Attached(iface, direction)
+        try:
+            for hook, bit in HOOKS:
+                if not direction & bit:
+                    continue
+                others = tc.others_on_hook(iface.ifname, iface.ifindex, hook)
+                if others:
+                    log.info("also on %s %s: %s", iface.ifname, hook.value, "; ".join(others))
+                prog = agent.obj.program(agent_prog(hook))
+                att = tc.attach(prog, iface.ifname, iface.ifindex, hook, agent.mode, agent.first, agent.priority)
+                done.attachments.append(att)
+                done.owns_qdisc |= att.owns_qdisc
+                with agent.lock:
+                    agent.attachments.append(att)
+                log.info("pod %s: attached %s", iface.pod, att.describe())
+        except BaseException:
+            self._drop(done, vanished=False, quiet=True)
+            raise
+        return done
+
+    def _drop(self, done: _Attached, vanished: bool, quiet: bool = False) -> None:
+        agent = self.agent
+        with agent.lock:
+            agent.attachments[:] = [a for a in agent.attachments if a not in done.attachments]
+        for att in done.attachments:
+            att.close()
+        still_there = self._exists(done.iface)
+        if done.owns_qdisc and still_there:
+            tc.destroy_clsact(done.iface.ifname, done.iface.ifindex)
+        if quiet:
+            return
+        if vanished and not still_there:
+            log.info("pod %s: %s is gone; its attachments went with it", done.iface.pod, done.iface.ifname)
+        else:
+            log.info("pod %s: detached from %s (no longer selected)", done.iface.pod, done.iface.ifname)
+
+    def _exists(self, iface: HostIface) -> bool:
+        try:
+            msg = self.agent.ipr.link("get", index=iface.ifindex)[0]
+        except Exception:  # noqa: BLE001 - NetlinkError ENODEV: the interface is gone
+            return False
+        return bool(msg.get_attr("IFLA_IFNAME") == iface.ifname)
+
+    def close(self) -> None:
+        """Detach from every pod interface and stop the Kubernetes watch (idempotent)."""
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+        while self.attached:
+            _, done = self.attached.popitem()
+            self._drop(done, vanished=False, quiet=True)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The pods attached now, for status: pod, interface, ifindex, direction."""
+        return [
+            {"pod": a.iface.pod, "interface": a.iface.ifname, "ifindex": a.iface.ifindex, "direction": a.direction.name}
+            for a in self.attached.values()
+        ]
+
+
+
+def agent_prog(hook: tc.Direction) -> str:
+    """The program for a hook: abi.PROG_INGRESS or abi.PROG_EGRESS."""
+    return abi.PROG_INGRESS if hook is tc.Direction.INGRESS else abi.PROG_EGRESS

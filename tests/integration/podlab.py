@@ -1,0 +1,107 @@
+"""A node with pods on a bridge, made of network namespaces, for the pod-selection tests.
+
+    <p>-web-1 eth0 --- vp-web-1 \\
+    <p>-db-1  eth0 --- vp-db-1  -- br0 (198.18.10.254)  <p>-node  tocol --- eth0 <p>-col (198.18.11.1, vx0: VXLAN 42)
+    ...                          /
+
+Each pod is a namespace whose eth0 (198.18.10.N, 2001:db8:10::N) is a veth
+to `vp-<pod>` in the node namespace, enslaved to the node's bridge. The
+collector namespace receives VXLAN 42 on the kernel device vx0. Addresses
+are from 198.18.0.0/15 and 2001:db8::/32; nothing is created in the root
+namespace, and `close()` deletes every namespace (which deletes its veths).
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from typing import Any, Sequence
+
+BRIDGE4, BRIDGE6 = "198.18.10.254", "2001:db8:10::fe"
+COL4, NODE_COL4 = "198.18.11.1", "198.18.11.254"
+VNI = 42
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+class PodLab:
+    """The namespaces `<prefix>-node`, `<prefix>-col` and one per pod; a context manager."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or f"bpod{secrets.token_hex(2)}"
+        self.node, self.col = f"{self.prefix}-node", f"{self.prefix}-col"
+        self.pods: dict[str, int] = {}  # pod name -> host number (its address's last byte)
+        self.created: list[str] = []
+
+    def __enter__(self) -> PodLab:
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _netns(self, name: str) -> None:
+        _ip("netns", "add", name)
+        self.created.append(name)
+        _ip("-n", name, "link", "set", "lo", "up")
+
+    def _build(self) -> None:
+        self._netns(self.node)
+        self._netns(self.col)
+        n, c = self.node, self.col
+        # a fixed MAC: otherwise the bridge takes its lowest port's, and pods' ARP entries go stale
+        _ip("-n", n, "link", "add", "br0", "address", "02:b7:00:00:0a:fe", "type", "bridge")
+        _ip("-n", n, "addr", "add", f"{BRIDGE4}/24", "dev", "br0")
+        _ip("-n", n, "addr", "add", f"{BRIDGE6}/64", "dev", "br0", "nodad")
+        _ip("-n", n, "link", "set", "br0", "up")
+        _ip("-n", n, "link", "add", "tocol", "type", "veth", "peer", "name", "eth0", "netns", c)
+        _ip("-n", n, "addr", "add", f"{NODE_COL4}/24", "dev", "tocol")
+        _ip("-n", n, "link", "set", "tocol", "up")
+        _ip("-n", c, "addr", "add", f"{COL4}/24", "dev", "eth0")
+        _ip("-n", c, "link", "set", "eth0", "up")
+        _ip("-n", c, "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "dstport", "4789",
+            "local", COL4, "nolearning")
+        _ip("-n", c, "link", "set", "vx0", "up")
+
+    def ns(self, pod: str) -> str:
+        """The namespace name of `pod` (e.g. `web-1` -> `<prefix>-web-1`)."""
+        return f"{self.prefix}-{pod}"
+
+    def ip4(self, pod: str) -> str:
+        return f"198.18.10.{self.pods[pod]}"
+
+    def add_pod(self, pod: str) -> None:
+        """A namespace `<prefix>-<pod>` wired to the bridge; its host veth is `vp-<pod>`."""
+        number = max(self.pods.values(), default=0) + 1
+        ns, host = self.ns(pod), f"vp-{pod}"
+        self._netns(ns)
+        _ip("-n", self.node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("-n", self.node, "link", "set", host, "master", "br0", "up")
+        _ip("-n", ns, "addr", "add", f"198.18.10.{number}/24", "dev", "eth0")
+        _ip("-n", ns, "addr", "add", f"2001:db8:10::{number:x}/64", "dev", "eth0", "nodad")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        self.pods[pod] = number
+
+    def del_pod(self, pod: str) -> None:
+        """Delete the pod's namespace (its veth, and so its host side, go with it)."""
+        ns = self.ns(pod)
+        _ip("netns", "del", ns)
+        self.created.remove(ns)
+        self.pods.pop(pod)
+
+    def run(self, ns: str, cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, **kw)
+
+    def popen(self, ns: str, cmd: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
+
+    def close(self) -> None:
+        """Delete every namespace made here (idempotent); processes are the caller's to end first."""
+        while self.created:
+            _ip("netns", "del", self.created.pop(), check=False)
