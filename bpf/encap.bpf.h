@@ -341,12 +341,17 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	if (!s->ifindex) {
 		ss->unresolved += 1;
 		count(MS_UNRESOLVED);
+		log_event(MIRROR_LOG_WARN, MIRROR_EV_UNRESOLVED, ci->ifindex,
+			  ci->rule, s->stats_id + 1, 0, 0);
 		return grown;
 	}
 	hlen = s->hdr_len;
 	if (hlen - ETH_HLEN + ci->inner_len > s->mtu) {
 		ss->oversize += 1;
 		count(MS_OVERSIZE);
+		log_event(MIRROR_LOG_WARN, MIRROR_EV_OVERSIZE, ci->ifindex,
+			  ci->rule, s->stats_id + 1,
+			  hlen - ETH_HLEN + ci->inner_len, s->mtu);
 		return grown;
 	}
 	if (sampled_out(s)) {
@@ -357,6 +362,8 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	if (over_rate(s, hlen + ci->inner_len)) {
 		ss->rate_limited += 1;
 		count(MS_RATE_LIMITED);
+		log_event(MIRROR_LOG_INFO, MIRROR_EV_RATE_LIMITED, ci->ifindex,
+			  ci->rule, s->stats_id + 1, 0, 0);
 		return grown;
 	}
 	/* a shorter header than the head has: slots out of order */
@@ -394,6 +401,8 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	return ENCAP_REDIRECTED;
 fail:
 	dbg("bpftap: copy for session key %u failed", slot);
+	log_event(MIRROR_LOG_ERROR, MIRROR_EV_ENCAP_FAIL, ci->ifindex, ci->rule,
+		  s->stats_id + 1, hlen, 0);
 	ss->encap_fail += 1;
 	count(MS_ENCAP_FAIL);
 	return grown;

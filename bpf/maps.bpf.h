@@ -204,4 +204,31 @@ static __always_inline void count(__u32 reason)
 		*slot += 1;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_BYTES);
+} events SEC(".maps");
+
+/* never read: puts struct mirror_log in the BTF the ABI test checks */
+const struct mirror_log mirror_log_layout = {};
+
+/* a record for the agent's log; a full ring buffer loses it, counted */
+static __always_inline void log_event(__u32 level, __u32 code,
+				      __u32 ifindex, __u32 rule,
+				      __u32 session, __u64 a0, __u64 a1)
+{
+	struct mirror_log rec = {
+		.ts_ns = bpf_ktime_get_ns(),
+		.code = code,
+		.level = level,
+		.ifindex = ifindex,
+		.rule = rule,
+		.session = session,
+		.arg = { a0, a1 },
+	};
+
+	if (bpf_ringbuf_output(&events, &rec, sizeof(rec), 0))
+		count(MS_LOG_LOST);
+}
+
 #endif /* MAPS_BPF_H */

@@ -136,6 +136,7 @@ enum mirror_stat {
 	MS_SAMPLED_OUT,	  /* copy not the 1 in the session's sample */
 	MS_RATE_LIMITED,  /* copy over the session's rate limit */
 	MS_PAUSED,	  /* packets passed while mirroring is paused */
+	MS_LOG_LOST,	  /* kernel log records lost: `events` was full */
 	MS__MAX,
 };
 
@@ -264,6 +265,42 @@ struct session_stats {
  * removing a collector moves only its own flows)
  */
 #define GROUP_BUCKETS 256
+
+/*
+ * The kernel log: fixed records in the ring buffer `events`, formatted and
+ * rate-limited by the agent. Only the copy path logs, never the path every
+ * original takes.
+ */
+enum mirror_event {
+	MIRROR_EV_CLONE_FAIL = 1,	/* stage 1; arg0: the error */
+	MIRROR_EV_UNRESOLVED,		/* session has no next hop */
+	MIRROR_EV_OVERSIZE,		/* arg0: copy length, arg1: MTU */
+	MIRROR_EV_ENCAP_FAIL,		/* arg0: outer header length */
+	MIRROR_EV_RATE_LIMITED,		/* over the session's rate limit */
+	MIRROR_EV_VLAN_DEPTH,		/* more tags than MAX_VLAN_TAGS */
+};
+
+enum mirror_level {
+	MIRROR_LOG_DEBUG = 0,
+	MIRROR_LOG_INFO,
+	MIRROR_LOG_WARN,
+	MIRROR_LOG_ERROR,
+};
+
+/* one kernel log record */
+struct mirror_log {
+	__u64 ts_ns;		/* host order: bpf_ktime_get_ns() */
+	__u32 code;		/* enum mirror_event */
+	__u32 level;		/* enum mirror_level */
+	__u32 ifindex;		/* host order: source interface, 0 unknown */
+	__u32 rule;		/* host order: rule number, 0 none */
+	__u32 session;		/* host order: session stats_id + 1, 0 none */
+	__u32 _pad;
+	__u64 arg[2];		/* host order: per event, see enum mirror_event */
+};
+
+/* bytes of the `events` ring buffer */
+#define EVENTS_BYTES (256 * 1024)
 
 /* burst of a session's rate limit: this much time's worth of copies */
 #define RATE_BURST_NS 100000000ULL

@@ -83,8 +83,11 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		    (key & XFER_RULE_MASK);
 	ret = bpf_clone_redirect(skb, cfg->encap_ifindex, 0);
 	skb->mark = mark;
-	if (ret)
+	if (ret) {
 		count(MS_CLONE_FAIL);
+		log_event(MIRROR_LOG_ERROR, MIRROR_EV_CLONE_FAIL, skb->ifindex,
+			  r->number, 0, -ret, 0);
+	}
 	return MIRROR_PASS;
 }
 
@@ -129,8 +132,12 @@ int mirror_encap(struct __sk_buff *skb)
 	ret = prepare_copy(skb, ci);
 	if (ret) {
 		count(ret == -1 ? MS_VLAN_DEPTH : MS_ENCAP_FAIL);
+		log_event(MIRROR_LOG_WARN,
+			  ret == -1 ? MIRROR_EV_VLAN_DEPTH : MIRROR_EV_ENCAP_FAIL,
+			  ci->ifindex, r->number, 0, 0, 0);
 		return TC_ACT_SHOT;
 	}
+	ci->rule = r->number;
 	skb->mark = MIRROR_COPY_MARK;
 
 	/* one copy per session in slot order, i.e. ascending header length */

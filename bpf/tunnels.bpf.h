@@ -60,6 +60,7 @@ struct copy_info {
 	__u32 hash;		/* inner flow hash: UDP source port, flow label */
 	__u32 ifindex;		/* source interface, 0 = unknown */
 	__u32 csum;		/* ones' complement sum of the inner frame */
+	__u32 rule;		/* the matching rule's number, for the log */
 	__u16 vlan_tci;		/* outermost tag, host order */
 	__u8 tagged;		/* 1 if the inner frame has a tag */
 	__u8 dir;		/* MIRROR_DIR_*, 0 = unknown */

@@ -68,6 +68,7 @@ MAP_SESSION_STATS = "session_stats"
 MAP_SESSION_SEQS = "session_seqs"
 MAP_SESSION_LIMITS = "session_limits"
 MAP_GROUP_BUCKETS = "group_buckets"
+MAP_EVENTS = "events"
 MAP_SESSION_SAMPLES = "session_samples"
 MAP_CLOCK = "clock"
 MAP_SOURCE_IDS = "source_ids"
@@ -133,11 +134,48 @@ class MirrorStat(enum.IntEnum):
     SAMPLED_OUT = 14
     RATE_LIMITED = 15
     PAUSED = 16
+    LOG_LOST = 17
 
 
 MS__MAX = len(MirrorStat)
 RATE_BURST_NS = 100_000_000
 GROUP_BUCKETS = 256
+EVENTS_BYTES = 256 * 1024
+
+
+class MirrorEvent(enum.IntEnum):
+    """`enum mirror_event`: what a kernel log record reports."""
+
+    CLONE_FAIL = 1
+    UNRESOLVED = 2
+    OVERSIZE = 3
+    ENCAP_FAIL = 4
+    RATE_LIMITED = 5
+    VLAN_DEPTH = 6
+
+
+class MirrorLevel(enum.IntEnum):
+    """`enum mirror_level`."""
+
+    DEBUG = 0
+    INFO = 1
+    WARN = 2
+    ERROR = 3
+
+
+class MirrorLog(ctypes.Structure):
+    """Mirror of `struct mirror_log`: one kernel log record."""
+
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("code", ctypes.c_uint32),
+        ("level", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("rule", ctypes.c_uint32),
+        ("session", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("arg", ctypes.c_uint64 * 2),
+    ]
 MIRROR_RF_GROUP = 0x01
 
 _be32x4 = ctypes.c_uint32 * 4  # network byte order words, built with bytes

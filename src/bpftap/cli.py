@@ -48,6 +48,20 @@ class ExitStatus(enum.IntEnum):
     INTERRUPTED = 130
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and a record's structured `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}))
+        return json.dumps(data)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -178,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bpftap {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: libbpf and verifier too)")
     parser.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="log lines as text, or as JSON objects one a line (kernel records with their fields)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -222,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="bpftap: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter("bpftap: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if args.verbose < 2:
         logging.getLogger("bpftap.libbpf").setLevel(logging.WARNING)
     try:

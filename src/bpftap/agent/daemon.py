@@ -28,6 +28,7 @@ from bpftap.agent.configwatch import ConfigWatch
 from bpftap.agent.pods import PodFollower
 from bpftap.agent.status import StatusServer
 from bpftap.bpf import tc
+from bpftap.agent.kernel_log import KernelLog
 from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf.objects import BpfObject
 from bpftap.config import TUNNEL_ID_FIELDS, Config, Direction, IPAddress, Session, load_config
@@ -137,6 +138,11 @@ class Agent:
         self.obj.set_max_entries(abi.MAP_CLASS_BITS, abi.RULE_SLOTS * capacity)
         self.obj.load()
         self.tables = Tables(self.obj, capacity)
+        klog = KernelLog(
+            self.obj.map(abi.MAP_EVENTS), self.tables.session_name, lambda: self.tables.counters()["log_lost"]
+        )
+        klog.start()
+        self.stack.callback(klog.close)
         self.apply(self.config)
         # before the first source is attached, so every copy names its interface
         self.tables.write_sources([ifindex for (_, ifindex) in sources])

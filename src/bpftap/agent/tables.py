@@ -288,6 +288,10 @@ class Tables:
         self._source_ids = ids
         return dict(ids)
 
+    def session_name(self, stats_id: int) -> str | None:
+        """The session (or group member) whose counters are at `stats_id`, for the kernel log."""
+        return next((n for (n, *_), i in self._session_ids.ids.items() if i == stats_id), None)  # type: ignore[misc]
+
     def _session_key(self, name: str) -> int | None:
         return next((i for (n, *_), i in self._session_ids.ids.items() if n == name), None)  # type: ignore[misc]
 

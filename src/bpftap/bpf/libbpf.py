@@ -131,6 +131,8 @@ def sized(struct_type: type[ctypes.Structure], **fields: Any) -> Any:
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, c_void_p)
+# ring_buffer_sample_fn: (ctx, data, size) -> 0 to go on
+RING_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, c_void_p, c_void_p, c_size_t)
 
 _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "libbpf_set_print": ([_PRINT_FN], c_void_p),
@@ -160,6 +162,9 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "bpf_prog_get_fd_by_id": ([c_u32], ctypes.c_int),
     "bpf_obj_get_info_by_fd": ([ctypes.c_int, c_void_p, ctypes.POINTER(c_u32)], ctypes.c_int),
     "libbpf_num_possible_cpus": ([], ctypes.c_int),
+    "ring_buffer__new": ([ctypes.c_int, RING_SAMPLE_FN, c_void_p, c_void_p], c_void_p),
+    "ring_buffer__poll": ([c_void_p, ctypes.c_int], ctypes.c_int),
+    "ring_buffer__free": ([c_void_p], None),
     "libbpf_probe_bpf_map_type": ([ctypes.c_int, c_void_p], ctypes.c_int),
     "libbpf_probe_bpf_prog_type": ([ctypes.c_int, c_void_p], ctypes.c_int),
 }
