@@ -71,11 +71,6 @@ class Iface:
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def mac_bytes(self) -> bytes:
-        """The MAC as 6 bytes, as `bpftap.netlink.NextHop` holds it."""
-        return bytes.fromhex(self.mac.replace(":", ""))
-
 
 @dataclass(frozen=True)
 class Host:

@@ -59,13 +59,6 @@ def test_loss_resolution_and_formatting() -> None:
     assert stats.fmt_ratio(None) == "-"
 
 
-def test_band_table_groups_repetitions_by_band() -> None:
-    points = {"mirror": {0.5: stats.summarize([0.0, 0.0]), 0.65: stats.summarize([1.0]), 0.95: stats.summarize([9.0])}}
-    table = stats.band_table(points)
-    assert table["mirror"]["<=65%"]["values"] == [0.0, 0.0, 1.0]
-    assert table["mirror"]["85-99%"]["median"] == 9.0
-
-
 def _row(kind: str, fam: int, size: int, ns: list[float], floor: list[float], **kw: int) -> dict:
     return {"kind": kind, "family": fam, "size": size, "ns": stats.summarize(ns),
             "ratio": stats.ratio_summary(ns, floor), "problem": None, **kw}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 Summary = dict[str, Any]
@@ -123,17 +123,3 @@ def fmt_pct(value: float | None, resolution: float | None = None) -> str:
     if abs(value) < 0.01:
         return f"{value:.3f}"
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
-
-
-def band_table(points: Mapping[str, Mapping[float, Summary]]) -> dict[str, dict[str, Summary]]:
-    """Regroup ``{config: {utilisation: summary}}`` into the reference bands: ``{config: {band: summary}}``.
-
-    Each band holds the summary of every repetition at the utilisations it covers.
-    """
-    out: dict[str, dict[str, Summary]] = {}
-    for config, by_util in points.items():
-        grouped: dict[str, list[float]] = {}
-        for util, summary in sorted(by_util.items()):
-            grouped.setdefault(band_of(util), []).extend(summary.get("values", []))
-        out[config] = {band: summarize(vals) for band, vals in grouped.items()}
-    return out

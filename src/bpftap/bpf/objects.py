@@ -158,7 +158,6 @@ class BpfObject:
 
     def __init__(self, path: Path, handle: int) -> None:
         self.path, self._obj = path, handle
-        self._loaded = False
 
     @classmethod
     def open(cls, path: Path) -> BpfObject:
@@ -175,7 +174,6 @@ class BpfObject:
             self.path.name,
             "the verifier log is above (run with -v for all of it)",
         )
-        self._loaded = True
         return self
 
     def set_max_entries(self, name: str, entries: int) -> None:

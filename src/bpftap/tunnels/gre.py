@@ -24,7 +24,6 @@ PROTO_TEB: Final = 0x6558
 F_CSUM: Final = 0x8000
 F_KEY: Final = 0x2000
 F_SEQ: Final = 0x1000
-KEY_MAX: Final = (1 << 32) - 1
 
 #: Every reason a DecapError from ``parse``/``decode`` can carry.
 REASONS: Final = ("short", "version", "flags", "checksum", "protocol")
