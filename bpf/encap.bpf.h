@@ -393,6 +393,7 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		goto fail;
 	ss->packets += 1;
 	ss->bytes += skb->len;
+	ss->truncated += ci->truncated;
 	count(MS_COPY_SENT);
 	if (!last)
 		return grown;
@@ -406,6 +407,28 @@ fail:
 	ss->encap_fail += 1;
 	count(MS_ENCAP_FAIL);
 	return grown;
+}
+
+/*
+ * Cut the inner frame to the snaplen of the session at `slot` (before any
+ * head growth: the frame starts at offset 0), counting the accelerated
+ * tags that will be put back. Returns non-zero if the kernel refused.
+ */
+static __always_inline int truncate(struct __sk_buff *skb, struct copy_info *ci,
+				    __u32 slot)
+{
+	struct mirror_session *s = bpf_map_lookup_elem(&sessions, &slot);
+	__u32 tags, keep;
+
+	if (!s || !s->snaplen || ci->inner_len <= s->snaplen)
+		return 0;
+	tags = ci->ntags * sizeof(struct vlan_ins);
+	keep = s->snaplen > tags + ETH_HLEN ? s->snaplen - tags : ETH_HLEN;
+	if (bpf_skb_change_tail(skb, keep, 0))
+		return -1;
+	ci->inner_len = skb->len + tags;
+	ci->truncated = 1;
+	return 0;
 }
 
 /* murmur3's 32-bit finaliser: every input bit moves every output bit */

@@ -54,13 +54,18 @@
 #define MIRROR_COPY_MARK 0x62746170U /* "btap" */
 
 /*
- * skb->mark of a clone on its way to the encap stage: tag, direction and
- * the absolute rule index. Set on the original only for the clone call.
+ * skb->mark of a clone on its way to the encap stage: tag, pass, source
+ * id (below), direction and the absolute rule index. Set on the original
+ * only for the clone calls. Pass 0 is for the rule's sessions that take the
+ * whole frame; pass n + 1 for truncating session slot n alone (one clone
+ * each, cut to its snaplen), so no copy is cut short for another.
  */
-#define XFER_TAG 0xb7000000U
-#define XFER_TAG_MASK 0xff000000U
-#define XFER_EGRESS 0x00010000U
-#define XFER_RULE_MASK 0x0000ffffU
+#define XFER_TAG 0xb0000000U
+#define XFER_TAG_MASK 0xf0000000U
+#define XFER_PASS_SHIFT 22
+#define XFER_PASS_MASK 0x0fc00000U
+#define XFER_EGRESS 0x00008000U
+#define XFER_RULE_MASK 0x00007fffU
 
 enum mirror_dir {
 	MIRROR_DIR_INGRESS = 1,
@@ -113,9 +118,9 @@ enum mirror_tunnel {
  * `source_ifindexes` (id -> ifindex); the daemon writes both. Id 0 means
  * unknown. (Not cb[]: the internal veth's NAPI/XDP receive path reuses it.)
  */
-#define XFER_SOURCE_SHIFT 17
-#define XFER_SOURCE_MASK 0x00fe0000U
-#define MAX_SOURCES 128
+#define XFER_SOURCE_SHIFT 16
+#define XFER_SOURCE_MASK 0x003f0000U
+#define MAX_SOURCES 64
 
 /* global counters, one per-CPU slot each: every exit of both stages */
 enum mirror_stat {
@@ -191,6 +196,7 @@ struct rule_bits {
 /* map `rules`, key slot * MAX_RULES + position: what the first match does */
 struct mirror_rule {
 	__u64 sessions;		/* host order: bit i = session slot i */
+	__u64 snap_sessions;	/* host order: the sessions that truncate (snaplen) */
 	__u32 number;		/* host order: the rule's number in the config */
 	__u16 stats_id;		/* host order: key in `rule_stats`, kept across reloads */
 	__u8 action;		/* MIRROR_ACT_* */
@@ -224,6 +230,9 @@ struct mirror_session {
 	__u32 sample;		/* host order: send 1 copy in this many (0, 1: all) */
 	__u32 rate_pps;		/* host order: copies per second at most (0: no limit) */
 	__u64 rate_bps;		/* host order: copy bits per second at most (0: no limit) */
+	__u16 snaplen;		/* host order: inner frame bytes kept (0: all) */
+	__u16 _pad2;
+	__u32 _pad3;
 };
 
 /*
@@ -256,6 +265,7 @@ struct session_stats {
 	__u64 encap_fail;	/* growing or writing the copy failed */
 	__u64 sampled_out;	/* not the 1 in `sample` */
 	__u64 rate_limited;	/* over the session's rate limit */
+	__u64 truncated;	/* copies sent cut to the session's snaplen */
 };
 
 /*

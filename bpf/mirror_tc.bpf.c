@@ -24,13 +24,35 @@
 #include "classify.bpf.h"
 #include "encap.bpf.h"
 
+/*
+ * Clone the packet to the encap device with `xfer` in the clone's mark (the
+ * caller restores the original's). A global function, verified once: the
+ * per-session loop calls it.
+ */
+__noinline int hand_over(struct __sk_buff *skb, __u32 encap_ifindex,
+			 __u32 xfer, __u32 rule)
+{
+	int ret;
+
+	if (!skb)
+		return 0;
+	skb->mark = xfer;
+	ret = bpf_clone_redirect(skb, encap_ifindex, 0);
+	if (ret) {
+		count(MS_CLONE_FAIL);
+		log_event(MIRROR_LOG_ERROR, MIRROR_EV_CLONE_FAIL, skb->ifindex,
+			  rule, 0, -ret, 0);
+	}
+	return 0;
+}
+
 static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 {
 	struct pkt_info pkt = {}, *p;
 	struct mirror_config *cfg;
 	struct mirror_rule *r;
 	struct rule_stats *rs;
-	__u32 key = 0, mark, stats_id, ifindex, *sid;
+	__u32 key = 0, mark, stats_id, ifindex, xfer, *sid;
 	int ret;
 
 	count(MS_SEEN);
@@ -77,17 +99,26 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 	/* hand the untouched original to stage 2; the mark is restored */
 	ifindex = skb->ifindex;
 	sid = bpf_map_lookup_elem(&source_ids, &ifindex);
+	xfer = XFER_TAG | (dir == MIRROR_DIR_EGRESS ? XFER_EGRESS : 0) |
+	       (sid ? (*sid << XFER_SOURCE_SHIFT) & XFER_SOURCE_MASK : 0) |
+	       (key & XFER_RULE_MASK);
 	mark = skb->mark;
-	skb->mark = XFER_TAG | (dir == MIRROR_DIR_EGRESS ? XFER_EGRESS : 0) |
-		    (sid ? (*sid << XFER_SOURCE_SHIFT) & XFER_SOURCE_MASK : 0) |
-		    (key & XFER_RULE_MASK);
-	ret = bpf_clone_redirect(skb, cfg->encap_ifindex, 0);
-	skb->mark = mark;
-	if (ret) {
-		count(MS_CLONE_FAIL);
-		log_event(MIRROR_LOG_ERROR, MIRROR_EV_CLONE_FAIL, skb->ifindex,
-			  r->number, 0, -ret, 0);
+	/* one clone for the sessions that take the whole frame */
+	if (r->sessions & ~r->snap_sessions)
+		hand_over(skb, cfg->encap_ifindex, xfer, r->number);
+	/*
+	 * and one for each session that truncates; the bit is read from the
+	 * map each time, so the verifier does not follow each mask state
+	 */
+	if (r->snap_sessions) {
+		for (__u32 i = 0; i < MAX_SESSIONS - 1; i++) {
+			if (!((r->snap_sessions >> i) & 1))
+				continue;
+			hand_over(skb, cfg->encap_ifindex,
+				  xfer | ((i + 1) << XFER_PASS_SHIFT), r->number);
+		}
 	}
+	skb->mark = mark;
 	return MIRROR_PASS;
 }
 
@@ -108,7 +139,7 @@ int mirror_encap(struct __sk_buff *skb)
 {
 	struct copy_info *ci;
 	struct mirror_rule *r;
-	__u32 key = 0, grown = 0, base, hash = 0;
+	__u32 key = 0, grown = 0, base, hash = 0, pass;
 	struct mirror_session *s;
 	__u64 mask;
 	int ret;
@@ -123,9 +154,12 @@ int mirror_encap(struct __sk_buff *skb)
 	r = bpf_map_lookup_elem(&rules, &key);
 	if (!ci || !r)
 		return TC_ACT_SHOT;
-	mask = r->sessions;
 	/* the session table of the rule's own slot */
 	base = (key / MAX_RULES) * MAX_SESSIONS;
+	/* pass 0: the sessions that take the whole frame; n: session n - 1 */
+	pass = (skb->mark & XFER_PASS_MASK) >> XFER_PASS_SHIFT;
+	mask = pass ? r->snap_sessions & (1ULL << ((pass - 1) & 63))
+		    : r->sessions & ~r->snap_sessions;
 	/* collector groups pick a member by flow: hash the frame as it came */
 	if (r->flags & MIRROR_RF_GROUP)
 		hash = flow_sym_hash(skb) | 1;
@@ -138,6 +172,9 @@ int mirror_encap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	ci->rule = r->number;
+	ci->truncated = 0;
+	if (pass && truncate(skb, ci, base + pass - 1))
+		goto fail;
 	skb->mark = MIRROR_COPY_MARK;
 
 	/* one copy per session in slot order, i.e. ascending header length */
@@ -157,6 +194,9 @@ int mirror_encap(struct __sk_buff *skb)
 			return TC_ACT_REDIRECT;
 		grown = ret;
 	}
+	return TC_ACT_SHOT;
+fail:
+	count(MS_ENCAP_FAIL);
 	return TC_ACT_SHOT;
 }
 

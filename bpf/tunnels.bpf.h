@@ -66,7 +66,8 @@ struct copy_info {
 	__u8 dir;		/* MIRROR_DIR_*, 0 = unknown */
 	__u8 ntags;		/* accelerated tags to put back */
 	__u8 done;		/* COPY_*: fields filled on first use */
-	__u8 _pad[2];
+	__u8 truncated;		/* 1 if the frame was cut to a snaplen */
+	__u8 _pad;
 };
 
 /* copy_info.done: what only some tunnels need, computed once per packet */

@@ -28,13 +28,15 @@ MAX_IPV6_EXT = 6
 
 MIRROR_PASS = -1
 MIRROR_COPY_MARK = 0x62746170
-XFER_TAG = 0xB7000000
-XFER_TAG_MASK = 0xFF000000
-XFER_EGRESS = 0x00010000
-XFER_RULE_MASK = 0x0000FFFF
-XFER_SOURCE_SHIFT = 17
-XFER_SOURCE_MASK = 0x00FE0000
-MAX_SOURCES = 128
+XFER_TAG = 0xB0000000
+XFER_TAG_MASK = 0xF0000000
+XFER_PASS_SHIFT = 22
+XFER_PASS_MASK = 0x0FC00000
+XFER_EGRESS = 0x00008000
+XFER_RULE_MASK = 0x00007FFF
+XFER_SOURCE_SHIFT = 16
+XFER_SOURCE_MASK = 0x003F0000
+MAX_SOURCES = 64
 
 # struct mirror_session.flags
 MIRROR_SF_KEY = 0x01
@@ -223,6 +225,7 @@ class MirrorRule(ctypes.Structure):
 
     _fields_ = [
         ("sessions", ctypes.c_uint64),
+        ("snap_sessions", ctypes.c_uint64),
         ("number", ctypes.c_uint32),
         ("stats_id", ctypes.c_uint16),
         ("action", ctypes.c_uint8),
@@ -251,6 +254,9 @@ class MirrorSession(ctypes.Structure):
         ("sample", ctypes.c_uint32),
         ("rate_pps", ctypes.c_uint32),
         ("rate_bps", ctypes.c_uint64),
+        ("snaplen", ctypes.c_uint16),
+        ("_pad2", ctypes.c_uint16),
+        ("_pad3", ctypes.c_uint32),
     ]
 
 
@@ -295,11 +301,12 @@ class SessionStats(ctypes.Structure):
         ("encap_fail", ctypes.c_uint64),
         ("sampled_out", ctypes.c_uint64),
         ("rate_limited", ctypes.c_uint64),
+        ("truncated", ctypes.c_uint64),
     ]
 
 
 # the session_stats fields that count copies not sent, one per reason
-SESSION_NOT_SENT = tuple(name for name, _ in SessionStats._fields_ if name not in ("packets", "bytes"))
+SESSION_NOT_SENT = tuple(name for name, _ in SessionStats._fields_ if name not in ("packets", "bytes", "truncated"))
 
 
 def set_addr(field: ctypes.Array[ctypes.c_uint32], packed: bytes) -> None:

@@ -229,7 +229,9 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
                 raise ValueError(f"rule {rule.number}: session {name!r} has no slot (got {slot})")
             mask |= 1 << slot
         flags = abi.MIRROR_RF_GROUP if groups.intersection(rule.sessions) else 0
-        records.append(abi.MirrorRule(sessions=mask, number=rule.number, action=_ACTIONS[rule.action], flags=flags))
+        snap = sum(1 << slots[s.name] for s in config.sessions if s.snaplen and s.name in rule.sessions)
+        records.append(abi.MirrorRule(sessions=mask, snap_sessions=snap, number=rule.number,
+                                      action=_ACTIONS[rule.action], flags=flags))
     intern = _Interner()
     addr = [e for dim in ADDR_DIMS for e in _addr_entries(rules, dim, intern)]
     ports = {dim: _port_classes(rules, dim, intern) for dim in PORT_DIMS}

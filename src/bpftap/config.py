@@ -56,6 +56,7 @@ VNI_MAX = 2**24 - 1
 GRE_KEY_MAX = 2**32 - 1
 ERSPAN_SESSION_MAX = 1023
 RULE_NUMBER_MAX = 2**31 - 1
+ETH_HLEN = 14
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
 ONE_FAMILY_PROTOCOLS = {IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 6}  # protocol -> the only family it exists in
@@ -118,6 +119,7 @@ class Session:
     sample: int = 1  # send 1 copy in this many
     rate_limit: tuple[int, int] = (0, 0)  # (copies per second, bits per second); 0 = no limit
     remotes: tuple[IPAddress, ...] = ()  # a collector group (remote is its first); () = just remote
+    snaplen: int = 0  # inner frame bytes kept in each copy; 0 = the whole frame
 
     @property
     def members(self) -> tuple[IPAddress, ...]:
@@ -249,6 +251,9 @@ def parse_config(data: object, filename: str) -> Config:
     collectors = sum(len(s.members) for s in sessions if s is not None)
     if collectors > abi.MAX_SESSIONS >= len(raw_sessions):
         report.append(("sessions", f"{collectors} collectors in all; at most {abi.MAX_SESSIONS} fit (MAX_SESSIONS)"))
+    elif collectors == abi.MAX_SESSIONS and any(s.snaplen for s in sessions if s is not None):
+        # a truncating session's clone names it in 6 bits of the mark, one value short of 64 slots
+        report.append(("sessions", f"{collectors} collectors with a snaplen session; at most {abi.MAX_SESSIONS - 1}"))
     if report:
         raise InvalidConfigError(f"{filename}: {where}: {what}" for where, what in report)
     return Config(
@@ -367,6 +372,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     sequence = e.get("sequence", _boolean, True)
     sample = e.get("sample", _integer(1, 2**32 - 1), 1)
     rate_limit = e.get("rate_limit", _invalid_on_value_error(rule_fields.rate_limit), (0, 0))
+    snaplen = e.get("snaplen", _integer(ETH_HLEN, 65535), 0)
     default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
     port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
@@ -374,7 +380,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
         _check_tunnel_fields(e, tunnel)
     if not e.ok:
         return None
-    return Session(name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes)
+    return Session(name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes, snaplen)
 
 
 def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:

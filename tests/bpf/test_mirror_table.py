@@ -374,3 +374,38 @@ def test_collector_group_sends_both_directions_of_a_flow_to_one_member(
     assert all(counts.values()), counts
     assert encap.name == abi.PROG_ENCAP
     assert sum(tables.session_stats(f"ids4@{r}").packets for r in remotes) == 120
+
+
+SNAP_CONFIG = {**CONFIG, "sessions": [{"name": "ids4", "remote": "198.18.2.1", "vni": 42},
+                                      {"name": "ids6", "remote": "2001:db8:2::1", "vni": 43, "snaplen": 64}]}
+
+
+def test_a_truncating_session_gets_a_clone_of_its_own(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    """Rule 40 feeds a whole-frame session and a truncating one: stage 1 hands over two clones."""
+    obj, tables = loaded
+    cfg = parse_config(SNAP_CONFIG, "test.yaml")
+    tables.write_rules(compile_rules(cfg, assign_session_slots(cfg.sessions)), 0)  # no device: count the clones
+    result = obj.program(abi.PROG_INGRESS).test_run(bytes(eth() / v4() / ICMP() / PAYLOAD))
+    assert result.retval == abi.MIRROR_PASS
+    assert tables.counters()["clone_fail"] == 2
+
+
+def test_snaplen_cuts_only_its_own_copy(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    obj, tables = loaded
+    cfg, slots = program(tables, kernel_ns, SNAP_CONFIG)
+    inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
+    encap = obj.program(abi.PROG_ENCAP)
+    whole = encap.test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))  # pass 0: ids4 alone, whole frame
+    assert whole.retval == TC_ACT_REDIRECT and whole.data[50:] == inner
+    snap_ctx = xfer_ctx(tables, cfg.rules, 40)
+    snap_ctx.mark |= (slots["ids6"] + 1) << abi.XFER_PASS_SHIFT
+    cut = encap.test_run(inner, ctx=snap_ctx)  # pass for ids6: cut to 64 bytes
+    assert cut.retval == TC_ACT_REDIRECT
+    assert cut.data[70:] == inner[:64]
+    fl = int.from_bytes(cut.data[14:18], "big") & 0xFFFFF
+    sport = int.from_bytes(cut.data[54:56], "big")
+    expected = IPv6(expect_v6(inner[:64], sport, 43, fl)[14:])
+    got = IPv6(cut.data[14:])
+    assert (got.plen, got[UDP].len, got[UDP].chksum) == (expected.plen, expected[UDP].len, got[UDP].chksum)
+    assert (tables.session_stats("ids4").truncated, tables.session_stats("ids6").truncated) == (0, 1)
+    assert tables.session_stats("ids6").packets == 1

@@ -219,3 +219,19 @@ def test_pause_stops_every_copy_and_resume_restarts(lab: Lab) -> None:
     assert not received(paused["col.vx42"]), "a copy was sent while paused"
     assert sum(1 for f in received(paused["dst.eth0"]) if MARKER in f) == len(crafted) - 2  # untagged ones
     assert received(resumed["col.vx42"]) == Counter(crafted)
+
+
+def test_snaplen_truncates_one_session_and_leaves_the_other_whole(lab: Lab) -> None:
+    crafted = frames(lab)["mirror"]
+    text = config(lab).replace("vni: 43}", "vni: 43, snaplen: 96}")
+    agent = Agent(lab, text)
+    try:
+        with sniffing(lab, [(lab.col, "vx42"), (lab.col, "vx43")]) as seen:
+            send_frames(lab, lab.src, "eth0", crafted)
+        sessions = {s["name"]: s for s in agent.status()["sessions"]}
+    finally:
+        assert agent.stop() == 0
+    assert received(seen["col.vx42"]) == Counter(crafted)
+    # the kernel's VXLAN device checked the outer IPv6 UDP checksum of every cut copy
+    assert received(seen["col.vx43"]) == Counter(f[:96] for f in crafted)
+    assert (sessions["ids6"]["truncated"], sessions["ids"]["truncated"]) == (len(crafted), 0)

@@ -232,6 +232,7 @@ class Tables:
             rate_pps=session.rate_limit[0],
             rate_bps=session.rate_limit[1],
             group_size=len(session.members),
+            snaplen=session.snaplen,
         )
         abi.set_addr(value.outer_dst, remote.packed)
         if hop is not None:
