@@ -257,39 +257,61 @@ static __always_inline __u64 refill(__u64 tokens, __u64 elapsed, __u64 rate)
 	return tokens > cap ? cap : tokens;
 }
 
-/* take one copy of `bytes` from the session's token buckets, or refuse */
-static __always_inline int over_rate(const struct mirror_session *s,
-				     __u32 bytes)
+/*
+ * Take one copy of `bytes` from the token buckets at `key` (rates `pps`
+ * and `bps`, 0 = no limit), leaving at least `reserve` percent of each
+ * bucket's capacity; or refuse.
+ */
+static __always_inline int over_rate(__u32 key, __u32 pps, __u64 bps,
+				     __u32 bytes, __u32 reserve)
 {
 	__u64 now, elapsed, pkt_cost = 1000000000ULL,
-		bit_cost = (__u64)bytes * 8 * 1000000000ULL;
+		bit_cost = (__u64)bytes * 8 * 1000000000ULL, pkt_keep, bit_keep;
 	struct session_limit *l;
-	__u32 k = s->stats_id;
 	int over;
 
-	if (!s->rate_pps && !s->rate_bps)
+	if (!pps && !bps)
 		return 0;
-	l = bpf_map_lookup_elem(&session_limits, &k);
+	l = bpf_map_lookup_elem(&session_limits, &key);
 	if (!l)
 		return 0;
+	pkt_keep = pps * RATE_BURST_NS / 100 * reserve;
+	bit_keep = bps * RATE_BURST_NS / 100 * reserve;
 	now = bpf_ktime_get_ns();
 	bpf_spin_lock(&l->lock);
 	elapsed = now - l->last_ns;
 	if (elapsed > RATE_BURST_NS)
 		elapsed = RATE_BURST_NS;
 	l->last_ns = now;
-	l->pkt_tokens = refill(l->pkt_tokens, elapsed, s->rate_pps);
-	l->bit_tokens = refill(l->bit_tokens, elapsed, s->rate_bps);
-	over = (s->rate_pps && l->pkt_tokens < pkt_cost) ||
-	       (s->rate_bps && l->bit_tokens < bit_cost);
+	l->pkt_tokens = refill(l->pkt_tokens, elapsed, pps);
+	l->bit_tokens = refill(l->bit_tokens, elapsed, bps);
+	over = (pps && l->pkt_tokens < pkt_cost + pkt_keep) ||
+	       (bps && l->bit_tokens < bit_cost + bit_keep);
 	if (!over) {
-		if (s->rate_pps)
+		if (pps)
 			l->pkt_tokens -= pkt_cost;
-		if (s->rate_bps)
+		if (bps)
 			l->bit_tokens -= bit_cost;
 	}
 	bpf_spin_unlock(&l->lock);
 	return over;
+}
+
+/* the node's copy budget, shared by every session, by priority */
+static __always_inline int over_budget(const struct mirror_session *s,
+				       __u32 bytes)
+{
+	struct mirror_config *cfg;
+	__u32 k = 0, reserve;
+
+	cfg = bpf_map_lookup_elem(&config, &k);
+	if (!cfg || (!cfg->budget_pps && !cfg->budget_bps))
+		return 0;
+	reserve = s->priority == MIRROR_PRIO_HIGH  ? PRIO_RESERVE_HIGH :
+		  s->priority == MIRROR_PRIO_LOW   ? PRIO_RESERVE_LOW :
+						     PRIO_RESERVE_NORMAL;
+	return over_rate(BUDGET_KEY, cfg->budget_pps, cfg->budget_bps, bytes,
+			 reserve);
 }
 
 /* next sequence number of a session: one counter for all CPUs */
@@ -359,11 +381,19 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		count(MS_SAMPLED_OUT);
 		return grown;
 	}
-	if (over_rate(s, hlen + ci->inner_len)) {
+	if (over_rate(s->stats_id, s->rate_pps, s->rate_bps,
+		      hlen + ci->inner_len, 0)) {
 		ss->rate_limited += 1;
 		count(MS_RATE_LIMITED);
 		log_event(MIRROR_LOG_INFO, MIRROR_EV_RATE_LIMITED, ci->ifindex,
 			  ci->rule, s->stats_id + 1, 0, 0);
+		return grown;
+	}
+	if (over_budget(s, hlen + ci->inner_len)) {
+		ss->shed += 1;
+		count(MS_SHED);
+		log_event(MIRROR_LOG_INFO, MIRROR_EV_SHED, ci->ifindex, ci->rule,
+			  s->stats_id + 1, s->priority, 0);
 		return grown;
 	}
 	/* a shorter header than the head has: slots out of order */

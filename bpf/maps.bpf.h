@@ -124,7 +124,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS);
+	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS + 1); /* + BUDGET_KEY */
 	__type(key, __u32);
 	__type(value, struct session_limit);
 } session_limits SEC(".maps");

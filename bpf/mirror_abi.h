@@ -142,6 +142,7 @@ enum mirror_stat {
 	MS_RATE_LIMITED,  /* copy over the session's rate limit */
 	MS_PAUSED,	  /* packets passed while mirroring is paused */
 	MS_LOG_LOST,	  /* kernel log records lost: `events` was full */
+	MS_SHED,	  /* copy over the node's copy budget for its priority */
 	MS__MAX,
 };
 
@@ -152,6 +153,9 @@ struct mirror_config {
 	__u32 encap_ifindex;	 /* host order: the internal device clones go to */
 	__u32 class_capacity;	 /* host order: class ids per slot in `class_bits` */
 	__u32 paused;		 /* host order: non-zero: copy nothing (`bpftap pause`) */
+	__u32 budget_pps;	 /* host order: copies per second for all sessions (0: none) */
+	__u32 _pad;
+	__u64 budget_bps;	 /* host order: copy bits per second for all sessions (0: none) */
 };
 
 /*
@@ -231,7 +235,8 @@ struct mirror_session {
 	__u32 rate_pps;		/* host order: copies per second at most (0: no limit) */
 	__u64 rate_bps;		/* host order: copy bits per second at most (0: no limit) */
 	__u16 snaplen;		/* host order: inner frame bytes kept (0: all) */
-	__u16 _pad2;
+	__u8 priority;		/* MIRROR_PRIO_*: how far it may drain the copy budget */
+	__u8 _pad2;
 	__u32 _pad3;
 };
 
@@ -266,7 +271,24 @@ struct session_stats {
 	__u64 sampled_out;	/* not the 1 in `sample` */
 	__u64 rate_limited;	/* over the session's rate limit */
 	__u64 truncated;	/* copies sent cut to the session's snaplen */
+	__u64 shed;		/* over the node's copy budget for its priority */
 };
+
+/*
+ * Priorities under the node-wide copy budget: a session may take from the
+ * budget's bucket only while more than its reserve (a share of the bucket,
+ * in percent) is left, so low-priority copies are shed first.
+ */
+enum mirror_priority {
+	MIRROR_PRIO_HIGH = 0,	/* reserve 0 %: may empty the bucket */
+	MIRROR_PRIO_NORMAL = 1,	/* reserve 20 % */
+	MIRROR_PRIO_LOW = 2,	/* reserve 50 % */
+};
+#define PRIO_RESERVE_HIGH 0
+#define PRIO_RESERVE_NORMAL 20
+#define PRIO_RESERVE_LOW 50
+/* `session_limits` key of the budget's bucket: after the sessions' */
+#define BUDGET_KEY (RULE_SLOTS * MAX_SESSIONS)
 
 /*
  * map `group_buckets`, key (rule slot * MAX_SESSIONS + first member's slot)
@@ -288,6 +310,7 @@ enum mirror_event {
 	MIRROR_EV_ENCAP_FAIL,		/* arg0: outer header length */
 	MIRROR_EV_RATE_LIMITED,		/* over the session's rate limit */
 	MIRROR_EV_VLAN_DEPTH,		/* more tags than MAX_VLAN_TAGS */
+	MIRROR_EV_SHED,			/* over the copy budget; arg0: priority */
 };
 
 enum mirror_level {

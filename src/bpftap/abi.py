@@ -137,6 +137,7 @@ class MirrorStat(enum.IntEnum):
     RATE_LIMITED = 15
     PAUSED = 16
     LOG_LOST = 17
+    SHED = 18
 
 
 MS__MAX = len(MirrorStat)
@@ -154,6 +155,19 @@ class MirrorEvent(enum.IntEnum):
     ENCAP_FAIL = 4
     RATE_LIMITED = 5
     VLAN_DEPTH = 6
+    SHED = 7
+
+
+class MirrorPriority(enum.IntEnum):
+    """`enum mirror_priority`: how far a session may drain the node's copy budget."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+
+PRIO_RESERVE_HIGH, PRIO_RESERVE_NORMAL, PRIO_RESERVE_LOW = 0, 20, 50
+BUDGET_KEY = RULE_SLOTS * MAX_SESSIONS
 
 
 class MirrorLevel(enum.IntEnum):
@@ -192,6 +206,9 @@ class MirrorConfig(ctypes.Structure):
         ("encap_ifindex", ctypes.c_uint32),
         ("class_capacity", ctypes.c_uint32),
         ("paused", ctypes.c_uint32),
+        ("budget_pps", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("budget_bps", ctypes.c_uint64),
     ]
 
 
@@ -255,7 +272,8 @@ class MirrorSession(ctypes.Structure):
         ("rate_pps", ctypes.c_uint32),
         ("rate_bps", ctypes.c_uint64),
         ("snaplen", ctypes.c_uint16),
-        ("_pad2", ctypes.c_uint16),
+        ("priority", ctypes.c_uint8),
+        ("_pad2", ctypes.c_uint8),
         ("_pad3", ctypes.c_uint32),
     ]
 
@@ -302,6 +320,7 @@ class SessionStats(ctypes.Structure):
         ("sampled_out", ctypes.c_uint64),
         ("rate_limited", ctypes.c_uint64),
         ("truncated", ctypes.c_uint64),
+        ("shed", ctypes.c_uint64),
     ]
 
 

@@ -56,6 +56,7 @@ VNI_MAX = 2**24 - 1
 GRE_KEY_MAX = 2**32 - 1
 ERSPAN_SESSION_MAX = 1023
 RULE_NUMBER_MAX = 2**31 - 1
+PRIORITIES = ("high", "normal", "low")
 ETH_HLEN = 14
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
@@ -65,7 +66,7 @@ UDP_TUNNELS = ("vxlan", "geneve")
 # the field that identifies a session's copies, per tunnel type; gre's is optional
 TUNNEL_ID_FIELDS = {"vxlan": "vni", "geneve": "vni", "gre": "key", "erspan2": "session_id", "erspan3": "session_id"}
 
-_TOP_KEYS = ("sources", "sessions", "rules")
+_TOP_KEYS = ("sources", "sessions", "rules", "copy_budget")
 T = TypeVar("T")
 
 
@@ -120,6 +121,7 @@ class Session:
     rate_limit: tuple[int, int] = (0, 0)  # (copies per second, bits per second); 0 = no limit
     remotes: tuple[IPAddress, ...] = ()  # a collector group (remote is its first); () = just remote
     snaplen: int = 0  # inner frame bytes kept in each copy; 0 = the whole frame
+    priority: str = "normal"  # high | normal | low: how far it may drain the node's copy budget
 
     @property
     def members(self) -> tuple[IPAddress, ...]:
@@ -174,6 +176,7 @@ class Config:
     sources: tuple[Source, ...]
     sessions: tuple[Session, ...]
     rules: tuple[Rule, ...]
+    copy_budget: tuple[int, int] = (0, 0)  # (copies, bits) per second for all sessions; 0 = none
 
 
 _SOURCE_FIELDS = tuple(f.name for f in fields(Source))
@@ -254,6 +257,12 @@ def parse_config(data: object, filename: str) -> Config:
     elif collectors == abi.MAX_SESSIONS and any(s.snaplen for s in sessions if s is not None):
         # a truncating session's clone names it in 6 bits of the mark, one value short of 64 slots
         report.append(("sessions", f"{collectors} collectors with a snaplen session; at most {abi.MAX_SESSIONS - 1}"))
+    copy_budget = (0, 0)
+    if "copy_budget" in data:
+        try:
+            copy_budget = rule_fields.rate_limit(data["copy_budget"])
+        except ValueError as exc:
+            report.append(("copy_budget", str(exc)))
     if report:
         raise InvalidConfigError(f"{filename}: {where}: {what}" for where, what in report)
     return Config(
@@ -261,6 +270,7 @@ def parse_config(data: object, filename: str) -> Config:
         sources=tuple(s for s in sources if s is not None),
         sessions=tuple(s for s in sessions if s is not None),
         rules=tuple(sorted((r for r in rules if r is not None), key=lambda r: r.number)),
+        copy_budget=copy_budget,
     )
 
 
@@ -373,6 +383,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     sample = e.get("sample", _integer(1, 2**32 - 1), 1)
     rate_limit = e.get("rate_limit", _invalid_on_value_error(rule_fields.rate_limit), (0, 0))
     snaplen = e.get("snaplen", _integer(ETH_HLEN, 65535), 0)
+    priority = e.get("priority", _choice("priority", {p: p for p in PRIORITIES}), "normal")
     default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
     port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
@@ -380,7 +391,9 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
         _check_tunnel_fields(e, tunnel)
     if not e.ok:
         return None
-    return Session(name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes, snaplen)
+    return Session(
+        name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes, snaplen, priority
+    )
 
 
 def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:

@@ -68,7 +68,8 @@ def _rate(value: object, unit: str) -> int:
         if not match:
             raise ValueError(f"{value!r} is not a rate; write e.g. 1000, 10k or 1.5M ({unit})")
         number = int(float(match.group(1)) * _UNITS[match.group(2)])
-    if not 1 <= number <= (2**32 - 1 if unit == "pps" else 10**12):
+    # bps: the kernel's bucket holds rate x 10^8 ns in 64 bits, so 100 Gbit/s at most
+    if not 1 <= number <= (2**32 - 1 if unit == "pps" else 10**11):
         raise ValueError(f"{value!r} is out of range for {unit}")
     return number
 

@@ -76,7 +76,8 @@ def header_constants() -> dict[str, int]:
 def test_constants_match_header() -> None:
     h = header_constants()
     for name in ("RULE_WORDS", "SUMMARY_WORDS", "CLASS_CAPACITY", "PORT_KEYS", "NO_PORTS", "META_KEYS",
-                 "EVENTS_BYTES", "GROUP_BUCKETS", "MIRROR_RF_GROUP",
+                 "EVENTS_BYTES", "GROUP_BUCKETS", "MIRROR_RF_GROUP", "BUDGET_KEY", "PRIO_RESERVE_HIGH",
+                 "PRIO_RESERVE_NORMAL", "PRIO_RESERVE_LOW",
                  "VLAN_KEYS", "FLAG_KEYS", "NOT_TCP", "IFACE_KEYS",
                  "MAX_RULES", "RULE_SLOTS", "MAX_SESSIONS", "MAX_VLAN_TAGS", "MAX_IPV6_EXT", "MIRROR_PASS",
                  "MIRROR_COPY_MARK", "XFER_TAG", "XFER_TAG_MASK", "XFER_EGRESS", "XFER_RULE_MASK",
@@ -88,7 +89,7 @@ def test_constants_match_header() -> None:
     for enum_type, prefix in ((abi.MirrorStat, "MS_"), (abi.MirrorDir, "MIRROR_DIR_"),
                               (abi.MirrorAction, "MIRROR_ACT_"), (abi.MirrorTunnel, "MIRROR_TUN_"),
                               (abi.MirrorDim, "MIRROR_DIM_"), (abi.MirrorEvent, "MIRROR_EV_"),
-                              (abi.MirrorLevel, "MIRROR_LOG_")):
+                              (abi.MirrorLevel, "MIRROR_LOG_"), (abi.MirrorPriority, "MIRROR_PRIO_")):
         in_header = {k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix) and not k.endswith("__MAX")}
         assert {m.name: m.value for m in enum_type} == in_header, enum_type.__name__
     assert abi.MS__MAX == h["MS__MAX"]

@@ -409,3 +409,23 @@ def test_snaplen_cuts_only_its_own_copy(loaded: tuple[BpfObject, Tables], kernel
     assert (got.plen, got[UDP].len, got[UDP].chksum) == (expected.plen, expected[UDP].len, got[UDP].chksum)
     assert (tables.session_stats("ids4").truncated, tables.session_stats("ids6").truncated) == (0, 1)
     assert tables.session_stats("ids6").packets == 1
+
+
+def test_copy_budget_sheds_low_priority_first(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    """100 copies/s for the node (a 10-copy bucket): low may drain it to half, high to empty."""
+    obj, tables = loaded
+    data = {**CONFIG, "copy_budget": {"pps": 100},
+            "sessions": [{"name": "ids4", "remote": "198.18.2.1", "vni": 42, "priority": "high"},
+                         {"name": "low", "remote": "198.18.2.1", "vni": 44, "priority": "low"},
+                         {"name": "ids6", "remote": "2001:db8:2::1", "vni": 43}],
+            "rules": [{"number": 20, "protocol": "udp", "dst_ports": 53, "sessions": ["ids4", "low"]}]}
+    cfg, _ = program(tables, kernel_ns, data)
+    tables.set_budget(*cfg.copy_budget)
+    ctx = xfer_ctx(tables, cfg.rules, 20)
+    for _ in range(50):
+        obj.program(abi.PROG_ENCAP).test_run(INNER_V4, ctx=ctx)
+    high, low = tables.session_stats("ids4"), tables.session_stats("low")
+    assert high.packets + high.shed == 50 and low.packets + low.shed == 50
+    assert low.packets <= 10 * abi.PRIO_RESERVE_LOW // 100 + 1, low.packets  # stops at its reserve
+    assert high.packets >= low.packets + 3, (high.packets, low.packets)
+    assert low.shed > high.shed and tables.counters()["shed"] == low.shed + high.shed

@@ -237,9 +237,9 @@ def test_all_errors_are_collected_in_one_config_error() -> None:
     [
         (
             None,
-            "bpftap.yaml: top level: the file is empty; expected a mapping with keys sources, sessions, rules",
+            "bpftap.yaml: top level: the file is empty; expected a mapping with keys sources, sessions, rules, copy_budget",
         ),
-        ([1, 2], "bpftap.yaml: top level: got a list; expected a mapping with keys sources, sessions, rules"),
+        ([1, 2], "bpftap.yaml: top level: got a list; expected a mapping with keys sources, sessions, rules, copy_budget"),
     ],
 )
 def test_top_level_must_be_a_mapping(data: object, message: str) -> None:

@@ -230,6 +230,7 @@ class Agent:
         with self.lock:
             self._write_sessions(plan, force=True)
             self.active_slot = self.tables.write_rules(rules, self.encap_ifindex)
+            self.tables.set_budget(*config.copy_budget)
             self.plan, self.config = plan, config
         log.info(
             "rules applied: %d rules (%d classifier classes), %d sessions (slot %d)",

@@ -109,6 +109,12 @@ class Tables:
     def config(self) -> abi.MirrorConfig:
         return self.maps[abi.MAP_CONFIG].lookup(0, abi.MirrorConfig)
 
+    def set_budget(self, pps: int, bps: int) -> None:
+        """The node-wide copy budget (0 = none); sessions drain it down to their priority's reserve."""
+        cfg = self.config()
+        cfg.budget_pps, cfg.budget_bps = pps, bps
+        self.maps[abi.MAP_CONFIG].update(0, cfg)
+
     def set_paused(self, paused: bool) -> None:
         """The kill switch: while paused the source programs copy nothing (counted as `paused`)."""
         cfg = self.config()
@@ -233,6 +239,7 @@ class Tables:
             rate_bps=session.rate_limit[1],
             group_size=len(session.members),
             snaplen=session.snaplen,
+            priority=abi.MirrorPriority[session.priority.upper()],
         )
         abi.set_addr(value.outer_dst, remote.packed)
         if hop is not None:
