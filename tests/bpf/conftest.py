@@ -49,8 +49,9 @@ class KernelNs:
     k1: int
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kernel_ns() -> Iterator[KernelNs]:
+    """Each test module's own namespace, entered for its tests and left after them."""
     veth = [["link", "add", "k0", "type", "veth", "peer", "name", "k1"], ["link", "set", "k0", "up"],
             ["link", "set", "k1", "up"]]
     with inside_new_netns("btk", veth) as name:

@@ -120,6 +120,10 @@ def test_pods_selected_by_netns_name_followed_as_they_come_and_go(podlab: PodLab
         wait_for("the deleted pod to be forgotten", lambda: attached(lab) == {"vp-web-1", "vp-web-3", "vp-web-4"})
         assert mirrored_pods(lab) == {"web-1", "web-3", "web-4"}
 
+        # a changed config file is reloaded without a signal (how a ConfigMap update arrives)
+        config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI).replace("-web-*", "-*b-1"))
+        wait_for("the reloaded selector", lambda: attached(lab) == {"vp-web-1", "vp-db-1"})
+
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=15) == 0, log.read_text()
     finally:
@@ -127,7 +131,8 @@ def test_pods_selected_by_netns_name_followed_as_they_come_and_go(podlab: PodLab
             agent.kill()
             agent.wait()
     text = log.read_text()
-    assert "vp-web-2 is gone" in text, text
+    assert "vp-web-2 is gone" in text and "changed; reloading" in text, text
+    assert "vp-web-3 (no longer selected)" in text and "vp-web-1 (no longer" not in text, text
     assert "vp-web-4" in text and "attached" in text, text
     for bad in ("Traceback", "error", "not attached", "could not"):
         assert bad not in text, text
