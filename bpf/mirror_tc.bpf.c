@@ -214,7 +214,7 @@ int mirror_napi(struct xdp_md *ctx)
 }
 
 #ifdef MIRROR_DEBUG
-char LICENSE[] SEC("license") = "GPL";
+#include "license_debug.h"
 #else
 char LICENSE[] SEC("license") = "BSD-2-Clause";
 #endif

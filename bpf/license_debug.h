@@ -1,0 +1,7 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * license_debug.h: the licence of the debug build only (`make debug`):
+ * GPL, so the verifier allows bpf_printk (dbg() in maps.bpf.h). The default
+ * object is BSD-2-Clause and uses no GPL-only helper.
+ */
+char LICENSE[] SEC("license") = "GPL";
