@@ -133,7 +133,8 @@ class Agent:
         self.encap_ifindex, peer_ifindex = ensure_internal_pair(INTERNAL_A, INTERNAL_B, self.ipr)
         self.stack.callback(delete_internal_pair, INTERNAL_A, self.ipr)
         # the classifier's bitmap map is sized to the rule set, with room to grow
-        capacity = class_capacity(len(self.compile(self.config)[1].classes))
+        compiled = self.compile(self.config)
+        capacity = class_capacity(len(compiled[1].classes))
         self.obj = self.stack.enter_context(BpfObject.open(self.object_path))
         self.obj.set_max_entries(abi.MAP_CLASS_BITS, abi.RULE_SLOTS * capacity)
         self.obj.load()
@@ -143,7 +144,7 @@ class Agent:
         )
         klog.start()
         self.stack.callback(klog.close)
-        self.apply(self.config)
+        self.apply(self.config, compiled)
         # before the first source is attached, so every copy names its interface
         self.tables.write_sources([ifindex for (_, ifindex) in sources])
         # the encap stage first, so the first clone has somewhere to go
@@ -181,12 +182,14 @@ class Agent:
         """Interfaces to attach to, with the union of directions asked for each."""
         found: dict[tuple[str, int], Direction] = {}
         egress_devs = set()
-        for src in self.config.sources:
+        for i, src in enumerate(self.config.sources):
             if src.pods is not None:
                 continue  # self.pods attaches to these, as pods come and go
             matched = match_interfaces([src.interface], self.ipr)
             if not matched:
-                raise ConfigError(f"{self.config.path}: sources: interface '{src.interface}' matches no interface here")
+                raise ConfigError(
+                    f"{self.config.path}: sources[{i}].interface: '{src.interface}' matches no interface here"
+                )
             for name, index in matched.items():
                 found[(name, index)] = found.get((name, index), Direction(0)) | src.direction
         for sess in self.config.sessions:
@@ -216,13 +219,14 @@ class Agent:
         slots = assign_session_slots(config.sessions)
         return slots, compile_rules(config, slots, self.source_ifindex)
 
-    def apply(self, config: Config) -> None:
-        """Compile `config` and make it live in one step (the inactive rule slot, then a flip).
+    def apply(self, config: Config, compiled: tuple[dict[str, int], CompiledRules] | None = None) -> None:
+        """Compile `config` (unless `compiled` is given) and make it live in one step.
 
-        Raises BpftapError if the rule set needs more classifier classes
-        than this run's maps hold (the running rules then stay).
+        The inactive rule slot is filled, then flipped. Raises BpftapError if
+        the rule set needs more classifier classes than this run's maps hold
+        (the running rules then stay).
         """
-        slots, rules = self.compile(config)
+        slots, rules = compiled or self.compile(config)
         collectors = {
             member_name(s, m): SessionState(slots[s.name], s, m) for s in config.sessions for m in range(len(s.members))
         }
