@@ -185,10 +185,13 @@ int mirror_encap(struct __sk_buff *skb)
 		if (!(mask & bit))
 			continue;
 		mask &= ~bit;
-		/* a collector group: its member for this flow, both ways alike */
-		s = bpf_map_lookup_elem(&sessions, &slot);
-		if (s && s->group_size > 1)
-			slot += group_member(slot, hash) % s->group_size;
+		/* a collector group: its member for this flow, both ways alike
+		 * (only rules that feed a group pay for the extra lookup) */
+		if (hash) {
+			s = bpf_map_lookup_elem(&sessions, &slot);
+			if (s && s->group_size > 1)
+				slot += group_member(slot, hash) % s->group_size;
+		}
 		ret = encap_one(skb, slot, grown, !mask);
 		if (ret == ENCAP_REDIRECTED)
 			return TC_ACT_REDIRECT;

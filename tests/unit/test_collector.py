@@ -39,6 +39,8 @@ from bpftap.collector.server import (
 )
 from bpftap.tunnels.vxlan import encode
 
+from ..probes import has_ipv6_loopback
+
 VX = ("vxlan",)
 
 
@@ -60,17 +62,6 @@ def garbage() -> list[tuple[bytes, str]]:
         (good[:7] + b"\x01" + good[8:], "reserved"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "flags"),
     ]
-
-
-def ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @contextmanager
@@ -181,7 +172,7 @@ def test_ipv4_good_and_garbage(tmp_path: Path) -> None:
     assert collector.kernel_timestamps
 
 
-@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 def test_ipv6_loopback(tmp_path: Path) -> None:
     out = tmp_path / "v6.pcapng"
     collector = Collector("::1", 0, out, tunnels=VX)
@@ -201,7 +192,7 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
     assert collector.stats.per_sender == {"::1": 4}
 
 
-@pytest.mark.skipif(not ipv6_loopback() or Path("/proc/sys/net/ipv6/bindv6only").read_text().strip()
+@pytest.mark.skipif(not has_ipv6_loopback() or Path("/proc/sys/net/ipv6/bindv6only").read_text().strip()
                     != "0", reason="needs a dual-stack IPv6 socket")
 def test_dual_stack_shows_ipv4_senders_as_ipv4(tmp_path: Path) -> None:
     collector = Collector("::", 0, tmp_path / "ds.pcapng", tunnels=VX)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from bpftap.agent.metrics import (
 )
 from bpftap.cli import ExitStatus, main
 from bpftap.errors import BpfError, BpftapError
+
+from ..probes import has_ipv6_loopback
 
 
 class FakeTables:
@@ -186,15 +187,6 @@ def test_cli_refuses_a_bad_metrics_address_at_parse_time(tmp_path: Path, capsys:
     assert "--metrics: 'localhost:9477': 'localhost' is not an IPv4 address" in capsys.readouterr().err
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @contextlib.contextmanager
 def serving(host: str) -> Iterator[str]:
     server = serve((host, 0), FakeSource(), CollectorRegistry(auto_describe=False))
@@ -207,7 +199,7 @@ def serving(host: str) -> Iterator[str]:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_http_endpoint_on_loopback(host: str) -> None:
-    if host == "::1" and not _has_ipv6_loopback():
+    if host == "::1" and not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     with serving(host) as url, urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.status == 200
