@@ -25,6 +25,7 @@
 #include "maps.bpf.h"
 #include "tunnels.bpf.h"
 #include "limits.bpf.h"
+#include "fragment.bpf.h"
 
 /* encap_one()'s answer when the copy left with bpf_redirect */
 #define ENCAP_REDIRECTED 0x10000
@@ -271,7 +272,7 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	struct mirror_session *s;
 	struct copy_info *ci;
 	struct outer_buf b;
-	__u32 k = 0, hlen, seq = 0;
+	__u32 k = 0, hlen, seq = 0, nfrag = 0;
 
 	ci = bpf_map_lookup_elem(&copy_scratch, &k);
 	s = bpf_map_lookup_elem(&sessions, &slot);
@@ -289,7 +290,10 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		return grown;
 	}
 	hlen = s->hdr_len;
-	if (hlen - ETH_HLEN + ci->inner_len > s->mtu) {
+	/* over the MTU: sent as outer fragments, if it takes few enough */
+	if (hlen - ETH_HLEN + ci->inner_len > s->mtu)
+		nfrag = frag_count(s, hlen - ETH_HLEN + ci->inner_len);
+	if (hlen - ETH_HLEN + ci->inner_len > s->mtu && !nfrag) {
 		ss->oversize += 1;
 		count(MS_OVERSIZE);
 		log_event(MIRROR_LOG_WARN, MIRROR_EV_OVERSIZE, ci->ifindex,
@@ -340,6 +344,16 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		goto fail;
 	if (bpf_skb_store_bytes(skb, 0, b.bytes, hlen, 0))
 		goto fail;
+	if (nfrag) {
+		/* as fragments, clones all (the skb, if last, is dropped) */
+		ss->bytes += skb->len;
+		if (hand_fragments(skb, slot, nfrag, next_frag_ident()))
+			goto fail;
+		ss->packets += 1;
+		ss->truncated += ci->truncated;
+		count(MS_COPY_SENT);
+		return grown;
+	}
 	if (!last && bpf_clone_redirect(skb, s->ifindex, 0))
 		goto fail;
 	ss->packets += 1;

@@ -124,6 +124,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frag_ident);
+} frag_ident SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS + 1); /* + BUDGET_KEY */
 	__type(key, __u32);
 	__type(value, struct session_limit);

@@ -67,6 +67,20 @@
 #define XFER_EGRESS 0x00008000U
 #define XFER_RULE_MASK 0x00007fffU
 
+/*
+ * skb->mark of an encapsulated copy larger than its egress MTU, sent back
+ * through the internal device once per outer fragment (the `oversize:
+ * fragment` slow path): tag, the session's key in `sessions`, and which
+ * fragment this clone becomes. The encap stage cuts each clone down to its
+ * fragment and sends it; nothing else in the packet changes on the way.
+ */
+#define FRAG_TAG 0xc0000000U
+#define FRAG_SLOT_SHIFT 8
+#define FRAG_SLOT_MASK 0x0000ff00U
+#define FRAG_INDEX_MASK 0x000000ffU
+/* outer fragments of one copy at most: a 64 KiB frame over a 1280-byte MTU */
+#define MAX_FRAGS 64
+
 enum mirror_dir {
 	MIRROR_DIR_INGRESS = 1,
 	MIRROR_DIR_EGRESS = 2,
@@ -143,6 +157,7 @@ enum mirror_stat {
 	MS_PAUSED,	  /* packets passed while mirroring is paused */
 	MS_LOG_LOST,	  /* kernel log records lost: `events` was full */
 	MS_SHED,	  /* copy over the node's copy budget for its priority */
+	MS_FRAGMENTS,	  /* outer fragments sent (copies over the egress MTU) */
 	MS__MAX,
 };
 
@@ -266,12 +281,23 @@ struct session_stats {
 	__u64 packets;		/* copies sent */
 	__u64 bytes;		/* bytes of copies sent, outer headers included */
 	__u64 unresolved;	/* no route or neighbour yet */
-	__u64 oversize;		/* copy larger than the egress MTU */
+	__u64 oversize;		/* copy larger than the egress MTU, not sent */
 	__u64 encap_fail;	/* growing or writing the copy failed */
 	__u64 sampled_out;	/* not the 1 in `sample` */
 	__u64 rate_limited;	/* over the session's rate limit */
 	__u64 truncated;	/* copies sent cut to the session's snaplen */
 	__u64 shed;		/* over the node's copy budget for its priority */
+	__u64 fragments;	/* outer fragments sent for copies over the MTU */
+};
+
+/*
+ * map `frag_ident`, key 0: the identification of the next fragmented copy
+ * (16 bits of it in IPv4, 32 in the IPv6 fragment header). One counter for
+ * all CPUs, so concurrent copies to one collector never share one.
+ */
+struct frag_ident {
+	struct bpf_spin_lock lock;	/* the encap program's only */
+	__u32 next;			/* host order */
 };
 
 /*
@@ -311,6 +337,7 @@ enum mirror_event {
 	MIRROR_EV_RATE_LIMITED,		/* over the session's rate limit */
 	MIRROR_EV_VLAN_DEPTH,		/* more tags than MAX_VLAN_TAGS */
 	MIRROR_EV_SHED,			/* over the copy budget; arg0: priority */
+	MIRROR_EV_FRAG_FAIL,		/* arg0: fragment index, arg1: MTU */
 };
 
 enum mirror_level {

@@ -7,7 +7,9 @@
  * the untouched original to the internal device (bpftap0) with the rule
  * index in the clone's mark. The original always gets MIRROR_PASS.
  *
- * Stage 2, mirror_encap on the internal device's peer (bpftap1) ingress:
+ * Stage 2, mirror_encap on the internal device's peer (bpftap1) ingress
+ * (and on bpftap0's, for the fragments of copies over the MTU:
+ * fragment.bpf.h):
  * the clone arrives segmented and with finished checksums (bpftap0 has
  * TSO, GSO and TX checksumming off); per session (slots in ascending
  * header length) the head grows to that session's header, the outer
@@ -144,7 +146,10 @@ int mirror_encap(struct __sk_buff *skb)
 	__u64 mask;
 	int ret;
 
-	/* only clones handed over by stage 1 */
+	/* a copy over the MTU, back for one of its fragments */
+	if ((skb->mark & XFER_TAG_MASK) == FRAG_TAG)
+		return send_fragment(skb);
+	/* else only clones handed over by stage 1 */
 	if ((skb->mark & XFER_TAG_MASK) != XFER_TAG) {
 		count(MS_XFER_BAD);
 		return TC_ACT_SHOT;
@@ -204,7 +209,7 @@ fail:
 }
 
 /*
- * On the internal device's receiving end: passing every frame is the whole
+ * On both ends of the internal pair: passing every frame is the whole
  * job. An XDP program puts a veth in NAPI mode, so clones wait in the
  * device's own ring instead of the CPU's backlog queue that originals on
  * veth paths (pods, the lab) use too: under overload the ring overflows and

@@ -37,6 +37,11 @@ XFER_RULE_MASK = 0x00007FFF
 XFER_SOURCE_SHIFT = 16
 XFER_SOURCE_MASK = 0x003F0000
 MAX_SOURCES = 64
+FRAG_TAG = 0xC0000000
+FRAG_SLOT_SHIFT = 8
+FRAG_SLOT_MASK = 0x0000FF00
+FRAG_INDEX_MASK = 0x000000FF
+MAX_FRAGS = 64
 
 # struct mirror_session.flags
 MIRROR_SF_KEY = 0x01
@@ -138,6 +143,7 @@ class MirrorStat(enum.IntEnum):
     PAUSED = 16
     LOG_LOST = 17
     SHED = 18
+    FRAGMENTS = 19
 
 
 MS__MAX = len(MirrorStat)
@@ -156,6 +162,7 @@ class MirrorEvent(enum.IntEnum):
     RATE_LIMITED = 5
     VLAN_DEPTH = 6
     SHED = 7
+    FRAG_FAIL = 8
 
 
 class MirrorPriority(enum.IntEnum):
@@ -321,11 +328,13 @@ class SessionStats(ctypes.Structure):
         ("rate_limited", ctypes.c_uint64),
         ("truncated", ctypes.c_uint64),
         ("shed", ctypes.c_uint64),
+        ("fragments", ctypes.c_uint64),
     ]
 
 
 # the session_stats fields that count copies not sent, one per reason
-SESSION_NOT_SENT = tuple(name for name, _ in SessionStats._fields_ if name not in ("packets", "bytes", "truncated"))
+SESSION_NOT_SENT = tuple(name for name, _ in SessionStats._fields_
+                         if name not in ("packets", "bytes", "truncated", "fragments"))
 
 
 def set_addr(field: ctypes.Array[ctypes.c_uint32], packed: bytes) -> None:

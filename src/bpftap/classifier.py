@@ -229,7 +229,7 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
                 raise ValueError(f"rule {rule.number}: session {name!r} has no slot (got {slot})")
             mask |= 1 << slot
         flags = abi.MIRROR_RF_GROUP if groups.intersection(rule.sessions) else 0
-        snap = sum(1 << slots[s.name] for s in config.sessions if s.snaplen and s.name in rule.sessions)
+        snap = sum(1 << slots[s.name] for s in config.sessions if s.truncates and s.name in rule.sessions)
         records.append(abi.MirrorRule(sessions=mask, snap_sessions=snap, number=rule.number,
                                       action=_ACTIONS[rule.action], flags=flags))
     intern = _Interner()

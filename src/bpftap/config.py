@@ -57,6 +57,7 @@ GRE_KEY_MAX = 2**32 - 1
 ERSPAN_SESSION_MAX = 1023
 RULE_NUMBER_MAX = 2**31 - 1
 PRIORITIES = ("high", "normal", "low")
+OVERSIZE = ("fragment", "truncate")
 ETH_HLEN = 14
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
@@ -122,6 +123,12 @@ class Session:
     remotes: tuple[IPAddress, ...] = ()  # a collector group (remote is its first); () = just remote
     snaplen: int = 0  # inner frame bytes kept in each copy; 0 = the whole frame
     priority: str = "normal"  # high | normal | low: how far it may drain the node's copy budget
+    oversize: str = "fragment"  # a copy over the egress MTU: outer fragments, or cut to fit
+
+    @property
+    def truncates(self) -> bool:
+        """Its copies may be cut (snaplen, or cut to the MTU): each gets a clone of its own from stage 1."""
+        return bool(self.snaplen) or self.oversize == "truncate"
 
     @property
     def members(self) -> tuple[IPAddress, ...]:
@@ -254,9 +261,9 @@ def parse_config(data: object, filename: str) -> Config:
     collectors = sum(len(s.members) for s in sessions if s is not None)
     if collectors > abi.MAX_SESSIONS >= len(raw_sessions):
         report.append(("sessions", f"{collectors} collectors in all; at most {abi.MAX_SESSIONS} fit (MAX_SESSIONS)"))
-    elif collectors == abi.MAX_SESSIONS and any(s.snaplen for s in sessions if s is not None):
+    elif collectors == abi.MAX_SESSIONS and any(s.truncates for s in sessions if s is not None):
         # a truncating session's clone names it in 6 bits of the mark, one value short of 64 slots
-        report.append(("sessions", f"{collectors} collectors with a snaplen session; at most {abi.MAX_SESSIONS - 1}"))
+        report.append(("sessions", f"{collectors} collectors with a truncating session (snaplen or oversize: truncate); at most {abi.MAX_SESSIONS - 1}"))
     copy_budget = (0, 0)
     if "copy_budget" in data:
         try:
@@ -384,6 +391,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     rate_limit = e.get("rate_limit", _invalid_on_value_error(rule_fields.rate_limit), (0, 0))
     snaplen = e.get("snaplen", _integer(ETH_HLEN, 65535), 0)
     priority = e.get("priority", _choice("priority", {p: p for p in PRIORITIES}), "normal")
+    oversize = e.get("oversize", _choice("oversize", {o: o for o in OVERSIZE}), "fragment")
     default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
     port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
@@ -392,7 +400,8 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     if not e.ok:
         return None
     return Session(
-        name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes, snaplen, priority
+        name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes, snaplen, priority,
+        oversize,
     )
 
 

@@ -237,7 +237,8 @@ def test_unresolved_and_oversize_sessions_are_skipped(loaded: tuple[BpfObject, T
     sessions = [session("gre", 4), session("erspan3", 6)]
     cfg, slots = program(tables, kernel_ns, sessions)
     tables.write_session(slots["gre4"], cfg.sessions[0], None, live=True)
-    tables.write_session(slots["erspan36"], cfg.sessions[1], hop(kernel_ns, 6, mtu=100), live=True)
+    # an MTU with no room for an IPv6 fragment of 8 bytes: not even fragments fit
+    tables.write_session(slots["erspan36"], cfg.sessions[1], hop(kernel_ns, 6, mtu=48 + 7), live=True)
     result = obj.program(abi.PROG_ENCAP).test_run(inner_frame(), ctx=clone_ctx(tables))
     assert result.retval == TC_ACT_SHOT
     assert tables.session_stats("gre4").unresolved == 1

@@ -148,12 +148,15 @@ class Agent:
         # before the first source is attached, so every copy names its interface
         self.tables.write_sources([ifindex for (_, ifindex) in sources])
         # the encap stage first, so the first clone has somewhere to go
-        try:
-            napi = tc.attach_xdp(self.obj.program(abi.PROG_NAPI), INTERNAL_B, peer_ifindex)
-            self.stack.callback(napi.close)
-        except BpfError as exc:
-            log.warning("%s: clones share the CPU backlog with veth traffic (copies may cost originals under overload)", exc)
-        self._attach(self.obj.program(abi.PROG_ENCAP), INTERNAL_B, peer_ifindex, tc.Direction.INGRESS)
+        # (and on bpftap0 too: the fragments of copies over the MTU come back that way)
+        for ifname, ifindex in ((INTERNAL_B, peer_ifindex), (INTERNAL_A, self.encap_ifindex)):
+            try:
+                napi = tc.attach_xdp(self.obj.program(abi.PROG_NAPI), ifname, ifindex)
+                self.stack.callback(napi.close)
+            except BpfError as exc:
+                log.warning("%s: clones share the CPU backlog with veth traffic (copies may cost originals under overload)",
+                            exc)
+            self._attach(self.obj.program(abi.PROG_ENCAP), ifname, ifindex, tc.Direction.INGRESS)
         for (ifname, ifindex), direction in sources.items():
             for hook in (tc.Direction.INGRESS, tc.Direction.EGRESS):
                 if direction & (Direction.INGRESS if hook is tc.Direction.INGRESS else Direction.EGRESS):

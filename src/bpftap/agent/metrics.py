@@ -9,6 +9,7 @@ to `mirror_abi.h` shows up here with no second list to update.
     bpftap_packets_seen_total                       packets the source programs ran on
     bpftap_packets_matched_total                    packets whose first matching rule mirrors
     bpftap_copies_sent_total                        copies handed to an egress device
+    bpftap_fragments_sent_total                     outer fragments of copies over the egress MTU
     bpftap_not_copied_total{reason}                 every other `enum mirror_stat` exit: packets
                                                     passed on without a copy (no_match, skipped,
                                                     loop, ...) or copies not sent (unresolved,
@@ -18,6 +19,7 @@ to `mirror_abi.h` shows up here with no second list to update.
     bpftap_rule_bytes_total{rule,action}
     bpftap_session_copies_total{session,tunnel,remote}
     bpftap_session_bytes_total{session,tunnel,remote}
+    bpftap_session_fragments_total{session,tunnel,remote}
     bpftap_session_not_sent_total{session,tunnel,remote,reason}
     bpftap_session_resolved{session,tunnel,remote}  1 while the session has a next hop
     bpftap_build_info{version,object,attach_mode}   always 1
@@ -54,11 +56,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bpftap.metrics")
 
-# the three global counters with families of their own; every other MirrorStat is a not-copied reason
+# the global counters with families of their own; every other MirrorStat is a not-copied reason
 HEADLINE = {
     abi.MirrorStat.SEEN: ("bpftap_packets_seen", "Packets the source programs ran on."),
     abi.MirrorStat.MATCHED: ("bpftap_packets_matched", "Packets whose first matching rule is a mirror rule."),
     abi.MirrorStat.COPY_SENT: ("bpftap_copies_sent", "Copies handed to an egress device (all sessions)."),
+    abi.MirrorStat.FRAGMENTS: ("bpftap_fragments_sent", "Outer fragments sent for copies over the egress MTU."),
 }
 SESSION_LABELS = ["session", "tunnel", "remote"]
 
@@ -210,6 +213,8 @@ class MirrorCollector(Collector):
         copies = CounterMetricFamily("bpftap_session_copies", "Copies sent to this session.", labels=SESSION_LABELS)
         octets = CounterMetricFamily("bpftap_session_bytes", "Bytes of the copies sent to this session "
                                      "(outer headers included).", labels=SESSION_LABELS)
+        frags = CounterMetricFamily("bpftap_session_fragments", "Outer fragments sent for this session's copies "
+                                    "over the egress MTU.", labels=SESSION_LABELS)
         lost = CounterMetricFamily("bpftap_session_not_sent", "Copies for this session that were not sent, "
                                    "by reason.", labels=[*SESSION_LABELS, "reason"])
         resolved = GaugeMetricFamily("bpftap_session_resolved", "1 while the session's remote has a route and "
@@ -219,10 +224,11 @@ class MirrorCollector(Collector):
             labels = [sess.name, sess.tunnel, sess.remote]
             copies.add_metric(labels, stats.packets)
             octets.add_metric(labels, stats.bytes)
+            frags.add_metric(labels, stats.fragments)
             for reason in reasons:
                 lost.add_metric([*labels, reason], getattr(stats, reason))
             resolved.add_metric(labels, 1 if sess.resolved else 0)
-        yield from (copies, octets, lost, resolved)
+        yield from (copies, octets, frags, lost, resolved)
 
 
 def parse_address(text: str) -> tuple[str, int]:

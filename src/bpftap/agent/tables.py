@@ -16,7 +16,7 @@ from bpftap import abi
 from bpftap.bpf.libbpf import check, lib, num_possible_cpus
 from bpftap.bpf.objects import BpfObject, U64
 from bpftap.classifier import PORT_DIMS, CompiledRules, rule_bits
-from bpftap.config import Session
+from bpftap.config import ETH_HLEN, Session
 from bpftap.errors import BpftapError
 from bpftap.netlink import NextHop
 from bpftap.rules import session_header_len
@@ -226,10 +226,16 @@ class Tables:
             self.maps[abi.MAP_SESSION_SEQS].update(stats_id, abi.SessionSeq())
             self.maps[abi.MAP_SESSION_LIMITS].update(stats_id, abi.SessionLimit())
             self._update_raw(abi.MAP_SESSION_SAMPLES, stats_id, (ctypes.c_uint64 * self.ncpus)())
+        hdr_len = session_header_len(session)
+        snaplen = session.snaplen
+        if session.oversize == "truncate" and hop is not None:
+            # the inner frame's room under the egress MTU: what stage 2 cuts a copy to
+            fit = max(ETH_HLEN, hop.mtu - (hdr_len - ETH_HLEN))
+            snaplen = min(snaplen or fit, fit)
         value = abi.MirrorSession(
             tun_id=session.tun_id,
             dst_port=session.port,
-            hdr_len=session_header_len(session),
+            hdr_len=hdr_len,
             family=session.remote.version,
             tunnel=abi.MirrorTunnel[session.tunnel.upper()],
             flags=flags,
@@ -238,7 +244,7 @@ class Tables:
             rate_pps=session.rate_limit[0],
             rate_bps=session.rate_limit[1],
             group_size=len(session.members),
-            snaplen=session.snaplen,
+            snaplen=snaplen,
             priority=abi.MirrorPriority[session.priority.upper()],
         )
         abi.set_addr(value.outer_dst, remote.packed)

@@ -1,0 +1,196 @@
+"""Big packets in the lab: every byte of a 1 Gbit/s TCP flow reaches the kernel's VXLAN device.
+
+All traffic on the tapped host's eth0 is mirrored to the collector host,
+whose own VXLAN devices decapsulate (v4 and v6 outer). The copies of a TCP
+flow's GSO super-packets are segmented to the wire's MSS; a copy over the
+collector link's MTU leaves as outer fragments that the collector's kernel
+reassembles (its IP statistics count them), or is cut to fit in truncate
+mode. The decapsulated copies are captured (headers only) and the TCP
+sequence space they cover is compared with the bytes iperf3 sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpftap import abi
+from bpftap.lab import Lab
+
+from .agent_lab import Agent
+from .tcpflow import Direction, flows, pcap_frames
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="end-to-end tests need root (network namespaces, BPF)"),
+    pytest.mark.skipif(not abi.object_path().exists(), reason="no BPF object: run 'make build'"),
+    pytest.mark.skipif(shutil.which("iperf3") is None or shutil.which("dumpcap") is None,
+                       reason="iperf3 or dumpcap missing"),
+]
+
+CONFIG = """
+sources:
+  - interface: eth0
+sessions:
+  - {{name: all, remote: "{remote}", vni: {vni}{extra}}}
+rules:
+  - {{number: 10, sessions: [all]}}
+"""
+VNI = {4: 42, 6: 43}
+COOKIE = 37  # iperf3 opens its data connection with a 37-byte cookie
+PORT = 5201
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        col = lab.col
+        for family, addr in ((4, col.ip4), (6, col.ip6)):
+            dev = f"vx{VNI[family]}"
+            lab.run(col, ["ip", "link", "add", dev, "type", "vxlan", "id", str(VNI[family]), "dstport", "4789",
+                          "local", str(addr), "nolearning"])
+            lab.run(col, ["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"])
+            lab.run(col, ["ip", "link", "set", dev, "mtu", "9000", "up"])
+        yield lab
+
+
+def set_mtus(lab: Lab, underlay: int, inner: int) -> None:
+    """The collector link's MTU, and that of every link the mirrored flow crosses."""
+    for host, dev in ((lab.tap, "eth2"), (lab.col, "eth0")):
+        lab.run(host, ["ip", "link", "set", dev, "mtu", str(underlay)])
+    for host, dev in ((lab.src, "eth0"), (lab.tap, "eth0"), (lab.tap, "eth1"), (lab.dst, "eth0")):
+        lab.run(host, ["ip", "link", "set", dev, "mtu", str(inner)])
+
+
+def reassembly(lab: Lab) -> dict[str, int]:
+    """The collector host's IPv4 and IPv6 reassembly counters."""
+    lines = [line.split() for line in lab.run(lab.col, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if line.startswith("Ip:")]
+    out = {f"Ip{k}": int(v) for k, v in zip(lines[0][1:], lines[1][1:]) if k.startswith("Reasm")}
+    for line in lab.run(lab.col, ["cat", "/proc/net/snmp6"]).stdout.splitlines():
+        key, value = line.split()
+        if key.startswith("Ip6Reasm"):
+            out[key] = int(value)
+    return out
+
+
+def internal_drops(lab: Lab) -> dict[str, int]:
+    """Copies the internal pair's rings dropped (the slow path falling behind)."""
+    links = json.loads(lab.run(lab.tap, ["ip", "-s", "-j", "link", "show"]).stdout)
+    return {link["ifname"]: link["stats64"]["tx"]["dropped"] for link in links if link["ifname"].startswith("bpftap")}
+
+
+@dataclass
+class Run:
+    sent: int  # payload bytes iperf3 sent
+    flows: dict[Any, Direction]
+    reasm: dict[str, int]  # the collector's reassembly counters, this run's
+    session: dict[str, Any]
+    drops: dict[str, int]
+    underlay: Path  # the first frames on the collector's link, whole
+
+    def data_direction(self) -> Direction:
+        """The flow that carried iperf3's data: the client side of the busiest connection."""
+        return max((d for (_, dst), d in self.flows.items() if dst[1] == PORT),
+                   key=lambda d: sum(e - s for s, e in d.ranges))
+
+    def acks(self, data: Direction) -> Direction:
+        key = next(k for k, d in self.flows.items() if d is data)
+        return self.flows[(key[1], key[0])]
+
+
+def mirror_flow(lab: Lab, tmp: Path, family: int, underlay: int, inner: int, seconds: int = 10,
+                extra: str = "") -> Run:
+    """iperf3 at 1 Gbit/s from src to dst for `seconds`, every packet mirrored to the collector's vx4x."""
+    set_mtus(lab, underlay, inner)
+    remote = lab.col.ip4 if family == 4 else lab.col.ip6
+    agent = Agent(lab, CONFIG.format(remote=remote, vni=VNI[family], extra=extra))
+    try:
+        before = reassembly(lab)
+        copies, wire = tmp / "copies.pcap", tmp / "underlay.pcap"
+        caps = [lab.popen(lab.col, ["dumpcap", "-q", "-P", "-i", f"vx{VNI[family]}", "-s", "128", "-B", "256",
+                                    "-w", str(copies)], stderr=subprocess.PIPE),
+                lab.popen(lab.col, ["dumpcap", "-q", "-P", "-i", "eth0", "-c", "3000", "-w", str(wire)],
+                          stderr=subprocess.PIPE)]
+        time.sleep(1.5)  # dumpcap has no ready signal
+        server = lab.popen(lab.dst, ["iperf3", "-s", "-1", "-p", str(PORT)], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        out = lab.run(lab.src, ["iperf3", "-c", str(lab.dst.ip4), "-p", str(PORT), "-t", str(seconds), "-b", "1G",
+                                "-J"], timeout=seconds + 30).stdout
+        server.wait(timeout=10)
+        time.sleep(1)  # the last copies drain
+        for cap in caps:
+            if cap.poll() is None:
+                cap.send_signal(signal.SIGINT)
+            cap.communicate(timeout=15)
+        session = agent.status()["sessions"][0]
+        drops = internal_drops(lab)
+        after = reassembly(lab)
+    finally:
+        assert agent.stop() == 0, agent.output()
+    return Run(json.loads(out)["end"]["sum_sent"]["bytes"], flows(copies),
+               {k: after[k] - before.get(k, 0) for k in after}, session, drops, wire)
+
+
+def tshark_errors(pcap: Path) -> str:
+    """Frames tshark finds malformed or in error, as its one-line summaries."""
+    return subprocess.run(["tshark", "-n", "-r", str(pcap), "-Y", "_ws.malformed || _ws.expert.severity == error"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+CASES = [
+    # (id, outer family, underlay MTU, inner MTU, outer fragments expected)
+    ("v4-1500-over-1500", 4, 1500, 1500, True),
+    ("v4-jumbo-9000-over-1500", 4, 1500, 9000, True),
+    ("v4-1500-over-9000", 4, 9000, 1500, False),
+    ("v6-1500-over-1500", 6, 1500, 1500, True),
+]
+
+
+@pytest.mark.parametrize(("family", "underlay", "inner", "fragmented"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_every_byte_of_a_gigabit_flow_arrives(lab: Lab, tmp_path: Path, family: int, underlay: int, inner: int,
+                                               fragmented: bool) -> None:
+    run = mirror_flow(lab, tmp_path, family, underlay, inner)
+    data = run.data_direction()
+    why = f"session {run.session}, internal drops {run.drops}, reassembly {run.reasm}"
+    assert data.covered() == [(0, run.sent + COOKIE)], f"gaps in the copies' sequence space; {why}"
+    assert run.acks(data).segments > 0, "no copy of the other direction"
+    assert (run.session["encap_fail"], run.session["oversize"]) == (0, 0), why
+    v = "" if family == 4 else "6"
+    if fragmented:
+        assert run.session["fragments"] > 0 and run.reasm[f"Ip{v}ReasmOKs"] > 0, why
+        assert run.reasm[f"Ip{v}ReasmFails"] == 0, why
+    else:
+        assert run.session["fragments"] == 0 and not any(run.reasm.values()), why
+    assert tshark_errors(run.underlay) == ""
+
+
+def test_truncate_mode_fits_every_copy_to_the_mtu(lab: Lab, tmp_path: Path) -> None:
+    run = mirror_flow(lab, tmp_path, 4, 1500, 1500, seconds=3, extra=", oversize: truncate")
+    room = 1500 - 20 - 8 - 8  # inner frame bytes under the MTU
+    cut = 0
+    for frame in pcap_frames(run.underlay):
+        assert len(frame) <= 14 + 1500
+        if frame[12:14] != b"\x08\x00" or frame[23] != 17 or frame[36:38] != b"\x12\xb5":
+            continue  # not a VXLAN copy
+        assert struct.unpack("!H", frame[20:22])[0] & 0x3FFF == 0, "a fragment in truncate mode"
+        inner = frame[50:]
+        ip_len = struct.unpack("!H", inner[16:18])[0]  # as the original said: the frame was longer
+        assert len(inner) == min(14 + ip_len, room)
+        cut += 14 + ip_len > room
+    assert cut > 0
+    assert run.session["truncated"] >= cut and run.session["fragments"] == 0
+    assert not any(run.reasm.values())
+    assert tshark_errors(run.underlay) == ""
