@@ -25,11 +25,18 @@ from typing import Any
 import pytest
 
 from bpftap import abi
-from bpftap.demo import wait_for_agent
 from bpftap.lab import Lab
 
-from .agent_lab import Agent, PinScope, hook_state, sniffing
-from .test_coexist import COUNTER_OBJ, Holder
+from .agent_lab import (
+    BPFTAP,
+    Agent,
+    PinScope,
+    hook_state,
+    in_tap,
+    send_frames,
+    sniffing,
+)
+from .test_coexist import COUNTER_OBJ, frames, holding
 
 pytestmark = [
     pytest.mark.lab,
@@ -170,3 +177,84 @@ def test_kill_9_mirroring_goes_on_from_the_pins_and_the_next_run_adopts(lab: Lab
     assert hook_state(lab) == before
     assert not scope.root.exists() and not list(scope.state.glob("*.json"))
 
+
+
+@pytest.mark.skipif(not DEBUG_OBJ.exists(), reason="no build/bpf/mirror_tc.debug.bpf.o: run 'make build'")
+@pytest.mark.parametrize("mode", ["tcx", "tc"])
+def test_upgrade_swaps_the_programs_in_one_step_and_keeps_the_maps(lab: Lab, scope: PinScope, mode: str) -> None:
+    """A handover (--keep-attached, SIGTERM) to `run --upgrade` with another build: new programs, same maps."""
+    before = hook_state(lab)
+    first = Agent(lab, config(lab), "--attach", mode, "--keep-attached", pins=scope)
+    stream = Stream(lab, seconds=8)
+    time.sleep(1.5)
+    counted, old_ids = session_packets(first.status()), prog_ids(lab)
+    assert first.stop() == 0
+    assert "left attached and pinned" in first.output()
+    second = Agent(lab, config(lab), "--attach", mode, "--upgrade", "--object", str(DEBUG_OBJ), pins=scope)
+    status, new_ids = second.status(), prog_ids(lab)
+    received, copied = stream.finish()
+    status_after = second.status()
+    assert second.stop() == 0
+    assert status["adopted"]["programs"] == "replaced"
+    assert "upgraded mirror_ingress on eth0" in second.output() and "attached mirror" not in second.output()
+    # one program of the new build on each hook, where one of the old build was
+    for direction in ("ingress", "egress"):
+        assert len(new_ids[direction]) == len(old_ids[direction]) == 1
+        assert new_ids[direction] != old_ids[direction]
+    assert sorted(received) == list(range(stream.count))
+    missing = stream.count - len(set(copied))
+    print(f"{mode} upgrade: {stream.count} sent, {len(received)} received, {len(set(copied))} copied, {missing} missing")
+    assert missing <= RATE // 10, f"{missing} copies missing"
+    assert session_packets(status_after) >= len(set(copied)) > counted, "the maps (and counters) were not kept"
+    assert hook_state(lab) == before
+    assert not scope.root.exists()
+
+
+@pytest.mark.skipif(not COUNTER_OBJ.exists(), reason="no build/bpf/counter.bpf.o: run 'make build'")
+@pytest.mark.parametrize("mode", ["tcx", "tc"])
+def test_detach_removes_all_of_bpftap_and_nothing_else(lab: Lab, scope: PinScope, mode: str) -> None:
+    """`bpftap detach` after kill -9: pins, links, filters, internal pair gone; a foreign program stays and works."""
+    before = hook_state(lab)
+    with holding(lab, mode) as holder:
+        with_holder = hook_state(lab)
+        agent = Agent(lab, config(lab), "--attach", mode, pins=scope)
+        refused = scope.detach(lab)
+        assert refused.returncode == 1 and "agent pid " in refused.stderr and "is running" in refused.stderr
+        agent.stop(signal.SIGKILL)
+        assert hook_state(lab) != with_holder
+        res = scope.detach(lab)
+        assert res.returncode == 0, res.stderr
+        assert "removed the pins" in res.stdout and "removed the internal pair" in res.stdout
+        assert hook_state(lab) == with_holder
+        assert not scope.root.exists() and not list(scope.state.glob("*.json"))
+        # the other program is still attached and still counts
+        counts = holder.counts()
+        passed, _ = frames(lab)
+        send_frames(lab, lab.src, "eth0", passed)
+        time.sleep(0.5)
+        assert holder.counts()["udp4"] - counts["udp4"] == len(passed)
+        assert scope.detach(lab).stdout.strip() == "nothing of bpftap's found"
+    assert hook_state(lab) == before
+
+
+def test_pins_of_an_incompatible_build_are_refused_and_left_mirroring(lab: Lab, scope: PinScope, tmp_path: Path) -> None:
+    """A build whose maps differ (here MAX_SESSIONS=128) cannot adopt: a clear error, exit 1, nothing touched."""
+    other = tmp_path / "mirror_tc.other.bpf.o"
+    bpf = Path(__file__).resolve().parents[2] / "bpf"
+    include = f"-I/usr/include/{os.uname().machine}-linux-gnu"
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-Wall", "-Werror", include, f"-I{bpf}", "-DMAX_SESSIONS=128",
+                    "-c", str(bpf / "mirror_tc.bpf.c"), "-o", str(other)], check=True)
+    before = hook_state(lab)
+    Agent(lab, config(lab), pins=scope).stop(signal.SIGKILL)
+    killed, ids = hook_state(lab), prog_ids(lab)
+    (tmp_path / "b.yaml").write_text(config(lab))
+    res = subprocess.run(in_tap(lab, [*BPFTAP, "run", "-c", str(tmp_path / "b.yaml"), "--upgrade", "--object",
+                                      str(other)]), env=scope.env, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 1
+    assert "map sessions pinned at" in res.stderr and "incompatible build" in res.stderr, res.stderr
+    assert "bpftap detach" in res.stderr
+    assert hook_state(lab) == killed and prog_ids(lab) == ids, "a refused run changed what was attached"
+    again = Agent(lab, config(lab), pins=scope)
+    assert again.stop() == 0 and "adopting the pins" in again.output()
+    assert hook_state(lab) == before

@@ -119,7 +119,6 @@ class Agent:
         self.pin_dir = pins.netns_dir(state.netns_id())
         self.adopted: list[tc.Adopted] = []  # the earlier agent's attachments not yet taken over
         self.adoption: dict[str, Any] | None = None  # what was adopted, for status
-        self.xdp: list[tc.XdpLink] = []
         self.ipr = IPRoute()
         self.stack = ExitStack()
         self.attachments: list[tc.Attachment] = []
@@ -220,11 +219,13 @@ class Agent:
 
     def _adopt(self, leftover: state.AgentState | None, links_dir: Path, reused: list[str]) -> None:
         """Take over the maps (already reused by load), attachments and counter ids of an earlier agent."""
-        self.adopted = tc.adopt(links_dir, {index: name for name, index in netlink_links(self.ipr).items()})
+        links = netlink_links(self.ipr)
+        self.adopted = tc.adopt(links_dir, {index: name for name, index in links.items()})
         self.tables.adopt(leftover.tables if leftover else None)
         for name in leftover.created_clsact if leftover else []:
-            self.created_clsact.append(name)
-            self._undo(tc.destroy_clsact, name, self.source_ifindex.get(name) or link_index(name, self.ipr) or 0)
+            if name in links:  # the qdisc it made goes when this agent detaches
+                self.created_clsact.append(name)
+                self._undo(tc.destroy_clsact, name, links[name])
         self.adoption = {
             **(self.adoption or {}),
             "pid": leftover.pid if leftover else None,
@@ -232,7 +233,7 @@ class Agent:
             "attachments": len(self.adopted),
             "programs": "replaced" if self.upgrade else "kept",
         }
-        log.warning(
+        log.info(
             "adopting the pins at %s of an earlier agent (pid %s): %d maps, %d attachments; programs %s, no detach",
             self.pin_dir,
             self.adoption["pid"] or "?",
@@ -265,9 +266,7 @@ class Agent:
 
     def _attach(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None) -> None:
         att = self.place(prog, ifname, ifindex, hook)
-        if isinstance(att, tc.XdpLink):
-            self.xdp.append(att)
-        else:
+        if isinstance(att, tc.Attachment):
             self.attachments.append(att)
             if att.owns_qdisc and ifname not in self.created_clsact:
                 self.created_clsact.append(ifname)
@@ -436,7 +435,7 @@ class Agent:
                 "pid": os.getpid(),
                 "config": str(plan.config.path),
                 "paused": bool(self.tables.config().paused),
-                "attachments": [a.describe() for a in [*self.xdp, *self.attachments]],
+                "attachments": [a.describe() for a in self.attachments],
                 "pins": str(self.pin_dir),
                 "adopted": self.adoption,
                 "rules": rules,

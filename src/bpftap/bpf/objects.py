@@ -15,8 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from bpftap.bpf.libbpf import BpfTestRunOpts, check, check_ptr, lib, num_possible_cpus, sized
 from bpftap.bpf import pins
+from bpftap.bpf.libbpf import BpfTestRunOpts, check, check_ptr, lib, num_possible_cpus, sized
 from bpftap.errors import BpfError, BpftapError
 
 T = TypeVar("T", bound=ctypes.Structure)

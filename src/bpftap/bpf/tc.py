@@ -240,8 +240,7 @@ def attach_xdp(prog: Program, ifname: str, ifindex: int) -> XdpLink:
 def pin_link(att: Attachment | XdpLink, directory: Path) -> None:
     """Pin a tcx or XDP link at `directory`/HOOK-IFINDEX, so it stays attached when the agent dies.
 
-    (A bpffs name may have no dot, which interface names may.)
-
+    Named by ifindex: a bpffs name may have no dot, and interface names may.
     clsact filters stay by themselves and are left as they are. Raises BpfError.
     """
     fd = att.fd if isinstance(att, XdpLink) else att.link_fd
