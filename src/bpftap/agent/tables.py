@@ -116,8 +116,9 @@ class Tables:
         """The counter ids of rules and sessions and the source ids, JSON-able, for adopt() in the next agent."""
         return {
             "rules": [[number, i] for number, i in self._rule_ids.ids.items()],
-            "sessions": [[name, tunnel, str(remote), tun_id, i] for (name, tunnel, remote, tun_id), i  # type: ignore[misc]
-                         in self._session_ids.ids.items()],
+            # identities are (name, tunnel, remote address, tunnel id)
+            "sessions": [[*key[:2], str(key[2]), key[3], i] for key, i in self._session_ids.ids.items()
+                         if isinstance(key, tuple)],
             "sources": [[ifindex, i] for ifindex, i in self._source_ids.items()],
         }
 
