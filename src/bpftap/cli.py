@@ -18,7 +18,8 @@ from bpftap.errors import BpfError, BpftapError, ConfigError, NotSupportedError
 EPILOG = """\
 signals (bpftap run):
   SIGHUP            reload the config file (rules and sessions) without detaching
-  SIGTERM, SIGINT   detach everything bpftap attached and exit 0
+  SIGTERM, SIGINT   detach everything bpftap attached and exit 0 (--keep-attached: leave it, pinned)
+  SIGKILL           mirroring goes on from the pins; the next 'bpftap run' adopts them
 
 examples:
   bpftap check                              what this kernel offers, and the attach mode
@@ -29,7 +30,8 @@ examples:
   bpftap top                                live rule and session rates of the running agent
   bpftap collect --out mirror.pcapng        receive VXLAN copies on 0.0.0.0:4789
   bpftap pause / bpftap resume              kill switch: stop and restart all copying, still attached
-  bpftap detach                             remove what a killed agent left behind
+  bpftap run -c bpftap.yaml --upgrade       replace the running programs with this build, maps kept
+  bpftap detach                             remove everything of bpftap's, in every network namespace
   bpftap demo                               the whole path in a lab of network namespaces
 """
 
@@ -76,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bpftap.agent.daemon import run
     from bpftap.bpf.tc import Mode
 
-    return run(args.config, Mode(args.attach), args.order == "first", args.priority, args.object, metrics=args.metrics)
+    return run(args.config, Mode(args.attach), args.order == "first", args.priority, args.object,
+               metrics=args.metrics, upgrade=args.upgrade, keep_attached=args.keep_attached)
 
 
 def _metrics_address(text: str) -> tuple[str, int]:
@@ -126,7 +129,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 def format_status(data: dict[str, Any]) -> str:
     """The human form of `bpftap status`."""
     paused = ", PAUSED (bpftap resume to copy again)" if data.get("paused") else ""
-    lines = [f"agent pid {data['pid']}, config {data['config']}{paused}", "attached:"]
+    lines = [f"agent pid {data['pid']}, config {data['config']}{paused}"]
+    adopted = data.get("adopted")
+    if adopted:
+        lines.append(f"adopted the pins at {adopted['pins']} of agent pid {adopted['pid'] or '?'}: "
+                     f"{adopted['maps']} maps, {adopted['attachments']} attachments, programs {adopted['programs']}")
+    lines.append("attached:")
     lines += [f"  {a}" for a in data["attachments"]]
     lines.append(f"{'rule':>8} {'action':<7} {'packets':>10} {'bytes':>12}  sessions")
     for r in data["rules"]:
@@ -161,18 +169,10 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
-    from pyroute2 import IPRoute
+    from bpftap.agent.daemon import detach_everywhere
 
-    from bpftap.agent import state
-    from bpftap.agent.daemon import cleanup_leftovers
-
-    old = state.AgentState.read()
-    if old is not None and state.pid_alive(old.pid):
-        raise BpftapError(f"agent pid {old.pid} is running; stop it with SIGTERM (kill {old.pid}), it detaches itself")
-    with IPRoute() as ipr:
-        done = cleanup_leftovers(old, ipr)
-    state.AgentState.remove()
-    print("\n".join(done) if done else "nothing of bpftap's found in this network namespace")
+    done = detach_everywhere()
+    print("\n".join(done) if done else "nothing of bpftap's found")
     return ExitStatus.OK
 
 
@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "'make debug' builds build/bpf/mirror_tc.debug.bpf.o, which logs to the kernel trace pipe)")
     p.add_argument("--metrics", metavar="ADDR:PORT", type=_metrics_address, default=None,
                    help="serve Prometheus metrics on this address (127.0.0.1:9477, [::1]:9477; port 0: any free)")
+    p.add_argument("--upgrade", action="store_true", help="when adopting an earlier agent's pins, replace its "
+                   "programs with this object's in one step (tcx link update, clsact filter replace), maps kept")
+    p.add_argument("--keep-attached", action="store_true", help="on SIGTERM leave everything attached and pinned "
+                   "for the next run to adopt (a restart without a gap); 'bpftap detach' removes it")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="report kernel features and the attach mode", formatter_class=fmt)
@@ -221,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="copy again after 'bpftap pause'")
     p.set_defaults(func=cmd_pause)
 
-    p = sub.add_parser("detach", help="remove what a killed agent left in this network namespace")
+    p = sub.add_parser("detach", help="remove everything bpftap left attached or pinned, in every network namespace")
     p.set_defaults(func=cmd_detach)
 
     p = sub.add_parser("demo", help="run the whole path in a lab of network namespaces", formatter_class=fmt)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,17 +23,31 @@ BPFTAP = [sys.executable, "-m", "bpftap.cli"]
 WIRE = [sys.executable, str(Path(__file__).with_name("wire.py"))]
 
 
-class Agent:
-    """`bpftap run` on the lab's tapped host."""
+def in_tap(lab: Lab, cmd: list[str]) -> list[str]:
+    """`cmd` in the tapped host's network namespace but the host's mounts, so its pins go to the host's bpffs.
 
-    def __init__(self, lab: Lab, config: str, *args: str) -> None:
+    (`ip netns exec` gives each command a /sys of its own, where the agent
+    mounts a bpffs that vanishes with it.)
+    """
+    return ["nsenter", f"--net=/run/netns/{lab.ns(lab.tap)}", *cmd]
+
+
+class Agent:
+    """`bpftap run` on the lab's tapped host; with `pins` (a PinScope), in the host's bpffs."""
+
+    def __init__(self, lab: Lab, config: str, *args: str, pins: PinScope | None = None) -> None:
         self.lab = lab
         self.dir = Path(tempfile.mkdtemp(prefix="bpftap-test-"))
         self.config = self.dir / "bpftap.yaml"
         self.config.write_text(config)
         self.log = self.dir / "agent.log"
+        cmd = [*BPFTAP, "run", "-c", str(self.config), *args]
         with self.log.open("w") as out:
-            self.proc = lab.popen(lab.tap, [*BPFTAP, "run", "-c", str(self.config), *args], stdout=out, stderr=out)
+            if pins is None:
+                self.proc = lab.popen(lab.tap, cmd, stdout=out, stderr=out)
+            else:  # lab.close ends it with the namespace's other processes
+                self.proc = subprocess.Popen(in_tap(lab, cmd), stdout=out, stderr=out, env=pins.env,
+                                             start_new_session=True)
         try:
             wait_for_agent(lab)
         except Exception:
@@ -47,6 +64,28 @@ class Agent:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+class PinScope:
+    """A pin root and state directory of a test's own, so `bpftap detach` there touches no one else's agents."""
+
+    def __init__(self) -> None:
+        name = f"bpftap-test-{os.getpid()}-{secrets.token_hex(4)}"
+        self.root = Path("/sys/fs/bpf") / name
+        self.state = Path("/run") / name
+        self.env = {**os.environ, "BPFTAP_PIN_ROOT": str(self.root), "BPFTAP_STATE_DIR": str(self.state)}
+
+    def detach(self, lab: Lab) -> subprocess.CompletedProcess[str]:
+        """`bpftap detach` from the tapped host, with this scope."""
+        return subprocess.run(in_tap(lab, [*BPFTAP, "detach"]), env=self.env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    def close(self, lab: Lab) -> None:
+        """Remove whatever a failed test left in this scope."""
+        if self.root.exists() or self.state.exists():
+            self.detach(lab)
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
 
 
 @contextmanager

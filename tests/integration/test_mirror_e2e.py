@@ -24,7 +24,7 @@ from bpftap import abi
 from bpftap.collector.pcapng import PcapngWriter
 from bpftap.lab import Lab
 
-from .agent_lab import Agent, hook_state, received, send_frames, sniffing
+from .agent_lab import Agent, PinScope, hook_state, received, send_frames, sniffing
 
 pytestmark = [
     pytest.mark.lab,
@@ -171,21 +171,30 @@ def test_one_packet_fans_out_to_three_collectors(lab: Lab) -> None:
 
 @pytest.mark.parametrize("mode", ["tcx", "tc"])
 def test_detach_leaves_nothing_also_after_sigkill(lab: Lab, mode: str) -> None:
-    """Invariant 6: SIGTERM detaches everything; after SIGKILL, the next run cleans up and its exit too."""
-    before = hook_state(lab)
-    agent = Agent(lab, config(lab), "--attach", mode)
-    assert all(f"({'tcx link' if mode == 'tcx' else 'clsact'}" in a for a in agent.status()["attachments"])
-    assert agent.stop() == 0
-    assert hook_state(lab) == before
+    """Invariant 6: SIGTERM detaches everything; after SIGKILL all stays, the next run adopts it and its exit leaves nothing."""
+    scope = PinScope()
+    try:
+        before = hook_state(lab)
+        agent = Agent(lab, config(lab), "--attach", mode, pins=scope)
+        assert all(f"({'tcx link' if mode == 'tcx' else 'clsact'}" in a for a in agent.status()["attachments"])
+        assert agent.stop() == 0
+        assert hook_state(lab) == before and not scope.root.exists()
 
-    Agent(lab, config(lab), "--attach", mode).stop(signal.SIGKILL)
-    during = hook_state(lab)
-    if mode == "tc":
-        assert during != before, "a killed clsact agent leaves its filters (and the next run must remove them)"
-    again = Agent(lab, config(lab), "--attach", mode)
-    assert again.stop() == 0
-    assert "died without cleaning up" in again.output()
-    assert hook_state(lab) == before
+        Agent(lab, config(lab), "--attach", mode, pins=scope).stop(signal.SIGKILL)
+        assert hook_state(lab) != before, "a killed agent's links (pinned) and filters stay, still mirroring"
+        again = Agent(lab, config(lab), "--attach", mode, pins=scope)
+        assert again.stop() == 0
+        assert "adopting the pins" in again.output()
+        assert hook_state(lab) == before and not scope.root.exists()
+
+        # under `ip netns exec` the agent's bpffs (and its pins) die with it: the next run cleans up instead
+        Agent(lab, config(lab), "--attach", mode).stop(signal.SIGKILL)
+        again = Agent(lab, config(lab), "--attach", mode)
+        assert again.stop() == 0
+        assert "died without cleaning up" in again.output()
+        assert hook_state(lab) == before
+    finally:
+        scope.close(lab)
 
 
 def test_check_reports_features_and_mode(lab: Lab) -> None:

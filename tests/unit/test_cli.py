@@ -55,3 +55,15 @@ def test_help_lists_commands_signals_and_examples(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     for word in ("run", "check", "status", "collect", "detach", "demo", "SIGHUP", "examples:"):
         assert word in out
+
+
+def test_status_says_which_pins_it_adopted() -> None:
+    from bpftap.cli import format_status
+
+    data = {"pid": 9, "config": "b.yaml", "attachments": [], "rules": [], "sessions": [], "counters": {},
+            "adopted": {"pins": "/sys/fs/bpf/bpftap/netns-7", "pid": 8, "maps": 21, "attachments": 4,
+                        "programs": "kept"}}
+    assert "adopted the pins at /sys/fs/bpf/bpftap/netns-7 of agent pid 8: 21 maps, 4 attachments, programs kept" in (
+        format_status(data)
+    )
+    assert "adopted" not in format_status({**data, "adopted": None})

@@ -84,6 +84,7 @@ def test_systemd_unit_restarts_on_failure_and_reloads_with_sighup() -> None:
     assert args.command == "run"
     assert args.config == "/etc/bpftap/bpftap.yaml"
     assert args.metrics == ("127.0.0.1", 9477)
+    assert args.keep_attached  # systemctl restart hands over to the next run without a gap
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

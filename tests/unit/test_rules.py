@@ -234,3 +234,13 @@ def test_group_members_take_consecutive_slots() -> None:
     group = Session("g", "vxlan", ip("198.18.2.1"), 1, remotes=(ip("198.18.2.1"), ip("198.18.2.2"), ip("198.18.2.3")))
     single = Session("s", "vxlan", ip("198.18.2.9"), 2)
     assert assign_session_slots([group, single]) == {"g": 0, "s": 3}
+
+
+def test_counter_ids_taken_over_from_an_earlier_agent_leave_the_gaps_free() -> None:
+    from bpftap.agent.tables import _Ids
+
+    ids = _Ids(limit=8)
+    ids.restore({"a": 0, "c": 3})
+    assert ids.get("a") == (0, False)
+    assert {ids.get("x")[0], ids.get("y")[0]} == {1, 2}
+    assert ids.get("z") == (4, True)

@@ -1,10 +1,20 @@
 """The agent: loads the programs, attaches them, keeps sessions resolved, applies rule sets, reports.
 
-Life of `bpftap run`: claim the namespace (cleaning up after a crashed run),
-create the internal veth pair, load the object, write sessions and rules,
-attach the encap stage then the sources, and serve until SIGTERM/SIGINT
-(detach everything, exit 0) or SIGHUP (reload the config without
-detaching). Routes and neighbours are re-resolved every second.
+Life of `bpftap run`: claim the namespace, create the internal veth pair,
+load the object with its maps pinned, write sessions and rules, attach the
+encap stage then the sources (tcx and XDP links pinned), and serve until
+SIGTERM/SIGINT (detach everything and unpin, exit 0; or, with
+--keep-attached, leave it all for the next run) or SIGHUP (reload the
+config without detaching). Routes and neighbours are re-resolved every
+second.
+
+Restart without a gap: a run that finds an earlier agent's pins (it was
+killed, or handed over) adopts them: load reuses the pinned maps, the
+attachments stay (their programs kept, or swapped in one step with
+--upgrade), the rules are rewritten through the staging slot. Nothing is
+detached, so mirroring never stops. Without pins (the earlier agent ran
+with a private bpffs, as under `ip netns exec`) it cleans up what a dead
+agent left, as before.
 """
 
 from __future__ import annotations
@@ -14,20 +24,21 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netns import setns
 
 from bpftap import abi
 from bpftap.agent import state
 from bpftap.agent.configwatch import ConfigWatch
 from bpftap.agent.pods import PodFollower
 from bpftap.agent.status import StatusServer
-from bpftap.bpf import tc
+from bpftap.bpf import pins, tc
 from bpftap.agent.kernel_log import KernelLog
 from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf.objects import BpfObject
@@ -38,6 +49,7 @@ from bpftap.netlink import (
     ResolveError,
     delete_internal_pair,
     ensure_internal_pair,
+    link_index,
     match_interfaces,
 )
 from bpftap.netlink import (
@@ -53,13 +65,14 @@ INTERNAL_A, INTERNAL_B = "bpftap0", "bpftap1"
 REFRESH_SECONDS = 1.0
 
 
-def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
-    """Mount a bpffs at `path` if none is there (as under `ip netns exec`)."""
+def ensure_bpffs(path: str = "/sys/fs/bpf") -> bool:
+    """Mount a bpffs at `path` if none is there (as under `ip netns exec`); True if this mounted it."""
     if os.path.ismount(path):
-        return
+        return False
     os.makedirs(path, exist_ok=True)
     subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
     log.info("mounted bpffs at %s", path)
+    return True
 
 
 @dataclass
@@ -97,9 +110,15 @@ class Agent:
         first: bool = True,
         priority: int = 1,
         object_path: Path | None = None,
+        upgrade: bool = False,
     ) -> None:
         self.config, self.mode, self.first, self.priority = config, mode, first, priority
         self.object_path = object_path or abi.object_path()
+        self.upgrade = upgrade  # replace the programs of adopted attachments with this object's
+        self.keep = False  # stop() leaves everything attached and pinned for the next agent (a handover)
+        self.pin_dir = pins.netns_dir(state.netns_id())
+        self.adopted: list[tc.Adopted] = []  # the earlier agent's attachments not yet taken over
+        self.adoption: dict[str, Any] | None = None  # what was adopted, for status
         self.ipr = IPRoute()
         self.stack = ExitStack()
         self.attachments: list[tc.Attachment] = []
@@ -114,31 +133,48 @@ class Agent:
 
     # --- start and stop -------------------------------------------------------------------
     def start(self) -> None:
-        """Load, configure and attach. On any error, undo what was done and raise."""
+        """Load, configure and attach, adopting an earlier agent's pins if there are any.
+
+        On any error, undo what was done and raise; after adopting, leave
+        everything as it was found instead, for the next run or 'bpftap detach'.
+        """
         try:
             self._start()
         except BaseException:
+            self.keep = self.adoption is not None
             self.stop()
             raise
 
     def _start(self) -> None:
-        ensure_bpffs()
+        if ensure_bpffs():
+            log.warning("no bpffs at /sys/fs/bpf (as under 'ip netns exec'): mounted one of this process's own; "
+                        "its pins vanish with the process, so a run after a crash cannot adopt them")
         leftover = state.claim()
-        self.stack.callback(state.AgentState.remove)
-        if leftover is not None:
+        self._undo(state.AgentState.remove)
+        maps_dir, links_dir = self.pin_dir / "maps", self.pin_dir / "links"
+        adopting = maps_dir.is_dir() and any(maps_dir.iterdir())
+        if adopting:  # from here on a failed start leaves what it found (see start())
+            self.adoption = {"pins": str(self.pin_dir)}
+        if leftover is not None and not adopting:
             log.warning("a previous agent (pid %d) died without cleaning up; removing what it left", leftover.pid)
             cleanup_leftovers(leftover, self.ipr)
         sources = self._resolve_sources()
         self.source_ifindex = {name: index for name, index in sources}
-        self.encap_ifindex, peer_ifindex = ensure_internal_pair(INTERNAL_A, INTERNAL_B, self.ipr)
-        self.stack.callback(delete_internal_pair, INTERNAL_A, self.ipr)
-        # the classifier's bitmap map is sized to the rule set, with room to grow
+        self.encap_ifindex, peer_ifindex = self._internal_pair(adopting)
+        self._undo(delete_internal_pair, INTERNAL_A, self.ipr)
+        # the classifier's bitmap map is sized to the rule set, with room to grow (or as the pinned one is)
         compiled = self.compile(self.config)
         capacity = class_capacity(len(compiled[1].classes))
+        if adopting and (maps_dir / abi.MAP_CLASS_BITS).exists():
+            capacity = pins.map_info(maps_dir / abi.MAP_CLASS_BITS).max_entries // abi.RULE_SLOTS
         self.obj = self.stack.enter_context(BpfObject.open(self.object_path))
         self.obj.set_max_entries(abi.MAP_CLASS_BITS, abi.RULE_SLOTS * capacity)
+        reused = self.obj.pin_maps(maps_dir)
         self.obj.load()
+        self._undo(pins.remove, self.pin_dir)
         self.tables = Tables(self.obj, capacity)
+        if adopting:
+            self._adopt(leftover, links_dir, reused)
         klog = KernelLog(
             self.obj.map(abi.MAP_EVENTS), self.tables.session_name, lambda: self.tables.counters()["log_lost"]
         )
@@ -151,8 +187,7 @@ class Agent:
         # (and on bpftap0 too: the fragments of copies over the MTU come back that way)
         for ifname, ifindex in ((INTERNAL_B, peer_ifindex), (INTERNAL_A, self.encap_ifindex)):
             try:
-                napi = tc.attach_xdp(self.obj.program(abi.PROG_NAPI), ifname, ifindex)
-                self.stack.callback(napi.close)
+                self._attach(self.obj.program(abi.PROG_NAPI), ifname, ifindex, None)
             except BpfError as exc:
                 log.warning("%s: clones share the CPU backlog with veth traffic (copies may cost originals under overload)",
                             exc)
@@ -166,20 +201,84 @@ class Agent:
                     prog = abi.PROG_INGRESS if hook is tc.Direction.INGRESS else abi.PROG_EGRESS
                     self._attach(self.obj.program(prog), ifname, ifindex, hook)
         self.pods = PodFollower.start(self)
+        # what the earlier agent had attached and this config no longer asks for
+        for att in self.adopted:
+            att.close()
+            log.info("detached %s (adopted, not in this config)", att.describe())
+        self.adopted = []
         self._record()
 
-    def _attach(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction) -> None:
-        att = tc.attach(prog, ifname, ifindex, hook, self.mode, self.first, self.priority)
-        self.attachments.append(att)
-        self.stack.callback(att.close)
-        if att.owns_qdisc and ifname not in self.created_clsact:
-            self.created_clsact.append(ifname)
-            self.stack.callback(tc.destroy_clsact, ifname, ifindex)
+    def _undo(self, fn: Callable[..., object], *args: Any) -> None:
+        """Register a step of stop() that a handover (keep=True) skips, leaving the thing for the next agent."""
+        self.stack.callback(lambda: None if self.keep else fn(*args))
+
+    def _internal_pair(self, adopting: bool) -> tuple[int, int]:
+        """The internal pair's ifindexes: the earlier agent's when adopting (its programs stay on it), else a new pair."""
+        if adopting:
+            indexes = [link_index(name, self.ipr) for name in (INTERNAL_A, INTERNAL_B)]
+            if indexes[0] is not None and indexes[1] is not None:
+                return indexes[0], indexes[1]
+        return ensure_internal_pair(INTERNAL_A, INTERNAL_B, self.ipr)
+
+    def _adopt(self, leftover: state.AgentState | None, links_dir: Path, reused: list[str]) -> None:
+        """Take over the maps (already reused by load), attachments and counter ids of an earlier agent."""
+        links = netlink_links(self.ipr)
+        self.adopted = tc.adopt(links_dir, {index: name for name, index in links.items()})
+        self.tables.adopt(leftover.tables if leftover else None)
+        for name in leftover.created_clsact if leftover else []:
+            if name in links:  # the qdisc it made goes when this agent detaches
+                self.created_clsact.append(name)
+                self._undo(tc.destroy_clsact, name, links[name])
+        self.adoption = {
+            **(self.adoption or {}),
+            "pid": leftover.pid if leftover else None,
+            "maps": len(reused),
+            "attachments": len(self.adopted),
+            "programs": "replaced" if self.upgrade else "kept",
+        }
+        log.info(
+            "adopting the pins at %s of an earlier agent (pid %s): %d maps, %d attachments; programs %s, no detach",
+            self.pin_dir,
+            self.adoption["pid"] or "?",
+            len(reused),
+            len(self.adopted),
+            "replaced by " + self.object_path.name if self.upgrade else "kept",
+        )
+
+    def place(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None) -> tc.Adopted:
+        """Put `prog` on a TC hook of `ifname` (hook None: its XDP hook), links pinned; the caller owns the result.
+
+        An attachment the earlier agent left there with a program of the same
+        name is taken over as it is, or, with upgrade, given `prog` in one
+        step. Raises BpfError (NotSupportedError for tcx on a kernel without it).
+        """
+        where = "xdp" if hook is None else hook.value
+        for old in self.adopted:
+            if (old.ifindex, old.hook) == (ifindex, where) and old.program == prog.name[: len(old.program)]:
+                self.adopted.remove(old)
+                if self.upgrade:
+                    old.replace(prog)
+                log.info("%s %s", "upgraded" if self.upgrade else "adopted", old.describe())
+                return old
+        att = tc.attach_xdp(prog, ifname, ifindex) if hook is None else tc.attach(
+            prog, ifname, ifindex, hook, self.mode, self.first, self.priority
+        )
+        tc.pin_link(att, self.pin_dir / "links")
         log.info("attached %s", att.describe())
+        return att
+
+    def _attach(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None) -> None:
+        att = self.place(prog, ifname, ifindex, hook)
+        if isinstance(att, tc.Attachment):
+            self.attachments.append(att)
+            if att.owns_qdisc and ifname not in self.created_clsact:
+                self.created_clsact.append(ifname)
+                self._undo(tc.destroy_clsact, ifname, ifindex)
+        self._undo(att.close)
 
     def _record(self) -> None:
         ifnames = sorted({a.ifname for a in self.attachments})
-        state.AgentState(os.getpid(), list(self.created_clsact), ifnames).write()
+        state.AgentState(os.getpid(), list(self.created_clsact), ifnames, self.tables.bookkeeping()).write()
 
     def _resolve_sources(self) -> dict[tuple[str, int], Direction]:
         """Interfaces to attach to, with the union of directions asked for each."""
@@ -211,7 +310,10 @@ class Agent:
         return found
 
     def stop(self) -> None:
-        """Detach everything this agent attached and remove what it created (idempotent)."""
+        """Detach everything this agent attached and remove what it created, pins too (idempotent).
+
+        With `keep` set, leave it all attached and pinned: the next agent adopts it.
+        """
         self.stack.close()
         self.attachments.clear()
         self.ipr.close()
@@ -239,6 +341,7 @@ class Agent:
             self.active_slot = self.tables.write_rules(rules, self.encap_ifindex)
             self.tables.set_budget(*config.copy_budget)
             self.plan, self.config = plan, config
+            self._record()
         log.info(
             "rules applied: %d rules (%d classifier classes), %d sessions (slot %d)",
             len(rules.rules),
@@ -336,6 +439,8 @@ class Agent:
                 "config": str(plan.config.path),
                 "paused": bool(self.tables.config().paused),
                 "attachments": [a.describe() for a in self.attachments],
+                "pins": str(self.pin_dir),
+                "adopted": self.adoption,
                 "rules": rules,
                 "sessions": sessions,
                 "counters": counters,
@@ -362,6 +467,53 @@ def cleanup_leftovers(old: state.AgentState | None, ipr: IPRoute) -> list[str]:
     return done
 
 
+@contextmanager
+def _in_netns(path: str) -> Iterator[None]:
+    """Run the block in the network namespace at `path` (this thread), then come back."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        setns(path, flags=0)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def detach_everywhere() -> list[str]:
+    """`bpftap detach`: remove what bpftap left in every network namespace, and nothing else.
+
+    Each namespace with pins or a state file (and this one) loses bpftap's
+    pins (and with them its tcx and XDP links), its clsact filters and the
+    qdiscs it created, and its internal pair. Returns what was done, one
+    line each. Raises BpftapError naming the agents still running (their
+    namespaces are left alone; they detach themselves on SIGTERM).
+    """
+    done, running = [], []
+    for ino in sorted({state.netns_id(), *pins.pinned_namespaces(), *state.recorded_namespaces()}):
+        old = state.AgentState.read(ino)
+        if old is not None and old.pid != os.getpid() and state.pid_alive(old.pid):
+            running.append(old.pid)
+            continue
+        path = state.netns_path(ino)
+        lines = []
+        if path is not None:
+            with _in_netns(path), IPRoute() as ipr:
+                lines = cleanup_leftovers(old, ipr)
+        if pins.netns_dir(ino).exists():
+            pins.remove(pins.netns_dir(ino))
+            lines.append(f"removed the pins at {pins.netns_dir(ino)} (its links with them)")
+        state.AgentState.remove(ino)
+        done += [f"netns {ino} ({path or 'gone'}): {line}" for line in lines]
+    if running:
+        pids = ", ".join(map(str, running))
+        raise BpftapError(
+            "\n".join([*done, f"agent pid {pids} is running; stop it with SIGTERM (kill {pids}), it detaches itself"])
+        )
+    return done
+
+
 def run(
     config_path: str,
     mode: tc.Mode,
@@ -369,14 +521,19 @@ def run(
     priority: int,
     object_path: Path | None = None,
     metrics: tuple[str, int] | None = None,
+    upgrade: bool = False,
+    keep_attached: bool = False,
 ) -> int:
     """`bpftap run`: serve in the foreground until SIGTERM/SIGINT; SIGHUP reloads.
 
-    `metrics` (host, port) also serves Prometheus metrics there; a bind
-    failure raises BpftapError after detaching.
+    An earlier agent's pins are adopted (its programs kept, or replaced by
+    this object's with `upgrade`). `metrics` (host, port) also serves
+    Prometheus metrics there; a bind failure raises BpftapError after
+    detaching. With `keep_attached`, SIGTERM leaves everything attached and
+    pinned for the next run to adopt.
     """
     config = load_config(config_path)
-    agent = Agent(config, mode, first, priority, object_path)
+    agent = Agent(config, mode, first, priority, object_path, upgrade)
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
     config_watch = ConfigWatch(config_path)  # a ConfigMap update reloads like SIGHUP
 
@@ -389,7 +546,11 @@ def run(
     agent.start()
     server = StatusServer({"status": agent.status, "pause": agent.pause, "resume": agent.resume})
     server.start()
-    log.info("mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C detaches and exits", config_path)
+    log.info(
+        "mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C %s and exits",
+        config_path,
+        f"leaves it attached, pinned at {agent.pin_dir}," if keep_attached else "detaches",
+    )
     exporter = None
     try:
         if metrics is not None:
@@ -418,6 +579,10 @@ def run(
         if exporter is not None:
             exporter.close()
         server.close()
+        agent.keep = keep_attached
         agent.stop()
-        log.info("detached; bye")
+        if keep_attached:
+            log.info("left attached and pinned at %s for the next run; bye", agent.pin_dir)
+        else:
+            log.info("detached; bye")
     return 0

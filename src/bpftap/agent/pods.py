@@ -216,7 +216,8 @@ class PodFollower:
                 if others:
                     log.info("also on %s %s: %s", iface.ifname, hook.value, "; ".join(others))
                 prog = agent.obj.program(agent_prog(hook))
-                att = tc.attach(prog, iface.ifname, iface.ifindex, hook, agent.mode, agent.first, agent.priority)
+                att = agent.place(prog, iface.ifname, iface.ifindex, hook)
+                assert isinstance(att, tc.Attachment)
                 done.attachments.append(att)
                 done.owns_qdisc |= att.owns_qdisc
                 with agent.lock:
@@ -255,6 +256,8 @@ class PodFollower:
         if self.watch is not None:
             self.watch.stop()
             self.watch = None
+        if self.agent.keep:
+            return  # a handover: the next agent adopts them
         while self.attached:
             _, done = self.attached.popitem()
             self._drop(done, vanished=False, quiet=True)

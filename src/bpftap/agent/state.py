@@ -2,8 +2,10 @@
 
 One JSON file per network namespace (keyed by the namespace's inode, since
 `ip netns exec` shares /run with the host): the agent's pid, the clsact
-qdiscs it created and the interfaces it attached to. tcx links die with the
-process; clsact filters, qdiscs and the internal veth pair do not.
+qdiscs it created, the interfaces it attached to, and the counter ids of its
+rules and sessions (for the next agent that adopts its pinned maps).
+Unpinned tcx links die with the process; clsact filters, qdiscs, the
+internal veth pair and pins do not.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bpftap.errors import BpftapError
 
@@ -47,21 +50,23 @@ class AgentState:
     pid: int
     created_clsact: list[str] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)
+    tables: dict[str, Any] | None = None  # Tables.bookkeeping()
 
     @staticmethod
-    def path() -> Path:
-        return STATE_DIR / f"netns-{netns_id()}.json"
+    def path(ino: int | None = None) -> Path:
+        return STATE_DIR / f"netns-{netns_id() if ino is None else ino}.json"
 
     @classmethod
-    def read(cls) -> AgentState | None:
-        """The recorded state of this namespace, None if there is none (or it is unreadable)."""
+    def read(cls, ino: int | None = None) -> AgentState | None:
+        """The recorded state of this namespace (or of the one with inode `ino`), None if none or unreadable."""
         try:
-            data = json.loads(cls.path().read_text())
-            return cls(int(data["pid"]), list(data.get("created_clsact", [])), list(data.get("interfaces", [])))
+            data = json.loads(cls.path(ino).read_text())
+            return cls(int(data["pid"]), list(data.get("created_clsact", [])), list(data.get("interfaces", [])),
+                       data.get("tables"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable state file %s: %s", cls.path(), exc)
+            log.warning("ignoring unreadable state file %s: %s", cls.path(ino), exc)
             return None
 
     def write(self) -> None:
@@ -72,8 +77,29 @@ class AgentState:
         tmp.replace(self.path())
 
     @classmethod
-    def remove(cls) -> None:
-        cls.path().unlink(missing_ok=True)
+    def remove(cls, ino: int | None = None) -> None:
+        cls.path(ino).unlink(missing_ok=True)
+
+
+def recorded_namespaces() -> list[int]:
+    """Inodes of the network namespaces that have a state file."""
+    if not STATE_DIR.is_dir():
+        return []
+    names = (p.name[6:-5] for p in STATE_DIR.glob("netns-*.json"))
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def netns_path(ino: int) -> str | None:
+    """A path that opens the network namespace with inode `ino`: a name in /run/netns, or a process's; None if gone."""
+    candidates = sorted(Path("/run/netns").glob("*")) if Path("/run/netns").is_dir() else []
+    candidates += [p / "ns" / "net" for p in Path("/proc").iterdir() if p.name.isdigit()]
+    for path in candidates:
+        try:
+            if path.stat().st_ino == ino:
+                return str(path)
+        except OSError:
+            continue  # a process that ended, or a name being deleted
+    return None
 
 
 def claim() -> AgentState | None:
@@ -88,5 +114,6 @@ def claim() -> AgentState | None:
             f"another bpftap agent (pid {old.pid}) runs in this network namespace; "
             "stop it first, or run 'bpftap detach' if it is stuck"
         )
-    AgentState(os.getpid()).write()
+    # what it recorded stays until this agent records its own (a failed start keeps it for the next)
+    AgentState(os.getpid(), *((old.created_clsact, old.interfaces, old.tables) if old else ())).write()
     return old

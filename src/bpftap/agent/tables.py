@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import ctypes
 import hashlib
+import ipaddress
 import time
 from typing import Any
 
@@ -84,6 +85,11 @@ class _Ids:
         self.ids[key] = found
         return found, True
 
+    def restore(self, ids: dict[object, int]) -> None:
+        """Take over ids given out by an earlier agent; the unused ones below the highest are free."""
+        self.ids = dict(ids)
+        self.free = sorted(set(range(max(ids.values(), default=-1) + 1)) - set(ids.values()), reverse=True)
+
     def keep_only(self, live: set[object]) -> None:
         """Free the ids of everything not in `live`."""
         for key in [k for k in self.ids if k not in live]:
@@ -105,6 +111,37 @@ class Tables:
         self._session_ids = _Ids(abi.RULE_SLOTS * abi.MAX_SESSIONS)  # session identity -> stats/seq key
         self._staged: set[object] = set()  # identities of the sessions staged for the next flip
         self._source_ids: dict[int, int] = {}  # ifindex -> source id, as written
+
+    def bookkeeping(self) -> dict[str, list[list[Any]]]:
+        """The counter ids of rules and sessions and the source ids, JSON-able, for adopt() in the next agent."""
+        return {
+            "rules": [[number, i] for number, i in self._rule_ids.ids.items()],
+            # identities are (name, tunnel, remote address, tunnel id)
+            "sessions": [[*key[:2], str(key[2]), key[3], i] for key, i in self._session_ids.ids.items()
+                         if isinstance(key, tuple)],
+            "sources": [[ifindex, i] for ifindex, i in self._source_ids.items()],
+        }
+
+    def adopt(self, kept: dict[str, list[list[Any]]] | None) -> None:
+        """Take over maps an earlier agent filled (reused from its pins), before the first write.
+
+        The trie and interface keys of both rule slots are read from the maps,
+        so the next write_rules deletes the stale ones of its slot. `kept` is
+        that agent's bookkeeping(): with it, rules and sessions keep their
+        counters and sequence numbers; without it (its state file is gone)
+        they start again from zero.
+        """
+        for key in self.maps[abi.MAP_ADDR_CLASSES].keys(abi.AddrKey):
+            self._trie_keys[key.slot].append(key)
+        for iface in self.maps[abi.MAP_IFACE_CLASSES].keys(abi.IfaceKey):
+            self._iface_keys[iface.slot].append(iface.ifindex)
+        if kept is None:
+            return
+        self._rule_ids.restore({number: i for number, i in kept["rules"]})
+        self._session_ids.restore(
+            {(name, tunnel, ipaddress.ip_address(remote), tun_id): i for name, tunnel, remote, tun_id, i in kept["sessions"]}
+        )
+        self._source_ids = {ifindex: i for ifindex, i in kept["sources"]}
 
     def config(self) -> abi.MirrorConfig:
         return self.maps[abi.MAP_CONFIG].lookup(0, abi.MirrorConfig)

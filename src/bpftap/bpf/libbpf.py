@@ -31,8 +31,13 @@ BPF_XDP = 37
 # flags
 BPF_F_BEFORE = 1 << 3
 BPF_F_AFTER = 1 << 4
+BPF_F_REPLACE = 1 << 2
+BPF_TC_F_REPLACE = 1 << 0
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_PROG_TYPE_SCHED_CLS = 3
+# enum bpf_link_type values of the links bpftap pins
+BPF_LINK_TYPE_XDP = 6
+BPF_LINK_TYPE_TCX = 11
 
 
 class BpfTcHook(ctypes.Structure):
@@ -121,6 +126,34 @@ class BpfProgInfo(ctypes.Structure):
     ]
 
 
+class BpfMapInfo(ctypes.Structure):
+    """The leading part of struct bpf_map_info: what makes a pinned map reusable by an object."""
+
+    _fields_ = [
+        ("type", c_u32),
+        ("id", c_u32),
+        ("key_size", c_u32),
+        ("value_size", c_u32),
+        ("max_entries", c_u32),
+        ("map_flags", c_u32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class BpfLinkInfo(ctypes.Structure):
+    """struct bpf_link_info up to its union's xdp/tcx member: (ifindex, attach_type) for tcx, ifindex for xdp."""
+
+    _fields_ = [
+        ("type", c_u32),
+        ("id", c_u32),
+        ("prog_id", c_u32),
+        ("_pad", c_u32),
+        ("ifindex", c_u32),
+        ("attach_type", c_u32),
+        ("_union_rest", ctypes.c_uint64 * 4),
+    ]
+
+
 def sized(struct_type: type[ctypes.Structure], **fields: Any) -> Any:
     """An opts struct with `sz` set, as libbpf's LIBBPF_OPTS does."""
     value = struct_type(**fields)
@@ -146,6 +179,21 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "bpf_map_delete_elem": ([ctypes.c_int, c_void_p], ctypes.c_int),
     "bpf_map_update_batch": ([ctypes.c_int, c_void_p, c_void_p, ctypes.POINTER(c_u32), c_void_p], ctypes.c_int),
     "bpf_map__set_max_entries": ([c_void_p, c_u32], ctypes.c_int),
+    "bpf_object__next_map": ([c_void_p, c_void_p], c_void_p),
+    "bpf_object__next_program": ([c_void_p, c_void_p], c_void_p),
+    "bpf_program__name": ([c_void_p], ctypes.c_char_p),
+    "bpf_map__name": ([c_void_p], ctypes.c_char_p),
+    "bpf_map__is_internal": ([c_void_p], ctypes.c_bool),
+    "bpf_map__type": ([c_void_p], ctypes.c_int),
+    "bpf_map__key_size": ([c_void_p], c_u32),
+    "bpf_map__value_size": ([c_void_p], c_u32),
+    "bpf_map__max_entries": ([c_void_p], c_u32),
+    "bpf_map__map_flags": ([c_void_p], c_u32),
+    "bpf_map__set_pin_path": ([c_void_p, ctypes.c_char_p], ctypes.c_int),
+    "bpf_map_get_next_key": ([ctypes.c_int, c_void_p, c_void_p], ctypes.c_int),
+    "bpf_obj_pin": ([ctypes.c_int, ctypes.c_char_p], ctypes.c_int),
+    "bpf_obj_get": ([ctypes.c_char_p], ctypes.c_int),
+    "bpf_link_update": ([ctypes.c_int, ctypes.c_int, c_void_p], ctypes.c_int),
     "bpf_prog_test_run_opts": ([ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)], ctypes.c_int),
     "bpf_tc_hook_create": ([ctypes.POINTER(BpfTcHook)], ctypes.c_int),
     "bpf_tc_hook_destroy": ([ctypes.POINTER(BpfTcHook)], ctypes.c_int),

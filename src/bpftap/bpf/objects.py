@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from bpftap.bpf import pins
 from bpftap.bpf.libbpf import BpfTestRunOpts, check, check_ptr, lib, num_possible_cpus, sized
-from bpftap.errors import BpfError
+from bpftap.errors import BpfError, BpftapError
 
 T = TypeVar("T", bound=ctypes.Structure)
 
@@ -124,6 +126,18 @@ class Map:
         if ret < 0 and -ret != 2 and ctypes.get_errno() != 2:
             check(ret, f"delete from map {self.name}")
 
+    def keys(self, key_type: type[T]) -> list[T]:
+        """Every key of a hash or LPM trie map. Raises BpfError if the kernel refuses to walk it."""
+        found: list[T] = []
+        while True:
+            key = key_type()
+            prev = ctypes.byref(found[-1]) if found else None
+            ret = lib.bpf_map_get_next_key(self.fd, prev, ctypes.byref(key))
+            if ret == -errno.ENOENT:
+                return found
+            check(ret, f"walk map {self.name}")
+            found.append(key)
+
     def lookup(self, index: int, value_type: type[T]) -> T:
         """Read one element of a plain (not per-CPU) map."""
         key = ctypes.c_uint32(index)
@@ -180,6 +194,39 @@ class BpfObject:
         """Size a map before load(). Raises BpfError if the object is loaded or the map is missing."""
         handle = check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), "find map", name)
         check(lib.bpf_map__set_max_entries(handle, entries), f"size map {name}", str(entries))
+
+    def pin_maps(self, directory: Path) -> list[str]:
+        """Before load(): pin every map of the object (but .rodata/.bss) at `directory`/NAME.
+
+        load() then reuses a map already pinned there, contents and all, and
+        creates and pins the others. Every map is picked up, so a map a new
+        build adds needs no change here. Returns the names of the maps found
+        pinned. Raises BpftapError naming the map if a pinned one differs from
+        the object's in type, key or value size, entries or flags (pins of an
+        incompatible build).
+        """
+        found = []
+        handle = lib.bpf_object__next_map(self._obj, None)
+        while handle:
+            name = lib.bpf_map__name(handle).decode()
+            if not lib.bpf_map__is_internal(handle):
+                path = directory / name
+                if path.exists():
+                    have = pins.map_info(path)
+                    want = (lib.bpf_map__type(handle), lib.bpf_map__key_size(handle), lib.bpf_map__value_size(handle),
+                            lib.bpf_map__max_entries(handle), lib.bpf_map__map_flags(handle))
+                    got = (have.type, have.key_size, have.value_size, have.max_entries, have.map_flags)
+                    if got != want:
+                        raise BpftapError(
+                            f"map {name} pinned at {path} is not the one {self.path.name} declares (type, key size, "
+                            f"value size, entries, flags: pinned {got}, object {want}): the pins are from an "
+                            "incompatible build; run 'bpftap detach' to remove them (mirroring stops), then start again"
+                        )
+                    found.append(name)
+                check(lib.bpf_map__set_pin_path(handle, str(path).encode()), "set pin path", str(path))
+            handle = lib.bpf_object__next_map(self._obj, handle)
+        directory.mkdir(parents=True, exist_ok=True)
+        return found
 
     def program(self, name: str) -> Program:
         """A loaded program by its function name."""

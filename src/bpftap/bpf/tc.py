@@ -4,6 +4,9 @@
 to clsact when the kernel refuses the link with EINVAL/EOPNOTSUPP: decided by
 trying, never by the kernel version). Every attachment has `close()`, which
 removes only what bpftap created: a clsact qdisc found already there stays.
+tcx and XDP links are pinned (`pin_link`) so that they outlive the agent;
+`adopt()` finds a dead agent's attachments again, and `replace()` swaps the
+program of one in a single step (link update, or a filter replaced in place).
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from bpftap.bpf import pins
 from bpftap.bpf.libbpf import (
     BPF_F_AFTER,
     BPF_F_BEFORE,
+    BPF_LINK_TYPE_TCX,
+    BPF_LINK_TYPE_XDP,
     BPF_TC_EGRESS,
+    BPF_TC_F_REPLACE,
     BPF_TC_INGRESS,
     BPF_TCX_EGRESS,
     BPF_TCX_INGRESS,
@@ -79,19 +87,37 @@ class Attachment:
     link_fd: int = -1
     priority: int = 0
     owns_qdisc: bool = False
+    pin: Path | None = None  # where a tcx link is pinned
     closed: bool = field(default=False, repr=False)
+
+    @property
+    def hook(self) -> str:
+        return self.direction.value
 
     def describe(self) -> str:
         where = f"{self.ifname} {self.direction.value}"
         how = "tcx link" if self.mode is Mode.TCX else f"clsact prio {self.priority} handle {FILTER_HANDLE:#x}"
         return f"{self.program} on {where} ({how})"
 
+    def replace(self, prog: Program) -> None:
+        """Run `prog` here instead, in one step: no packet passes the hook with neither. Raises BpfError."""
+        if self.mode is Mode.TCX:
+            check(lib.bpf_link_update(self.link_fd, prog.fd, None), f"update tcx {self.hook} link", self.ifname)
+        else:
+            hook = sized(BpfTcHook, ifindex=self.ifindex, attach_point=self.direction.tc_point)
+            opts = sized(BpfTcOpts, prog_fd=prog.fd, flags=BPF_TC_F_REPLACE, handle=FILTER_HANDLE,
+                         priority=self.priority)
+            check(lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)), f"replace tc {self.hook}", self.ifname)
+        self.program = prog.name
+
     def close(self) -> None:
-        """Detach; idempotent. A vanished interface counts as detached."""
+        """Detach (unpinning a tcx link); idempotent. A vanished interface counts as detached."""
         if self.closed:
             return
         self.closed = True
         if self.mode is Mode.TCX:
+            if self.pin is not None:
+                self.pin.unlink(missing_ok=True)
             os.close(self.link_fd)
             return
         hook = sized(BpfTcHook, ifindex=self.ifindex, attach_point=self.direction.tc_point)
@@ -177,17 +203,27 @@ def attach(
 
 @dataclass
 class XdpLink:
-    """An XDP program attached through a link: detached by close() or when the process dies."""
+    """An XDP program attached through a link: detached by close(), or when the process dies unpinned."""
 
     ifname: str
+    ifindex: int
     program: str
     fd: int
+    pin: Path | None = None
+    hook = "xdp"
 
     def describe(self) -> str:
         return f"{self.program} on {self.ifname} xdp (link)"
 
+    def replace(self, prog: Program) -> None:
+        """Run `prog` here instead, in one step. Raises BpfError."""
+        check(lib.bpf_link_update(self.fd, prog.fd, None), "update xdp link", self.ifname)
+        self.program = prog.name
+
     def close(self) -> None:
         if self.fd >= 0:
+            if self.pin is not None:
+                self.pin.unlink(missing_ok=True)
             os.close(self.fd)
             self.fd = -1
 
@@ -198,7 +234,54 @@ def attach_xdp(prog: Program, ifname: str, ifindex: int) -> XdpLink:
     fd = lib.bpf_link_create(prog.fd, ifindex, BPF_XDP, ctypes.byref(opts))
     if fd < 0:
         raise BpfError("attach xdp", ifname, -fd)
-    return XdpLink(ifname, prog.name, fd)
+    return XdpLink(ifname, ifindex, prog.name, fd)
+
+
+def pin_link(att: Attachment | XdpLink, directory: Path) -> None:
+    """Pin a tcx or XDP link at `directory`/HOOK-IFINDEX, so it stays attached when the agent dies.
+
+    Named by ifindex: a bpffs name may have no dot, and interface names may.
+    clsact filters stay by themselves and are left as they are. Raises BpfError.
+    """
+    fd = att.fd if isinstance(att, XdpLink) else att.link_fd
+    if fd < 0:
+        return
+    att.pin = directory / f"{att.hook}-{att.ifindex}"
+    pins.pin(fd, att.pin)
+
+
+Adopted = Attachment | XdpLink
+
+
+def adopt(directory: Path, links: dict[int, str]) -> list[Adopted]:
+    """What a dead agent left attached in this namespace: its pinned links and its clsact filters.
+
+    `directory` holds its link pins, `links` maps ifindex to name for every
+    interface here. Each comes back open, ready to keep, replace() or close().
+    A pin whose interface is gone is removed. Raises BpfError if a pin cannot be read.
+    """
+    found: list[Adopted] = []
+    for path in sorted(directory.glob("*")) if directory.is_dir() else []:
+        fd = pins.get(path)
+        info = pins.link_info(fd, str(path))
+        name = prog_name(info.prog_id)
+        if info.ifindex not in links:
+            os.close(fd)
+            path.unlink()  # its interface went away, and the link with it
+        elif info.type == BPF_LINK_TYPE_XDP:
+            found.append(XdpLink(links[info.ifindex], info.ifindex, name, fd, pin=path))
+        elif info.type == BPF_LINK_TYPE_TCX:
+            direction = Direction.INGRESS if info.attach_type == BPF_TCX_INGRESS else Direction.EGRESS
+            found.append(Attachment(links[info.ifindex], info.ifindex, direction, Mode.TCX, name, fd, pin=path))
+        else:
+            os.close(fd)
+            raise BpfError("adopt link", str(path), errno.EINVAL, f"link type {info.type} is none of bpftap's")
+    for ifindex, ifname in links.items():
+        for direction in Direction:
+            for flt in tc_filters(ifname, direction):
+                if flt.ours:
+                    found.append(Attachment(ifname, ifindex, direction, Mode.TC, flt.name, priority=flt.priority))
+    return found
 
 
 def prog_name(prog_id: int) -> str:
