@@ -35,7 +35,7 @@ def test_five_event_kinds_reach_the_log_formatted(
     klog = consumer(tables, obj)
     try:
         # unresolved and oversize: one copy each for rule 40's two sessions
-        cfg, _ = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=100)})
+        cfg, _ = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})  # no room for a fragment
         obj.program(abi.PROG_ENCAP).test_run(INNER_V4, ctx=xfer_ctx(tables, cfg.rules, 40))
         # rate limited: the second copy within the burst of a 1-copy-a-second session
         limited = {**CONFIG, "sessions": [{"name": "ids4", "remote": "198.18.2.1", "vni": 42, "rate_limit": {"pps": 1}},
@@ -58,7 +58,7 @@ def test_five_event_kinds_reach_the_log_formatted(
         klog.close()
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "rule 40, session ids4: copy not sent: no route or neighbour for the collector yet" in text
-    assert "session ids6: copy not sent: " in text and "exceed the egress MTU 100" in text
+    assert "session ids6: copy not sent: " in text and "exceed the egress MTU 55" in text
     assert "session ids4: copy not sent: over the session's rate limit" in text
     assert "header failed" in text
     assert "rule 20, from k0: could not clone the packet to the encap device" in text

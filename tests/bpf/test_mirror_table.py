@@ -272,7 +272,7 @@ def test_encap_two_sessions_v4_clone_then_v6(loaded: tuple[BpfObject, Tables], k
 
 def test_encap_counts_every_copy_not_sent(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=100)})
+    cfg, slots = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})  # no room for a fragment
     inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
     result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))
     assert result.retval == TC_ACT_SHOT

@@ -91,6 +91,23 @@ def internal_drops(lab: Lab) -> dict[str, int]:
     return {link["ifname"]: link["stats64"]["tx"]["dropped"] for link in links if link["ifname"].startswith("bpftap")}
 
 
+def settle(lab: Lab, dev: str, timeout: float = 20.0) -> None:
+    """Wait until the collector's device has received nothing for a second, then as long again for dumpcap.
+
+    dumpcap drops what it has not read yet when it is stopped; on a loaded
+    machine it can be seconds behind the kernel.
+    """
+    def received() -> int:
+        link = json.loads(lab.run(lab.col, ["ip", "-s", "-j", "link", "show", dev]).stdout)[0]
+        return int(link["stats64"]["rx"]["packets"])
+
+    deadline, last = time.monotonic() + timeout, -1
+    while (now := received()) != last and time.monotonic() < deadline:
+        last = now
+        time.sleep(1)
+    time.sleep(2)
+
+
 @dataclass
 class Run:
     sent: int  # payload bytes iperf3 sent
@@ -129,7 +146,7 @@ def mirror_flow(lab: Lab, tmp: Path, family: int, underlay: int, inner: int, sec
         out = lab.run(lab.src, ["iperf3", "-c", str(lab.dst.ip4), "-p", str(PORT), "-t", str(seconds), "-b", "1G",
                                 "-J"], timeout=seconds + 30).stdout
         server.wait(timeout=10)
-        time.sleep(1)  # the last copies drain
+        settle(lab, f"vx{VNI[family]}")
         for cap in caps:
             if cap.poll() is None:
                 cap.send_signal(signal.SIGINT)
@@ -143,10 +160,10 @@ def mirror_flow(lab: Lab, tmp: Path, family: int, underlay: int, inner: int, sec
                {k: after[k] - before.get(k, 0) for k in after}, session, drops, wire)
 
 
-def tshark_errors(pcap: Path) -> str:
+def tshark_errors(pcap: Path, what: str = "_ws.malformed || _ws.expert.severity == error") -> str:
     """Frames tshark finds malformed or in error, as its one-line summaries."""
-    return subprocess.run(["tshark", "-n", "-r", str(pcap), "-Y", "_ws.malformed || _ws.expert.severity == error"],
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(["tshark", "-n", "-r", str(pcap), "-Y", what], capture_output=True, text=True,
+                          check=True).stdout
 
 
 CASES = [
@@ -193,4 +210,5 @@ def test_truncate_mode_fits_every_copy_to_the_mtu(lab: Lab, tmp_path: Path) -> N
     assert cut > 0
     assert run.session["truncated"] >= cut and run.session["fragments"] == 0
     assert not any(run.reasm.values())
-    assert tshark_errors(run.underlay) == ""
+    # (the cut inner frames are shorter than their IP headers say: tshark rightly notes that, as expert info)
+    assert tshark_errors(run.underlay, "_ws.malformed") == ""

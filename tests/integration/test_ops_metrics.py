@@ -32,7 +32,7 @@ pytestmark = [
 ]
 
 HEADLINE = {"seen": "bpftap_packets_seen_total", "matched": "bpftap_packets_matched_total",
-            "copy_sent": "bpftap_copies_sent_total"}
+            "copy_sent": "bpftap_copies_sent_total", "fragments": "bpftap_fragments_sent_total"}
 Scrape = dict[str, dict[frozenset[tuple[str, str]], float]]
 
 
@@ -66,6 +66,7 @@ def expected(status: dict, mode: str) -> Scrape:  # type: ignore[type-arg]
     labels = {s["name"]: {("session", s["name"]), ("tunnel", "vxlan"), ("remote", s["remote"])} for s in status["sessions"]}
     want["bpftap_session_copies_total"] = {frozenset(labels[s["name"]]): s["packets"] for s in status["sessions"]}
     want["bpftap_session_bytes_total"] = {frozenset(labels[s["name"]]): s["bytes"] for s in status["sessions"]}
+    want["bpftap_session_fragments_total"] = {frozenset(labels[s["name"]]): s["fragments"] for s in status["sessions"]}
     want["bpftap_session_not_sent_total"] = {
         frozenset(labels[s["name"]] | {("reason", reason)}): s[reason]
         for s in status["sessions"]

@@ -52,8 +52,9 @@ def status(lab: PodLab) -> dict[str, Any]:
 
 
 def attached(lab: PodLab) -> set[str]:
-    """Host interfaces with a source program attached (the encap stage's bpftap1 left out)."""
-    return {a.split(" on ")[1].split()[0] for a in status(lab).get("attachments", []) if "bpftap1" not in a}
+    """Host interfaces with a source program attached (the encap stage's internal pair left out)."""
+    names = {a.split(" on ")[1].split()[0] for a in status(lab).get("attachments", [])}
+    return {n for n in names if n not in ("bpftap0", "bpftap1")}
 
 
 def wait_for(what: str, check: Any, timeout: float = 10.0) -> None:
