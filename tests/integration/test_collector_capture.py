@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -103,7 +103,7 @@ def set_mtu(sender_ns: str, mtu: int) -> None:
     subprocess.run(["ip", "-n", sender_ns, "link", "set", "tx0", "mtu", str(mtu)], check=True)
 
 
-def send(sender_ns: str, *, host: str = "", datagrams: list[bytes] = (), frames: list[bytes] = ()) -> None:  # type: ignore[assignment]
+def send(sender_ns: str, *, host: str = "", datagrams: Sequence[bytes] = (), frames: Sequence[bytes] = ()) -> None:
     job = {"host": host, "datagrams": [d.hex() for d in datagrams], "frames": [f.hex() for f in frames]}
     subprocess.run(["ip", "netns", "exec", sender_ns, sys.executable, "-c", SENDER], input=json.dumps(job),
                    text=True, check=True, timeout=60)
@@ -142,7 +142,8 @@ class Recorder:
         path.write_bytes(out)
 
 
-def collect(out: Path, sender_ns: str, **send_kw: object) -> tuple[Collector, Recorder]:
+def collect(out: Path, sender_ns: str, *, host: str = "", datagrams: Sequence[bytes] = (),
+            frames: Sequence[bytes] = ()) -> tuple[Collector, Recorder]:
     """Serve on rx0 while the sender sends; stop once rx0 has been quiet for a moment."""
     collector = Collector("0.0.0.0", 4789, out, interface="rx0")
     collector.bind()
@@ -150,7 +151,7 @@ def collect(out: Path, sender_ns: str, **send_kw: object) -> tuple[Collector, Re
     stop = threading.Event()
     thread = threading.Thread(target=collector.serve, args=(stop,), daemon=True)
     thread.start()
-    send(sender_ns, **send_kw)  # type: ignore[arg-type]
+    send(sender_ns, host=host, datagrams=datagrams, frames=frames)
     deadline, last = time.monotonic() + 10, -1
     while time.monotonic() < deadline and collector.stats.captured != last:
         last = collector.stats.captured

@@ -121,10 +121,11 @@ class _Queue:
 
 
 def _checksum_ok(header: bytes) -> bool:
-    total = sum(_V4_WORDS.unpack_from(header)) + sum(
-        struct.unpack_from(f"!{(len(header) - 20) // 2}H", header, 20))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
+    """RFC 1071: the one's-complement sum of an IPv4 header, checksum included, is 0xffff."""
+    words = _V4_WORDS.unpack(header) if len(header) == 20 else struct.unpack(f"!{len(header) // 2}H", header)
+    total: int = sum(words)
+    total = (total & 0xFFFF) + (total >> 16)  # at most 30 words: two folds are enough
+    total = (total & 0xFFFF) + (total >> 16)
     return total == 0xFFFF
 
 
@@ -138,14 +139,15 @@ def _walk(data: bytes, offset: int, nh: int) -> tuple[int, int]:
     """
     for _ in range(MAX_EXT_HEADERS):
         if nh not in _EXT_HEADERS:
-            return nh, offset
+            break
         if offset + 2 > len(data):
             return nh, -1
         size = (data[offset + 1] + 2) * 4 if nh == IPPROTO_AH else (data[offset + 1] + 1) * 8
         nh, offset = data[offset], offset + size
-    if nh not in _EXT_HEADERS:
-        return nh, offset
-    raise DecapError("ip", "ext-headers", f"more than {MAX_EXT_HEADERS} IPv6 extension headers")
+    else:
+        if nh in _EXT_HEADERS:
+            raise DecapError("ip", "ext-headers", f"more than {MAX_EXT_HEADERS} IPv6 extension headers")
+    return nh, offset if offset <= len(data) else -1
 
 
 class Reassembler:

@@ -61,7 +61,7 @@ from bpftap.collector.sockets import (
     parse_listen,
     sender,
 )
-from bpftap.collector.underlay import PcapReader, underlay_for
+from bpftap.collector.underlay import PcapReader, Underlay, underlay_for
 from bpftap.tunnels import DECODERS, TUNNELS, DecapError, Meta, decode_gre, geneve, raw
 
 __all__ = ["Collector", "CollectorError", "CollectorStats", "format_endpoint", "format_summary", "parse_listen"]
@@ -84,8 +84,8 @@ class CollectorStats:
     """Counters of one ``serve()`` run.
 
     ``per_session`` counts frames written by ``tunnel/id`` (``gre`` alone
-    for GRE without a key); ``per_sender`` counts every datagram received,
-    keyed by the sender's IP address (without the port: UDP tunnel senders
+    for GRE without a key); ``per_sender`` counts every datagram received
+    (but a captured frame whose outer header is malformed), keyed by the sender's IP address (without the port: UDP tunnel senders
     vary the source port per flow). ``lost`` and ``reordered`` count
     sequence-number gaps and steps back per session. ``captured``,
     ``ignored``, ``reassembly`` and ``pending`` (datagrams and bytes still
@@ -170,7 +170,7 @@ class Collector:
         self._closed = False
         self.interface, self.read = interface, read
         self._reader: PcapReader | None = None
-        self._underlay = None
+        self._underlay: Underlay | None = None
         if interface is not None or read is not None:
             self._underlay = underlay_for(self.addr, port, geneve_port, self.tunnels, limits)
             self.stats.reassembly = self._underlay.reassembler.counts
@@ -241,7 +241,8 @@ class Collector:
                 except OSError as exc:
                     raise CollectorError("read capture", str(self.read), exc.errno or 0) from exc
                 except ValueError as exc:
-                    raise CollectorError("read capture", str(self.read), 0, str(exc)) from exc
+                    raise CollectorError("read capture", str(self.read), 0,
+                                         str(exc).removeprefix(f"{self.read}: ")) from exc
             try:
                 self._writer = PcapngWriter(self.out, self.rotate_bytes)
             except OSError as exc:
@@ -249,6 +250,8 @@ class Collector:
                                      "check that the directory exists and is writable") from exc
         except BaseException:
             self._close_sockets()
+            if self._reader is not None:
+                self._reader.close()
             raise
         self.stats.files = self._writer.files
         self.stats.bytes_written = self._writer.bytes_written
@@ -322,7 +325,8 @@ class Collector:
                     return
                 self._frame(frame, ts_ns)
         except ValueError as exc:
-            raise CollectorError("read capture", str(reader.path), 0, str(exc)) from exc
+            raise CollectorError("read capture", str(reader.path), 0,
+                                 str(exc).removeprefix(f"{reader.path}: ")) from exc
 
     def _frame(self, frame: bytes, ts_ns: int, truncated: int = 0, outgoing: bool = False) -> None:
         """One underlay frame from a capture input: reassemble, pick the tunnel, then as ``_accept``."""
