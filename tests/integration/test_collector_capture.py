@@ -29,8 +29,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -234,7 +234,12 @@ def test_crafted_overlap_and_duplicate_through_a_veth(host: str, sender_ns: str,
     good, bad = inner(1, 1200), inner(2, 1200)  # 1216 bytes of UDP datagram each
     frames = (crafted(host, 7, vxlan.encode(1, bad), [(0, 512), (504, 512), (1016, 200)])
               + crafted(host, 8, vxlan.encode(1, good), [(0, 512), (0, 256), (1024, 192), (0, 512), (512, 512)]))
+    # the kernel's filter drops TCP and ICMPv6; UDP to another port reaches Python, which ignores it
+    ip = IPv6(src=TX6, dst=host) if ":" in host else IP(src=TX4, dst=host)
+    frames += [bytes(Ether(src=TX_MAC, dst=RX_MAC) / ip / layer) for layer in (TCP(dport=4789), ICMPv6EchoRequest(),
+                                                                               UDP(dport=53))]
     collector, _ = collect(tmp_path / "x.pcapng", sender_ns, frames=frames)
+    assert (collector.stats.captured, collector.stats.ignored) == (9, 1)
     assert [f for _, f, _ in read_pcapng(tmp_path / "x.pcapng")] == [good]
     assert collector.stats.reassembly is not None
     # datagram 7 is discarded at its overlapping 2nd fragment and its 3rd is dropped as late;

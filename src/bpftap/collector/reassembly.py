@@ -26,7 +26,7 @@ ip_fragment.c, ipv6/reassembly.c):
 - an IPv6 first fragment must hold the whole header chain up to and
   including the upper-layer header (RFC 8200 section 4.5, RFC 7112), else
   the datagram is discarded (``incomplete-chain``);
-- a datagram not complete ``timeout`` seconds after its first fragment is
+- a datagram not complete ``timeout`` seconds after the first of its fragments arrived is
   dropped (``timeout``; 30 s as the kernel's ipfrag_time);
 - memory is bounded: at most ``max_bytes`` of fragment data and
   ``max_datagrams`` datagrams (discarded ones included) in flight; the

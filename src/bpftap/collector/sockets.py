@@ -215,20 +215,28 @@ PACKET_OUTGOING = 4
 #: a capture socket's buffer: frames of a burst of fragments wait here, not in Python
 CAPTURE_RCVBUF_BYTES = 32 << 20
 #: classic BPF run by the kernel on every frame of the interface before it is queued: keep IPv4
-#: UDP and GRE (fragments included: every one carries the protocol), all IPv6 (the protocol may
-#: follow extension headers) and 802.1Q/802.1ad-tagged frames (sorted in Python).
-#: (code, jt, jf, k): ldh [12]; jeq IPv4, IPv6, 802.1Q, 802.1ad; ldb [23]; jeq UDP, GRE; ret
+#: UDP and GRE (fragments included: every one carries the protocol), IPv6 whose first header is
+#: UDP, GRE, a fragment header or an extension header that may lead to them, and 802.1Q/802.1ad-
+#: tagged frames (sorted in Python). (code, jt, jf, k); a jump goes to its index + 1 + jt or jf.
+_ACCEPT, _REJECT = (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)
 CAPTURE_FILTER = (
-    (0x28, 0, 0, 12),
-    (0x15, 3, 0, 0x0800),
-    (0x15, 5, 0, 0x86DD),
-    (0x15, 4, 0, 0x8100),
-    (0x15, 3, 4, 0x88A8),
-    (0x30, 0, 0, 23),
-    (0x15, 1, 0, 17),
-    (0x15, 0, 1, 47),
-    (0x06, 0, 0, 0x40000),
-    (0x06, 0, 0, 0),
+    (0x28, 0, 0, 12),  # 0: ldh [12] (EtherType)
+    (0x15, 3, 0, 0x0800),  # 1: IPv4 -> 5
+    (0x15, 5, 0, 0x86DD),  # 2: IPv6 -> 8
+    (0x15, 11, 0, 0x8100),  # 3: 802.1Q -> accept
+    (0x15, 10, 11, 0x88A8),  # 4: 802.1ad -> accept, else reject
+    (0x30, 0, 0, 23),  # 5: ldb [23] (IPv4 protocol)
+    (0x15, 8, 0, 17),  # 6: UDP -> accept
+    (0x15, 7, 8, 47),  # 7: GRE -> accept, else reject
+    (0x30, 0, 0, 20),  # 8: ldb [20] (IPv6 next header)
+    (0x15, 5, 0, 17),  # 9: UDP
+    (0x15, 4, 0, 47),  # 10: GRE
+    (0x15, 3, 0, 44),  # 11: fragment header
+    (0x15, 2, 0, 0),  # 12: hop-by-hop options
+    (0x15, 1, 0, 43),  # 13: routing header
+    (0x15, 0, 1, 60),  # 14: destination options -> accept, else reject
+    _ACCEPT,  # 15
+    _REJECT,  # 16
 )
 
 
