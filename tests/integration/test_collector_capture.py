@@ -193,7 +193,7 @@ def test_kernel_fragments_are_reassembled(host: str, mtu: int, sender_ns: str, t
     assert stats.reassembly["fragments"] == sum(n for n in expected if n > 1), stats
     assert stats.reassembly["reassembled"] == sum(1 for n in expected if n > 1)
     assert {k: v for k, v in stats.reassembly.items() if v and k not in ("fragments", "reassembled")} == {}
-    assert stats.malformed == {} and stats.pending == (0, 0)
+    assert stats.malformed == {} and stats.pending == (0, 0) and stats.kernel_drops == 0
     assert stats.received == stats.written == len(frames)
     no_malformed(tmp_path / "c.pcapng")
     # the same frames, recorded alongside, through --read

@@ -406,10 +406,10 @@ def test_interface_and_read_exclude_each_other(capsys: pytest.CaptureFixture[str
 
 def test_summary_shows_where_reassembly_happens() -> None:
     assert "reassembly: by the kernel" in format_summary(CollectorStats())
-    stats = CollectorStats(captured=10, ignored=2, reassembly={"fragments": 5, "reassembled": 2, "overlap": 1,
-                                                               "timeout": 0}, pending=(1, 800))
+    stats = CollectorStats(captured=10, ignored=2, kernel_drops=3, pending=(1, 800),
+                           reassembly={"fragments": 5, "reassembled": 2, "overlap": 1, "timeout": 0})
     text = format_summary(stats)
-    assert "captured:   10 frames, 2 ignored" in text
+    assert "captured:   10 frames, 2 ignored (not tunnel traffic for this collector), 3 dropped by the kernel" in text
     assert "reassembly: 5 fragments, 2 datagrams reassembled, 1 pending (800 bytes); dropped: overlap=1" in text
 
 

@@ -148,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--count", metavar="N", type=_positive(int, "--count"),
                    help="stop after writing N frames")
     p.add_argument("--duration", metavar="SECONDS", type=_positive(float, "--duration"),
-                   help="stop after SECONDS")
+                   help="stop after SECONDS (--read stops at the end of the file)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--interface", metavar="IFACE",
                         help="read the frames IFACE receives (AF_PACKET; root or CAP_NET_RAW) instead "

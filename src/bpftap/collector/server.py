@@ -52,6 +52,7 @@ from bpftap.collector.reassembly import Limits
 from bpftap.collector.sockets import (
     ANC_SPACE,
     PACKET_OUTGOING,
+    capture_drops,
     CollectorError,
     Listener,
     format_endpoint,
@@ -88,7 +89,8 @@ class CollectorStats:
     (but a captured frame whose outer header is malformed), keyed by the sender's IP address (without the port: UDP tunnel senders
     vary the source port per flow). ``lost`` and ``reordered`` count
     sequence-number gaps and steps back per session. ``captured``,
-    ``ignored``, ``reassembly`` and ``pending`` (datagrams and bytes still
+    ``kernel_drops`` (frames the interface's packet socket dropped before
+    they were read), ``ignored``, ``reassembly`` and ``pending`` (datagrams and bytes still
     in reassembly when the collector stopped) belong to the capture inputs;
     ``reassembly`` is None for sockets (the kernel reassembles).
     """
@@ -103,6 +105,7 @@ class CollectorStats:
     bytes_written: int = 0
     files: list[Path] = field(default_factory=list)
     captured: int = 0
+    kernel_drops: int = 0
     ignored: int = 0
     reassembly: dict[str, int] | None = None
     pending: tuple[int, int] = (0, 0)
@@ -419,6 +422,8 @@ class Collector:
 
     def _close_sockets(self) -> None:
         for lst in self.listeners:
+            if lst.kind == "capture":
+                self.stats.kernel_drops += capture_drops(lst.sock)
             lst.sock.close()
         self.listeners = []
 
@@ -471,7 +476,8 @@ def _capture_lines(stats: CollectorStats) -> list[str]:
         return ["reassembly: by the kernel (sockets receive whole datagrams)"]
     drops = {k: v for k, v in stats.reassembly.items() if v and k not in ("fragments", "reassembled")}
     return [
-        f"captured:   {stats.captured} frames, {stats.ignored} ignored (not tunnel traffic for this collector)",
+        (f"captured:   {stats.captured} frames, {stats.ignored} ignored (not tunnel traffic for this collector), "
+         f"{stats.kernel_drops} dropped by the kernel (socket buffer full)"),
         (f"reassembly: {stats.reassembly['fragments']} fragments, {stats.reassembly['reassembled']} datagrams "
          f"reassembled, {stats.pending[0]} pending ({stats.pending[1]} bytes); dropped: {_counts(drops)}"),
     ]

@@ -211,6 +211,8 @@ def open_socket(kind: str, addr: str, port: int = 0) -> tuple[Listener, bool]:
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
 #: a capture socket's buffer: frames of a burst of fragments wait here, not in Python
 CAPTURE_RCVBUF_BYTES = 32 << 20
@@ -276,3 +278,9 @@ def open_capture(interface: str) -> tuple[Listener, bool]:
         raise CollectorError("capture", interface, exc.errno or 0, hints.get(exc.errno or 0, "")) from exc
     sock.setblocking(False)
     return Listener("capture", 0, sock, interface), stamps
+
+
+def capture_drops(sock: socket.socket) -> int:
+    """Frames the kernel dropped for a packet socket (buffer full) since the last call (PACKET_STATISTICS)."""
+    _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    return int(drops)
