@@ -52,9 +52,9 @@ from bpftap.collector.reassembly import Limits
 from bpftap.collector.sockets import (
     ANC_SPACE,
     PACKET_OUTGOING,
-    capture_drops,
     CollectorError,
     Listener,
+    capture_drops,
     format_endpoint,
     kernel_ts,
     open_capture,
