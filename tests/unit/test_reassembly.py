@@ -29,7 +29,7 @@ from bpftap.collector.pcapng import read_pcapng
 from bpftap.collector.reassembly import COUNTERS, Limits, Reassembler
 from bpftap.collector.server import CollectorStats, format_summary
 from bpftap.collector.underlay import PcapReader, underlay_for
-from bpftap.tunnels import vxlan
+from bpftap.tunnels import erspan, geneve, vxlan
 from bpftap.tunnels.common import DecapError
 
 CAPTURES = Path(__file__).parent / "captures" / "test_reassembly"
@@ -450,3 +450,26 @@ def test_fuzzed_frames_raise_only_decap_errors_and_stay_in_bounds() -> None:
         assert 0 <= held <= limits.max_bytes and queued <= limits.max_datagrams, frame.hex()
     assert reasons <= {f"ip:{r}" for r in ("short", "version", "header", "checksum", "ext-headers")} | {"udp:length"}
     assert u.reassembler.counts["fragments"] > 1000
+
+
+def test_read_fragmented_geneve_and_erspan(tmp_path: Path) -> None:
+    """GENEVE over IPv4 and ERSPAN III over IPv6, both fragmented, out of order, through ``--read``."""
+    one, two = inner(1, 3000), inner(2, 2500)
+    gen = geneve.encode(5, one, direction=1, ifindex=3, seq=1)
+    gen_udp = bytes(UDP(sport=4444, dport=6081, chksum=0) / Raw(gen))
+    ers = erspan.encode3(9, two, seq=1, direction=2, ifindex=4, timestamp_ns=0)
+    frames = [eth(p) for p in frags(4, gen_udp, even(len(gen_udp), 1480), ident=11)[::-1]]
+    for offset, length in even(len(ers), 1232):
+        more = offset + length < len(ers)
+        header = IPv6ExtHdrFragment(nh=47, id=12, offset=offset // 8, m=int(more))
+        frames.append(eth(bytes(IPv6(src=SRC6, dst=DST6) / header / Raw(ers[offset:offset + length])), 0x86DD))
+    write_pcap(tmp_path / "g.pcap", frames)
+    out = io.StringIO()
+    assert cli.run_collect(parse(["--read", str(tmp_path / "g.pcap"), "--out", str(tmp_path / "g.pcapng")]),
+                           stdout=out, stderr=io.StringIO()) == 0
+    got = read_pcapng(tmp_path / "g.pcapng")
+    assert [(f, c) for _, f, c in got] == [
+        (one, f"tunnel=geneve vni=5 seq=1 dir=ingress if=3 from={SRC4}:4444"),
+        (two, f"tunnel=erspan3 session=9 seq=1 dir=egress if=4 ts=0.000000000 from={SRC6}"),
+    ]
+    assert f"{len(frames)} fragments, 2 datagrams reassembled" in out.getvalue()
