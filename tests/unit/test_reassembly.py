@@ -5,8 +5,10 @@ contradicting ends, bad lengths, oversize, cut header chains) and for the
 bounds (timeout, bytes and datagrams in flight). ``captures/test_reassembly/
 kernel_fragments.pcap`` holds VXLAN datagrams the kernel fragmented on a
 veth of MTU 1280 (IPv4 and IPv6, inner frames of 60, 3000 and 9000 bytes
-made by ``inner`` below, recorded by tests/integration/test_collector_capture.py's
-setup), so ``--read`` is tested on real fragments without root.
+made by ``inner`` below), recorded once with the namespaces, sender and
+recorder of tests/integration/test_collector_capture.py (which records and
+reads such a file afresh on every run, as root), so that ``--read`` is
+tested on real fragments without root too.
 """
 
 from __future__ import annotations
