@@ -475,3 +475,9 @@ def test_read_fragmented_geneve_and_erspan(tmp_path: Path) -> None:
         (two, f"tunnel=erspan3 session=9 seq=1 dir=egress if=4 ts=0.000000000 from={SRC6}"),
     ]
     assert f"{len(frames)} fragments, 2 datagrams reassembled" in out.getvalue()
+
+
+def test_underlay_for_gre_only_ignores_udp_before_reassembly() -> None:
+    u = underlay_for("0.0.0.0", 4789, 6081, ["erspan3"])
+    first = frags(4, udp(2000), [(0, 1024)])[0]
+    assert u.payload(eth(first), 0.0) is None and u.ignored == 1 and u.reassembler.counts["fragments"] == 0

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from bpftap.collector.reassembly import Limits, Reassembler
+from bpftap.tunnels import GRE_PROTOCOLS
 from bpftap.tunnels.common import DecapError
 
 ETH_HLEN: Final = 14
@@ -39,7 +40,6 @@ LINKTYPE_ETHERNET: Final = 1
 PCAP_MAGIC_US: Final = 0xA1B2C3D4
 PCAP_MAGIC_NS: Final = 0xA1B23C4D
 PCAPNG_MAGIC: Final = b"\x0a\x0d\x0d\x0a"
-_GRE_TUNNELS: Final = ("gre", "erspan2", "erspan3")
 
 
 class Underlay:
@@ -57,7 +57,7 @@ class Underlay:
         packed = socket.inet_pton(family, addr)
         self.dst: bytes | None = None if not any(packed) else packed
         self.ports = dict(ports)
-        self.protos = frozenset([IPPROTO_UDP] + ([IPPROTO_GRE] if gre else []))
+        self.protos = frozenset(([IPPROTO_UDP] if ports else []) + ([IPPROTO_GRE] if gre else []))
         self.ignored = 0
 
     def payload(self, frame: bytes, now: float) -> tuple[str, bytes, str, int] | None:
@@ -107,7 +107,7 @@ def underlay_for(addr: str, vxlan_port: int, geneve_port: int, tunnels: Iterable
     """The Underlay taking the given tunnel types on their ports (see Underlay)."""
     wanted = set(tunnels)
     ports = {port: kind for kind, port in (("geneve", geneve_port), ("vxlan", vxlan_port)) if kind in wanted}
-    return Underlay(addr, ports, bool(wanted & set(_GRE_TUNNELS)), limits)
+    return Underlay(addr, ports, bool(wanted & set(GRE_PROTOCOLS.values())), limits)
 
 
 class PcapReader:
