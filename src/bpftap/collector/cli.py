@@ -17,6 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from bpftap.collector.reassembly import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DATAGRAMS,
+    DEFAULT_TIMEOUT,
+    Limits,
+)
 from bpftap.collector.server import (
     Collector,
     CollectorError,
@@ -45,6 +51,24 @@ examples:
   bpftap collect --tunnel erspan3 --out t.pcapng --duration 60 && tshark -r t.pcapng -e frame.comment -T fields
       ERSPAN III for a minute; each comment reads like
       "tunnel=erspan3 session=7 seq=12 dir=egress if=3 ts=1700000000.123456789 from=198.18.2.254"
+  bpftap collect --interface eth1 --out span.pcapng
+      a SPAN/TAP port: read every frame eth1 receives (AF_PACKET), reassemble outer IPv4
+      and IPv6 fragments, keep VXLAN udp/{VXLAN_PORT}, GENEVE udp/{GENEVE_PORT} and GRE/ERSPAN to any address
+  bpftap collect --interface eth1 --listen 198.18.2.254 --tunnel vxlan --out t.pcapng
+      the same, only VXLAN copies sent to 198.18.2.254
+  tcpdump -i eth1 -w underlay.pcap 'udp or ip proto gre or ip6'
+  bpftap collect --read underlay.pcap --out inner.pcapng
+      decapsulate a capture of the underlay (classic pcap of Ethernet frames)
+
+capture inputs (--interface, --read):
+  the kernel reassembles IP fragments for the sockets but not for frames read
+  from an interface or a file, so the collector does: at most --reasm-max-bytes
+  of fragments and --reasm-max-datagrams datagrams in flight (the oldest go first),
+  --reasm-timeout seconds per datagram (in capture time for --read), duplicates
+  ignored, a datagram with overlapping fragments discarded (RFC 5722; Linux does
+  the same for IPv4). The summary counts captured and ignored frames and every
+  reassembly drop by reason. --listen's address then filters the outer destination
+  (0.0.0.0 or [::]: any) and its port is VXLAN's; frames the interface sends are ignored.
 
 signals:
   SIGINT (Ctrl-C) and SIGTERM stop the collector: it closes the capture and
@@ -52,8 +76,9 @@ signals:
   malformed per reason, files).
 
 exit status:
-  0 done; 2 bad option, bad or busy --listen address, or unwritable --out;
-  1 writing the capture failed while running (disk full, ...).
+  0 done; 2 bad option, bad or busy --listen address, unknown --interface,
+  unreadable or non-pcap --read file, or unwritable --out; 1 writing the capture
+  failed while running (disk full, ...) or the --read file is cut short.
 """
 
 
@@ -123,7 +148,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--count", metavar="N", type=_positive(int, "--count"),
                    help="stop after writing N frames")
     p.add_argument("--duration", metavar="SECONDS", type=_positive(float, "--duration"),
-                   help="stop after SECONDS")
+                   help="stop after SECONDS (--read stops at the end of the file)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--interface", metavar="IFACE",
+                        help="read the frames IFACE receives (AF_PACKET; root or CAP_NET_RAW) instead "
+                        "of opening sockets, and reassemble outer fragments: for a SPAN/TAP port or "
+                        "copies not addressed to this host. IFACE is in this network namespace")
+    source.add_argument("--read", metavar="FILE.pcap", type=Path,
+                        help="decapsulate a classic pcap of underlay Ethernet frames (tcpdump -w) "
+                        "instead of receiving; ends at the end of the file")
+    p.add_argument("--reasm-timeout", metavar="SECONDS", type=_positive(float, "--reasm-timeout"),
+                   default=DEFAULT_TIMEOUT,
+                   help="capture inputs: drop a datagram not reassembled SECONDS after its first "
+                   "fragment (default: %(default)s, as the kernel's ipfrag_time)")
+    p.add_argument("--reasm-max-bytes", metavar="N", type=_positive(int, "--reasm-max-bytes"),
+                   default=DEFAULT_MAX_BYTES,
+                   help="capture inputs: fragment bytes held at most (default: %(default)s, as the "
+                   "kernel's ipfrag_high_thresh)")
+    p.add_argument("--reasm-max-datagrams", metavar="N", type=_positive(int, "--reasm-max-datagrams"),
+                   default=DEFAULT_MAX_DATAGRAMS,
+                   help="capture inputs: datagrams in reassembly at most (default: %(default)s)")
     p.add_argument("--vni", metavar="N", type=_vni_arg, action="append",
                    help="keep only this VXLAN/GENEVE VNI (repeatable); others are counted "
                    "as malformed 'vni' and dropped")
@@ -163,8 +207,9 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
         print(f"bpftap collect: error: {exc}", file=err)
         return EXIT_USAGE
     rotate = None if args.rotate_mb is None else max(1, int(args.rotate_mb * MB))
+    limits = Limits(args.reasm_timeout, int(args.reasm_max_bytes), int(args.reasm_max_datagrams))
     collector = Collector(addr, port, Path(args.out), rotate, args.vni, tunnels=args.tunnel,
-                          geneve_port=args.geneve_port)
+                          geneve_port=args.geneve_port, interface=args.interface, read=args.read, limits=limits)
     try:
         collector.bind()
     except CollectorError as exc:
@@ -175,7 +220,8 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
         vnis = f", VNIs {','.join(map(str, sorted(set(args.vni))))}" if args.vni else ""
         for warning in collector.warnings:
             print(f"bpftap collect: warning: {warning}", file=err)
-        print(f"listening on {collector.describe()}, writing {args.out}{rotating}{vnis}",
+        verb = "reading" if args.read is not None else "listening on"
+        print(f"{verb} {collector.describe()}, writing {args.out}{rotating}{vnis}",
               file=err, flush=True)
         try:
             stats = collector.serve(stop, max_packets=args.count, duration=args.duration)

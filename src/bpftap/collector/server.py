@@ -17,6 +17,17 @@ VXLAN/GENEVE frame for a VNI outside ``--vni``), ``"tunnel"`` (a GRE-based
 type outside ``--tunnel``) and ``"truncated"`` (bigger than the receive
 buffer). Nothing a sender puts in a datagram can make ``serve()`` raise.
 
+Capture inputs (``interface``: a packet socket on one interface;
+``read``: a classic pcap file) take underlay frames instead and do what the
+kernel does for the sockets (collector.underlay, collector.reassembly):
+``captured`` counts the frames, ``ignored`` those that are not tunnel
+traffic for this collector, ``reassembly`` the fragments, the datagrams
+they made and every drop by reason; each whole or reassembled datagram
+then counts in ``received`` like a socket's, as does a frame with a
+malformed outer IP or UDP header (``ip:<reason>``, ``udp:length``).
+Reassembly timeouts run on the frames' timestamps, so a file replays as it
+was captured. Frames the interface sends itself are ignored.
+
 Sequence numbers (GRE, ERSPAN, bpftap's GENEVE option) are followed per
 sender and session: a jump forward counts the copies between as ``lost``,
 a step back or a repeat as ``reordered``; a session that starts again at 1
@@ -37,22 +48,29 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from bpftap.collector.pcapng import PcapngWriter
+from bpftap.collector.reassembly import Limits
 from bpftap.collector.sockets import (
     ANC_SPACE,
+    PACKET_OUTGOING,
     CollectorError,
     Listener,
+    capture_drops,
     format_endpoint,
     kernel_ts,
+    open_capture,
     open_socket,
     parse_listen,
     sender,
 )
+from bpftap.collector.underlay import PcapReader, Underlay, underlay_for
 from bpftap.tunnels import DECODERS, TUNNELS, DecapError, Meta, decode_gre, geneve, raw
 
 __all__ = ["Collector", "CollectorError", "CollectorStats", "format_endpoint", "format_summary", "parse_listen"]
 
 POLL_INTERVAL = 0.2
 MAX_DATAGRAM = 65535
+#: a frame read from an interface: the largest IP datagram, Ethernet and two VLAN tags
+MAX_FRAME = MAX_DATAGRAM + 22
 GRE_TUNNELS = ("gre", "erspan2", "erspan3")
 UDP_TUNNELS = ("vxlan", "geneve")
 SEQ_HALF = 1 << 31
@@ -67,10 +85,14 @@ class CollectorStats:
     """Counters of one ``serve()`` run.
 
     ``per_session`` counts frames written by ``tunnel/id`` (``gre`` alone
-    for GRE without a key); ``per_sender`` counts every datagram received,
-    keyed by the sender's IP address (without the port: UDP tunnel senders
+    for GRE without a key); ``per_sender`` counts every datagram received
+    (but a captured frame whose outer header is malformed), keyed by the sender's IP address (without the port: UDP tunnel senders
     vary the source port per flow). ``lost`` and ``reordered`` count
-    sequence-number gaps and steps back per session.
+    sequence-number gaps and steps back per session. ``captured``,
+    ``kernel_drops`` (frames the interface's packet socket dropped before
+    they were read), ``ignored``, ``reassembly`` and ``pending`` (datagrams and bytes still
+    in reassembly when the collector stopped) belong to the capture inputs;
+    ``reassembly`` is None for sockets (the kernel reassembles).
     """
 
     received: int = 0
@@ -82,6 +104,11 @@ class CollectorStats:
     reordered: dict[str, int] = field(default_factory=dict)
     bytes_written: int = 0
     files: list[Path] = field(default_factory=list)
+    captured: int = 0
+    kernel_drops: int = 0
+    ignored: int = 0
+    reassembly: dict[str, int] | None = None
+    pending: tuple[int, int] = (0, 0)
 
 
 def _bump(counts: dict[K, int], key: K, by: int = 1) -> None:
@@ -101,7 +128,10 @@ class Collector:
     accepted types (default: all of bpftap.tunnels.TUNNELS); without it, a
     host that refuses raw sockets (no CAP_NET_RAW) receives the UDP types
     only and says so in ``warnings``. ``vnis``, if given, keeps only those
-    VXLAN/GENEVE VNIs. Use ``bind()`` (or let ``serve()`` do it), then
+    VXLAN/GENEVE VNIs. ``interface`` reads that interface's frames instead
+    of opening sockets, ``read`` a pcap file (see collector.underlay;
+    ``addr`` then filters on the outer destination, any if unspecified, and
+    ``limits`` bounds reassembly). Use ``bind()`` (or let ``serve()`` do it), then
     ``serve()`` once. Raises ValueError from the constructor for an
     address that is not an IP literal, a port out of range or an unknown
     tunnel type.
@@ -117,6 +147,9 @@ class Collector:
         *,
         tunnels: Iterable[str] | None = None,
         geneve_port: int = geneve.GENEVE_PORT,
+        interface: str | None = None,
+        read: Path | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.addr = str(ipaddress.ip_address(addr))
         for p in (port, geneve_port):
@@ -138,6 +171,12 @@ class Collector:
         self._seqs: dict[tuple[str, str], int] = {}  # (sender, session label) -> last sequence number
         self._writer: PcapngWriter | None = None
         self._closed = False
+        self.interface, self.read = interface, read
+        self._reader: PcapReader | None = None
+        self._underlay: Underlay | None = None
+        if interface is not None or read is not None:
+            self._underlay = underlay_for(self.addr, port, geneve_port, self.tunnels, limits)
+            self.stats.reassembly = self._underlay.reassembler.counts
 
     @property
     def address(self) -> str:
@@ -146,6 +185,12 @@ class Collector:
 
     def describe(self) -> str:
         """Every socket and the types it takes: ``udp 0.0.0.0:4789 (vxlan), ...``."""
+        if self._underlay is not None:
+            source = f"every frame received on {self.interface}" if self.read is None else f"frames of {self.read}"
+            kinds = [f"{kind} udp/{port}" for port, kind in sorted(self._underlay.ports.items())]
+            kinds += [t for t in GRE_TUNNELS if t in self.tunnels]
+            to = "any address" if self._underlay.dst is None else self.addr
+            return f"{source} ({', '.join(kinds)} to {to})"
         parts = []
         for lst in self.listeners:
             kinds = [t for t in GRE_TUNNELS if t in self.tunnels] if lst.kind == "gre" else [lst.kind]
@@ -153,6 +198,10 @@ class Collector:
         return ", ".join(parts)
 
     def _plan(self) -> list[tuple[str, str, int]]:
+        if self.read is not None:
+            return []
+        if self.interface is not None:
+            return [("capture", self.interface, 0)]
         plan = [(kind, self.addr, port) for kind, port in (("vxlan", self.port), ("geneve", self.geneve_port))
                 if kind in self.tunnels]
         if self.tunnels & set(GRE_TUNNELS):
@@ -169,14 +218,14 @@ class Collector:
         it cannot be created; nothing stays open then. Raises ValueError
         once the collector has been closed: it serves only once.
         """
-        if self.listeners:
+        if self._writer is not None:
             return
         if self._closed:
             raise ValueError("collector already closed; make a new one")
         try:
             for kind, addr, port in self._plan():
                 try:
-                    listener, stamps = open_socket(kind, addr, port)
+                    listener, stamps = open_capture(addr) if kind == "capture" else open_socket(kind, addr, port)
                 except CollectorError as exc:
                     if kind == "gre" and not self.explicit_tunnels and exc.errno in (1, 13):
                         self.warnings.append(f"not receiving GRE or ERSPAN: {exc}")
@@ -189,6 +238,14 @@ class Collector:
                     self.port = listener.port
                 elif kind == "geneve":
                     self.geneve_port = listener.port
+            if self.read is not None:
+                try:
+                    self._reader = PcapReader(self.read)
+                except OSError as exc:
+                    raise CollectorError("read capture", str(self.read), exc.errno or 0) from exc
+                except ValueError as exc:
+                    raise CollectorError("read capture", str(self.read), 0,
+                                         str(exc).removeprefix(f"{self.read}: ")) from exc
             try:
                 self._writer = PcapngWriter(self.out, self.rotate_bytes)
             except OSError as exc:
@@ -196,6 +253,8 @@ class Collector:
                                      "check that the directory exists and is writable") from exc
         except BaseException:
             self._close_sockets()
+            if self._reader is not None:
+                self._reader.close()
             raise
         self.stats.files = self._writer.files
         self.stats.bytes_written = self._writer.bytes_written
@@ -211,10 +270,18 @@ class Collector:
         and file and return the stats. Reacts to ``stop`` within
         POLL_INTERVAL seconds.
 
-        Raises CollectorError from ``bind()``, or if writing the capture fails
-        (disk full, ...); malformed datagrams are counted, never raised.
+        With ``read``, stops at the end of the file too (``duration`` does
+        not apply). Raises CollectorError from ``bind()``, if writing the
+        capture fails (disk full, ...) or if the file read is cut inside a
+        record header; malformed datagrams are counted, never raised.
         """
         self.bind()
+        if self._reader is not None:
+            try:
+                self._replay(self._reader, stop, max_packets)
+            finally:
+                self.close()
+            return self.stats
         deadline = None if duration is None else time.monotonic() + duration
         selector = selectors.DefaultSelector()
         for lst in self.listeners:
@@ -230,6 +297,8 @@ class Collector:
                         break
                 for key, _ in selector.select(timeout):
                     self._drain(key.data, max_packets)
+                if self._underlay is not None:
+                    self._underlay.reassembler.expire(time.time())
         finally:
             selector.close()
             self.close()
@@ -241,10 +310,58 @@ class Collector:
             if max_packets is not None and self.stats.written >= max_packets:
                 return
             try:
-                data, anc, flags, addr = lst.sock.recvmsg(MAX_DATAGRAM, ANC_SPACE)
+                data, anc, flags, addr = lst.sock.recvmsg(MAX_FRAME if lst.kind == "capture" else MAX_DATAGRAM,
+                                                          ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
-            self._handle(lst, data, anc, flags, addr)
+            if lst.kind == "capture":
+                self._frame(data, kernel_ts(anc) or time.time_ns(), flags & socket.MSG_TRUNC,
+                            addr[2] == PACKET_OUTGOING)
+            else:
+                self._handle(lst, data, anc, flags, addr)
+
+    def _replay(self, reader: PcapReader, stop: threading.Event | None, max_packets: int | None) -> None:
+        try:
+            for ts_ns, frame in reader:
+                if (stop is not None and stop.is_set()) or (
+                        max_packets is not None and self.stats.written >= max_packets):
+                    return
+                self._frame(frame, ts_ns)
+        except ValueError as exc:
+            raise CollectorError("read capture", str(reader.path), 0,
+                                 str(exc).removeprefix(f"{reader.path}: ")) from exc
+
+    def _frame(self, frame: bytes, ts_ns: int, truncated: int = 0, outgoing: bool = False) -> None:
+        """One underlay frame from a capture input: reassemble, pick the tunnel, then as ``_accept``."""
+        stats, underlay = self.stats, self._underlay
+        assert underlay is not None
+        stats.captured += 1
+        if outgoing:
+            underlay.ignored += 1
+            stats.ignored = underlay.ignored
+            return
+        if truncated:
+            stats.received += 1
+            _bump(stats.malformed, "truncated")
+            return
+        try:
+            found = underlay.payload(frame, ts_ns / 1e9)
+        except DecapError as exc:
+            stats.received += 1
+            _bump(stats.malformed, f"{exc.tunnel}:{exc.reason}")
+            return
+        if found is None:
+            stats.ignored = underlay.ignored
+            return
+        kind, payload, host, port = found
+        stats.received += 1
+        _bump(stats.per_sender, host)
+        try:
+            meta, inner = decode_gre(payload) if kind == "gre" else DECODERS[kind](payload)
+        except DecapError as exc:
+            _bump(stats.malformed, f"{exc.tunnel}:{exc.reason}")
+            return
+        self._accept(kind, meta, inner, ts_ns, host, port)
 
     def _decode(self, lst: Listener, data: bytes) -> tuple[Meta, bytes]:
         if lst.kind == "gre":
@@ -265,6 +382,11 @@ class Collector:
         except DecapError as exc:
             _bump(stats.malformed, f"{exc.tunnel}:{exc.reason}")
             return
+        self._accept(lst.kind, meta, inner, kernel_ts(anc) or time.time_ns(), host, port)
+
+    def _accept(self, kind: str, meta: Meta, inner: bytes, ts_ns: int, host: str, port: int) -> None:
+        """Filter a decoded frame by tunnel type and VNI, follow its sequence number, write it."""
+        stats = self.stats
         if meta.tunnel not in self.tunnels:
             _bump(stats.malformed, "tunnel")
             return
@@ -274,8 +396,7 @@ class Collector:
         label = session_label(meta)
         if meta.seq is not None:
             self._follow_seq(host, meta, label)
-        ts_ns = kernel_ts(anc) or time.time_ns()
-        where = format_endpoint(host, port) if lst.kind in UDP_TUNNELS else host
+        where = format_endpoint(host, port) if kind in UDP_TUNNELS else host
         assert self._writer is not None
         try:
             self._writer.write(inner, ts_ns, f"{meta.describe()} from={where}",
@@ -301,6 +422,8 @@ class Collector:
 
     def _close_sockets(self) -> None:
         for lst in self.listeners:
+            if lst.kind == "capture":
+                self.stats.kernel_drops += capture_drops(lst.sock)
             lst.sock.close()
         self.listeners = []
 
@@ -308,6 +431,10 @@ class Collector:
         """Close the sockets and the capture file; safe to call more than once."""
         self._closed = True
         self._close_sockets()
+        if self._reader is not None:
+            self._reader.close()
+        if self._underlay is not None:
+            self.stats.pending = self._underlay.reassembler.pending
         if self._writer is not None:
             self._writer.close()
             self.stats.bytes_written = self._writer.bytes_written
@@ -338,5 +465,19 @@ def format_summary(stats: CollectorStats) -> str:
         f"lost:       {_counts(stats.lost)} (sequence gaps)",
         f"reordered:  {_counts(stats.reordered)}",
         f"malformed:  {_counts(stats.malformed)}",
+        *_capture_lines(stats),
         f"files:      {files}",
     ])
+
+
+def _capture_lines(stats: CollectorStats) -> list[str]:
+    """The capture inputs' counters, or where reassembly happens for sockets."""
+    if stats.reassembly is None:
+        return ["reassembly: by the kernel (sockets receive whole datagrams)"]
+    drops = {k: v for k, v in stats.reassembly.items() if v and k not in ("fragments", "reassembled")}
+    return [
+        (f"captured:   {stats.captured} frames, {stats.ignored} ignored (not tunnel traffic for this collector), "
+         f"{stats.kernel_drops} dropped by the kernel (socket buffer full)"),
+        (f"reassembly: {stats.reassembly['fragments']} fragments, {stats.reassembly['reassembled']} datagrams "
+         f"reassembled, {stats.pending[0]} pending ({stats.pending[1]} bytes); dropped: {_counts(drops)}"),
+    ]

@@ -8,6 +8,11 @@ from the GRE header on. A listener on ``::`` also opens an IPv4 raw socket
 on ``0.0.0.0``: UDP sockets on ``::`` take IPv4 through mapped addresses,
 raw IPv6 sockets do not.
 
+``--interface`` replaces them all with one packet socket (AF_PACKET) that
+reads the interface's frames before the IP layer, fragments and all
+(collector.underlay does the rest); a classic BPF filter in the kernel
+keeps only what can be tunnel traffic.
+
 Every socket asks for kernel receive timestamps (SO_TIMESTAMPNS) and a
 4 MiB receive buffer (capped at net.core.rmem_max): the kernel's socket
 buffer is the bounded queue in front of the collector.
@@ -16,6 +21,7 @@ buffer is the bounded queue in front of the collector.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno as _errno
 import ipaddress
 import os
@@ -125,7 +131,8 @@ def kernel_ts(ancdata: list[tuple[int, int, bytes]]) -> int | None:
 
 @dataclass
 class Listener:
-    """One open socket: `kind` "vxlan" or "geneve" (UDP) or "gre" (raw, every GRE-based type)."""
+    """One open socket: `kind` "vxlan" or "geneve" (UDP), "gre" (raw, every GRE-based type)
+    or "capture" (a packet socket on the interface `addr`, family 0)."""
 
     kind: str
     family: int
@@ -136,6 +143,8 @@ class Listener:
     def describe(self) -> str:
         if self.kind == "gre":
             return f"ip proto {IPPROTO_GRE} on {self.addr}"
+        if self.kind == "capture":
+            return f"every frame received on {self.addr}"
         return f"udp {format_endpoint(self.addr, self.port)}"
 
 
@@ -152,6 +161,11 @@ def _prepare(sock: socket.socket) -> bool:
     """Buffer size and receive timestamps; returns whether the kernel stamps packets."""
     with contextlib.suppress(OSError):  # best effort; capped at net.core.rmem_max
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+    return _prepare_timestamps(sock)
+
+
+def _prepare_timestamps(sock: socket.socket) -> bool:
+    """Ask for SO_TIMESTAMPNS; returns whether the kernel stamps packets."""
     if sys.platform != "linux":
         return False
     try:
@@ -192,3 +206,81 @@ def open_socket(kind: str, addr: str, port: int = 0) -> tuple[Listener, bool]:
         raise CollectorError(f"bind {what}", target, exc.errno or 0, _BIND_HINTS.get(exc.errno or 0, "")) from exc
     sock.setblocking(False)
     return Listener(kind, 6 if family == socket.AF_INET6 else 4, sock, addr, bound), stamps
+
+
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+PACKET_OUTGOING = 4
+#: a capture socket's buffer: frames of a burst of fragments wait here, not in Python
+CAPTURE_RCVBUF_BYTES = 32 << 20
+#: classic BPF run by the kernel on every frame of the interface before it is queued: keep IPv4
+#: UDP and GRE (fragments included: every one carries the protocol), IPv6 whose first header is
+#: UDP, GRE, a fragment header or an extension header that may lead to them, and 802.1Q/802.1ad-
+#: tagged frames (sorted in Python). (code, jt, jf, k); a jump goes to its index + 1 + jt or jf.
+_ACCEPT, _REJECT = (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)
+CAPTURE_FILTER = (
+    (0x28, 0, 0, 12),  # 0: ldh [12] (EtherType)
+    (0x15, 3, 0, 0x0800),  # 1: IPv4 -> 5
+    (0x15, 5, 0, 0x86DD),  # 2: IPv6 -> 8
+    (0x15, 11, 0, 0x8100),  # 3: 802.1Q -> accept
+    (0x15, 10, 11, 0x88A8),  # 4: 802.1ad -> accept, else reject
+    (0x30, 0, 0, 23),  # 5: ldb [23] (IPv4 protocol)
+    (0x15, 8, 0, 17),  # 6: UDP -> accept
+    (0x15, 7, 8, 47),  # 7: GRE -> accept, else reject
+    (0x30, 0, 0, 20),  # 8: ldb [20] (IPv6 next header)
+    (0x15, 5, 0, 17),  # 9: UDP
+    (0x15, 4, 0, 47),  # 10: GRE
+    (0x15, 3, 0, 44),  # 11: fragment header
+    (0x15, 2, 0, 0),  # 12: hop-by-hop options
+    (0x15, 1, 0, 43),  # 13: routing header
+    (0x15, 0, 1, 60),  # 14: destination options -> accept, else reject
+    _ACCEPT,  # 15
+    _REJECT,  # 16
+)
+
+
+def _attach_filter(sock: socket.socket) -> None:
+    """Attach CAPTURE_FILTER (SO_ATTACH_FILTER copies the program; the buffer may go afterwards)."""
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in CAPTURE_FILTER))
+    fprog = struct.pack("HL", len(CAPTURE_FILTER), ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def open_capture(interface: str) -> tuple[Listener, bool]:
+    """Open a packet socket (AF_PACKET) reading every frame `interface` receives, filtered as CAPTURE_FILTER.
+
+    The interface must be in the caller's network namespace. Returns the
+    listener (kind "capture") and whether the kernel timestamps frames.
+    Raises CollectorError naming the interface: ENODEV (no such interface
+    here), EPERM (needs CAP_NET_RAW), ...
+    """
+    hints = {_errno.ENODEV: "no such interface in this network namespace; 'ip link' lists them",
+             _errno.EPERM: "packet sockets need CAP_NET_RAW; run as root"}
+    try:
+        # protocol 0: nothing is queued before the filter is attached and the socket bound
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except OSError as exc:
+        raise CollectorError("create packet socket", interface, exc.errno or 0,
+                             hints.get(exc.errno or 0, "")) from exc
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, CAPTURE_RCVBUF_BYTES)
+        except OSError:  # without CAP_NET_ADMIN: as much as net.core.rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CAPTURE_RCVBUF_BYTES)
+        stamps = _prepare_timestamps(sock)
+        _attach_filter(sock)
+        sock.bind((interface, ETH_P_ALL))
+    except OSError as exc:
+        sock.close()
+        raise CollectorError("capture", interface, exc.errno or 0, hints.get(exc.errno or 0, "")) from exc
+    sock.setblocking(False)
+    return Listener("capture", 0, sock, interface), stamps
+
+
+def capture_drops(sock: socket.socket) -> int:
+    """Frames the kernel dropped for a packet socket (buffer full) since the last call (PACKET_STATISTICS)."""
+    _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    return int(drops)
