@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     p.add_argument("--reps", type=int, default=3, help="repetitions of tiers 2 and 3 (at least 3)")
     p.add_argument("--quick", action="store_true", help="short points (TCP 3 s, UDP 1 s): not for publishing")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.add_argument("--underlay-mtu", type=int, default=None, metavar="N",
+                   help="tier 2: MTU of the link to the collector (default: the lab's 9000; 1500 makes "
+                        "every full-size copy two outer fragments)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -47,7 +50,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise BpftapError(f"--tiers: unknown tier in {args.tiers!r}; tiers are 1, 2, 3, 4")
     if args.reps < 3:
         raise BpftapError("--reps: at least 3 (the protocol reports median and spread of >= 3)")
-    res = run_bench(tiers, args.reps, args.quick)
+    if args.underlay_mtu is not None and not 1280 <= args.underlay_mtu <= 9000:
+        raise BpftapError(f"--underlay-mtu: {args.underlay_mtu} is not between 1280 and 9000")
+    res = run_bench(tiers, args.reps, args.quick, args.underlay_mtu)
     args.out.mkdir(parents=True, exist_ok=True)
     from bpftap.bench.report import format_report, result_stem
 
@@ -67,7 +72,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if res.get("errors") else 0
 
 
-def run_bench(tiers: set[int], reps: int, quick: bool) -> dict[str, Any]:
+def run_bench(tiers: set[int], reps: int, quick: bool, underlay_mtu: int | None = None) -> dict[str, Any]:
     """Run the chosen tiers in order (1, 2, 4, 3); a tier that fails is recorded and the rest go on."""
     from bpftap import abi
     from bpftap.bench import sysinfo
@@ -104,7 +109,8 @@ def run_bench(tiers: set[int], reps: int, quick: bool) -> dict[str, Any]:
             if 2 in tiers:
                 from bpftap.bench.tcp import run_tier2
 
-                tier("tier2", lambda: run_tier2(lab, reps, 3.0 if quick else 10.0, log=log))
+                tier("tier2", lambda: run_tier2(lab, reps, 3.0 if quick else 10.0, log=log,
+                                                underlay_mtu=underlay_mtu))
             if 4 in tiers:
                 from bpftap.bench.memory import run_tier4
 

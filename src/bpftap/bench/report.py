@@ -61,7 +61,8 @@ def tier1_lines(t1: dict[str, Any]) -> list[str]:
 
 
 def tier2_lines(t2: dict[str, Any]) -> list[str]:
-    lines = [f"tier 2: bulk TCP src->dst through tap, iperf3 {t2['seconds']:g} s x {t2['reps']} interleaved rounds",
+    lines = [f"tier 2: bulk TCP src->dst through tap, iperf3 {t2['seconds']:g} s x {t2['reps']} interleaved rounds"
+             f", collector link MTU {t2.get('underlay_mtu', 9000)}",
              f"  {'config':<9}{'Gbit/s [min-max]':>24}{'x none':>20}{'CPU busy %':>12}{'CPU/GB x none':>20}"
              f"{'coverage %':>12}"]
     for name, c in t2["configs"].items():
@@ -71,6 +72,9 @@ def tier2_lines(t2: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:<9}{fmt_value(c['gbps'], '', 2):>24}{fmt_ratio(c['ratio']):>20}"
                      f"{'-' if busy is None else f'{100 * busy:.0f}':>12}{fmt_ratio(c['cpu_per_gb_ratio']):>20}"
                      f"{cov_s:>12}")
+    mirror, mirred = (t2["configs"].get(c, {}).get("gbps", {}).get("median") for c in ("mirror", "mirred"))
+    if mirror and mirred:
+        lines.append(f"  mirror (bpftap) / mirred (kernel VXLAN device), same run: {mirror / mirred:.2f}x")
     return lines
 
 

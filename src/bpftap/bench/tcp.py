@@ -58,8 +58,17 @@ def one_run(lab: Lab, iperf: K.Iperf, seconds: float) -> dict[str, Any]:
 
 
 def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: float = 3.0,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Interleaved rounds of the four configurations on a lab that is up."""
+              log: Callable[[str], None] = print, underlay_mtu: int | None = None) -> dict[str, Any]:
+    """Interleaved rounds of the four configurations on a lab that is up.
+
+    `underlay_mtu` sets the collector link's MTU first (both ends): at 1500,
+    bpftap sends each full-size copy as two outer fragments, and the kernel's
+    VXLAN device behind mirred fragments its packets too.
+    """
+    if underlay_mtu is not None:
+        for host, dev in ((lab.tap, "eth2"), (lab.col, "eth0")):
+            lab.run(host, ["ip", "link", "set", dev, "mtu", str(underlay_mtu)])
+    mtu = int(lab.run(lab.col, ["cat", "/sys/class/net/eth0/mtu"]).stdout)
     K.add_vxlan(lab, lab.col, "vxc0", str(lab.col.ip4), "eth0")
     K.add_vxlan(lab, lab.tap, "vxm0", str(lab.tap.eth2.ip4), "eth2", remote=str(lab.col.ip4))
     iperf = K.Iperf(lab)
@@ -106,8 +115,8 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
         return [r[key] if r else None for r in runs[config]]
 
     base, base_cpu = col("none", "gbps"), col("none", "cpu_s_per_gb")
-    out: dict[str, Any] = {"seconds": seconds, "reps": reps, "configs": {}, "agent_counters": agent_counters,
-                           "warmup": warm, "errors": errors}
+    out: dict[str, Any] = {"seconds": seconds, "reps": reps, "underlay_mtu": mtu, "configs": {},
+                           "agent_counters": agent_counters, "warmup": warm, "errors": errors}
     for config in CONFIGS:
         gbps = col(config, "gbps")
         out["configs"][config] = {
