@@ -148,6 +148,9 @@ def format_status(data: dict[str, Any]) -> str:
             lines.append(f"{'':<12} ! {s['problem']}")
     counters = ", ".join(f"{k} {v}" for k, v in data["counters"].items() if v)
     lines.append(f"counters: {counters or 'all zero'}")
+    drops = ", ".join(f"{k} {v}" for k, v in data.get("queue_drops", {}).items() if v)
+    if drops:
+        lines.append(f"internal rings full, copies dropped: {drops}")
     return "\n".join(lines)
 
 

@@ -85,12 +85,6 @@ def reassembly(lab: Lab) -> dict[str, int]:
     return out
 
 
-def internal_drops(lab: Lab) -> dict[str, int]:
-    """Copies the internal pair's rings dropped (the slow path falling behind)."""
-    links = json.loads(lab.run(lab.tap, ["ip", "-s", "-j", "link", "show"]).stdout)
-    return {link["ifname"]: link["stats64"]["tx"]["dropped"] for link in links if link["ifname"].startswith("bpftap")}
-
-
 def settle(lab: Lab, dev: str, timeout: float = 20.0) -> None:
     """Wait until the collector's device has received nothing for a second, then as long again for dumpcap.
 
@@ -114,7 +108,7 @@ class Run:
     flows: dict[Any, Direction]
     reasm: dict[str, int]  # the collector's reassembly counters, this run's
     session: dict[str, Any]
-    drops: dict[str, int]
+    drops: dict[str, int]  # copies the internal rings dropped
     underlay: Path  # the first frames on the collector's link, whole
 
     def data_direction(self) -> Direction:
@@ -151,8 +145,8 @@ def mirror_flow(lab: Lab, tmp: Path, family: int, underlay: int, inner: int, sec
             if cap.poll() is None:
                 cap.send_signal(signal.SIGINT)
             cap.communicate(timeout=15)
-        session = agent.status()["sessions"][0]
-        drops = internal_drops(lab)
+        status = agent.status()
+        session, drops = status["sessions"][0], status["queue_drops"]
         after = reassembly(lab)
     finally:
         assert agent.stop() == 0, agent.output()
@@ -181,7 +175,7 @@ def test_every_byte_of_a_gigabit_flow_arrives(lab: Lab, tmp_path: Path, family: 
                                                fragmented: bool) -> None:
     run = mirror_flow(lab, tmp_path, family, underlay, inner)
     data = run.data_direction()
-    why = f"session {run.session}, internal drops {run.drops}, reassembly {run.reasm}"
+    why = f"session {run.session}, queue drops {run.drops}, reassembly {run.reasm}"
     assert data.covered() == [(0, run.sent + COOKIE)], f"gaps in the copies' sequence space; {why}"
     assert run.acks(data).segments > 0, "no copy of the other direction"
     assert (run.session["encap_fail"], run.session["oversize"]) == (0, 0), why

@@ -73,6 +73,7 @@ def expected(status: dict, mode: str) -> Scrape:  # type: ignore[type-arg]
         for reason in abi.SESSION_NOT_SENT
     }
     want["bpftap_session_resolved"] = {frozenset(labels[s["name"]]): float(bool(s["via"])) for s in status["sessions"]}
+    want["bpftap_queue_dropped_total"] = {frozenset({("queue", q)}): n for q, n in status["queue_drops"].items()}
     want["bpftap_build_info"] = {
         frozenset({("version", __version__), ("object", str(abi.object_path())), ("attach_mode", mode)}): 1.0
     }

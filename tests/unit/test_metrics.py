@@ -57,6 +57,7 @@ LAYOUT = Layout(
     sessions=(SessionLabel("ids", "vxlan", "198.18.2.1", True), SessionLabel("ids6", "vxlan", "2001:db8:2::1", False)),
     object="/opt/bpftap/mirror_tc.bpf.o",
     attach_mode="tcx",
+    queue_drops={"encap": 4, "fragment": 0},
 )
 
 
@@ -115,6 +116,10 @@ def test_rules_and_sessions_with_their_labels() -> None:
     }
     assert all(dict(k)["remote"] in ("198.18.2.1", "2001:db8:2::1") for k in got["bpftap_session_not_sent_total"])
     assert got["bpftap_session_resolved"] == {ids: 1, ids6: 0}
+
+
+def test_queue_drops_by_queue() -> None:
+    assert scrape(FakeSource())["bpftap_queue_dropped_total"] == {(("queue", "encap"),): 4, (("queue", "fragment"),): 0}
 
 
 def test_build_info() -> None:

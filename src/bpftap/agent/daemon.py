@@ -399,6 +399,20 @@ class Agent:
         return self.status()
 
     # --- reporting ------------------------------------------------------------------------
+    def queue_drops(self) -> dict[str, int]:
+        """Copies the internal pair's rings dropped (the kernel's tx drop counts of the sending ends).
+
+        `encap`: stage 1's clones that found bpftap1's ring full; `fragment`:
+        the fragment clones that found bpftap0's full (fragment.bpf.h).
+        """
+        out = {}
+        with IPRoute() as ipr:  # its own socket: status and scrapes come from other threads
+            for queue, name in (("encap", INTERNAL_A), ("fragment", INTERNAL_B)):
+                links = ipr.get_links(ifname=name) if link_index(name, ipr) is not None else []
+                stats = links[0].get_attr("IFLA_STATS64") if links else None
+                out[queue] = int(stats["tx_dropped"]) if stats else 0
+        return out
+
     def status(self) -> dict[str, Any]:
         """Attachments, and per-rule, per-session and global counters, as JSON-able data."""
         with self.lock:
@@ -444,6 +458,7 @@ class Agent:
                 "rules": rules,
                 "sessions": sessions,
                 "counters": counters,
+                "queue_drops": self.queue_drops(),
             }
 
 

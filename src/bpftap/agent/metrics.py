@@ -22,6 +22,7 @@ to `mirror_abi.h` shows up here with no second list to update.
     bpftap_session_fragments_total{session,tunnel,remote}
     bpftap_session_not_sent_total{session,tunnel,remote,reason}
     bpftap_session_resolved{session,tunnel,remote}  1 while the session has a next hop
+    bpftap_queue_dropped_total{queue}               copies the internal pair's rings dropped
     bpftap_build_info{version,object,attach_mode}   always 1
 
 A rule's counters go on across reloads (they are keyed by rule number); a
@@ -102,6 +103,7 @@ class Layout:
     sessions: tuple[SessionLabel, ...]
     object: str
     attach_mode: str
+    queue_drops: dict[str, int]  # the internal pair's rings: copies dropped when the kernel is behind
 
 
 class Source(Protocol):
@@ -141,7 +143,8 @@ class AgentSource:
             for name, st in plan.sessions.items()
         )
         modes = sorted({a.mode.value for a in self.agent.attachments})
-        return Layout(rules, sessions, str(self.agent.object_path), ",".join(modes) or "none")
+        return Layout(rules, sessions, str(self.agent.object_path), ",".join(modes) or "none",
+                      self.agent.queue_drops())
 
 
 class MirrorCollector(Collector):
@@ -176,6 +179,12 @@ class MirrorCollector(Collector):
         yield from self._globals(counters)
         yield from self._rules(rules)
         yield from self._sessions(sessions)
+        queues = CounterMetricFamily("bpftap_queue_dropped", "Copies dropped because an internal ring was full "
+                                     "(encap: stage 1's clones, fragment: the fragments' clones); never originals.",
+                                     labels=["queue"])
+        for queue, drops in layout.queue_drops.items():
+            queues.add_metric([queue], drops)
+        yield queues
         info = InfoMetricFamily("bpftap_build", "bpftap's version, BPF object and attach mode.")
         info.add_metric([], {"version": self.version, "object": layout.object, "attach_mode": layout.attach_mode})
         yield info
