@@ -346,10 +346,10 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		goto fail;
 	if (nfrag) {
 		/* as fragments, clones all (the skb, if last, is dropped) */
-		ss->bytes += skb->len;
 		if (hand_fragments(skb, slot, nfrag, next_frag_ident()))
 			goto fail;
 		ss->packets += 1;
+		ss->bytes += skb->len;
 		ss->truncated += ci->truncated;
 		count(MS_COPY_SENT);
 		return grown;
