@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from bpftap import abi
+from bpftap.collector.pcapng import read_pcapng
 from bpftap.lab import Lab
 
-from .agent_lab import Agent
+from .agent_lab import BPFTAP, Agent, send_frames
 from .tcpflow import Direction, flows, pcap_frames
 
 pytestmark = [
@@ -206,3 +210,43 @@ def test_truncate_mode_fits_every_copy_to_the_mtu(lab: Lab, tmp_path: Path) -> N
     assert not any(run.reasm.values())
     # (the cut inner frames are shorter than their IP headers say: tshark rightly notes that, as expert info)
     assert tshark_errors(run.underlay, "_ws.malformed") == ""
+
+
+TWO = """
+sources:
+  - interface: eth0
+    direction: ingress
+sessions:
+  - {{name: v4, remote: "{col4}", vni: 42}}
+  - {{name: v6, remote: "{col6}", vni: 43}}
+rules:
+  - {{number: 10, sessions: [v4, v6]}}
+"""
+
+
+def test_the_collector_reassembles_bpftaps_fragments_itself(lab: Lab, tmp_path: Path) -> None:
+    """`bpftap collect --interface` on the collector's link: the kernel does not reassemble for an AF_PACKET reader."""
+    set_mtus(lab, 1500, 1500)
+    l2 = Ether(src=lab.src.mac, dst=lab.tap.eth0.mac)
+    v4 = IP(src=str(lab.src.ip4), dst=str(lab.dst.ip4))
+    frames = [bytes(l2 / v4 / UDP(sport=6000 + i, dport=7000) / Raw(bytes([i]) * (size - 42)))
+              for i, size in enumerate((60, 1000, 1464, 1465, 1500, 1514, 1514))]
+    agent = Agent(lab, TWO.format(col4=lab.col.ip4, col6=lab.col.ip6))
+    out = tmp_path / "collected.pcapng"
+    try:
+        collector = lab.popen(lab.col, [*BPFTAP, "collect", "--interface", "eth0", "--listen", "[::]:4789",
+                                        "--out", str(out), "--duration", "6"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)
+        send_frames(lab, lab.src, "eth0", frames)
+        summary, _ = collector.communicate(timeout=30)
+        sessions = {s["name"]: s for s in agent.status()["sessions"]}
+    finally:
+        assert agent.stop() == 0, agent.output()
+    assert collector.returncode == 0, summary
+    # (the agent mirrors all of eth0: the neighbour discovery of src's own comes along)
+    got = sorted(frame for _, frame, _ in read_pcapng(out) if frame in frames)
+    assert got == sorted(frames * 2), summary  # each frame once over IPv4 and once over IPv6
+    # two fragments each: over IPv4 the copies of frames of 1465 bytes and more, over IPv6 of 1445 and more
+    assert (sessions["v4"]["fragments"], sessions["v6"]["fragments"]) == (4 * 2, 5 * 2)
+    assert "18 fragments, 9 datagrams reassembled, 0 pending" in summary
