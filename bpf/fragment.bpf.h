@@ -134,6 +134,8 @@ __noinline __u32 hand_fragments(struct __sk_buff *skb, __u32 slot, __u32 nfrag,
 			return nfrag;
 	}
 	mark = skb->mark;
+	/* the hash picks the pair's queue: one copy's fragments share one, copies spread */
+	bpf_set_hash(skb, ident);
 	for (__u32 i = 0; i < MAX_FRAGS && i < nfrag; i++) {
 		skb->mark = FRAG_TAG | (slot << FRAG_SLOT_SHIFT) | i;
 		/* out of the device this runs on, into its peer */

@@ -49,6 +49,10 @@ INTERNAL_A = "bpftap0"
 INTERNAL_B = "bpftap1"
 """Its peer."""
 INTERNAL_MTU = 65535
+# queues (and NAPI rings) per end: copies of different flows, and the fragments of different copies, spread
+# over them; measured under load on 2 vCPUs (1 Gbit/s TCP, all mirrored, every copy two fragments): 4 queues
+# dropped 298-786 fragment clones and 0-161 stage-1 clones per 10 s, 1 queue 1,762-2,130 and 1,040-2,043
+INTERNAL_QUEUES = 4
 """MTU of both internal ends: a veth drops frames longer than its peer's MTU, and
 originals may be jumbo frames (GSO packets are segmented on the way out of A)."""
 
@@ -305,7 +309,7 @@ def ensure_internal_pair(name_a: str = INTERNAL_A, name_b: str = INTERNAL_B,
     """Create bpftap's internal veth pair afresh and return (ifindex_a, ifindex_b).
 
     A pair left over from an earlier run is deleted first. Both ends come up
-    with MTU `mtu` and with IPv6, ARP and multicast off, so the kernel sends nothing of its own
+    with MTU `mtu`, INTERNAL_QUEUES queues, and IPv6, ARP and multicast off, so the kernel sends nothing of its own
     on them; `name_a` gets tx checksumming, TSO, GSO, GRO, scatter-gather
     and tx VLAN insertion (802.1Q and 802.1ad) off, checked with
     ``ethtool -k``. Raises LinkError if a name is taken by a non-veth
@@ -316,7 +320,9 @@ def ensure_internal_pair(name_a: str = INTERNAL_A, name_b: str = INTERNAL_B,
         for name in (name_a, name_b):
             delete_internal_pair(name, ipr)
         try:
-            ipr.link("add", ifname=name_a, kind="veth", mtu=mtu, peer={"ifname": name_b, "mtu": mtu})
+            q = INTERNAL_QUEUES
+            ipr.link("add", ifname=name_a, kind="veth", mtu=mtu, num_tx_queues=q, num_rx_queues=q,
+                     peer={"ifname": name_b, "mtu": mtu, "num_tx_queues": q, "num_rx_queues": q})
         except NetlinkError as e:
             raise LinkError("create veth pair", f"{name_a}/{name_b}", e.code) from e
         try:

@@ -127,8 +127,10 @@ def test_resolve_through_a_device_without_mac(lab: Lab) -> None:
 
 def _pair_state(lab: Lab, name: str) -> dict[str, Any]:
     link = json.loads(lab.run(lab.tap, ["ip", "-j", "addr", "show", "dev", name]).stdout)[0]
+    detail = json.loads(lab.run(lab.tap, ["ip", "-d", "-j", "link", "show", "dev", name]).stdout)[0]
     return {"flags": set(link["flags"]), "mtu": link["mtu"], "inet6": [a for a in link["addr_info"]
-                                                  if a["family"] == "inet6"]}
+                                                  if a["family"] == "inet6"],
+            "queues": (detail["num_tx_queues"], detail["num_rx_queues"])}
 
 
 def test_internal_pair_recreate_and_delete(lab: Lab) -> None:
@@ -148,6 +150,7 @@ def test_internal_pair_recreate_and_delete(lab: Lab) -> None:
             state = _pair_state(lab, name)
             assert {"UP", "NOARP"} <= state["flags"] and "MULTICAST" not in state["flags"]
             assert state["mtu"] == 65535
+            assert state["queues"] == (4, 4)  # a NAPI ring per queue, for copies and fragments to spread over
             assert state["inet6"] == []
         eths = {name: links[name] for name in ("eth0", "eth1", "eth2")}
         assert nl(lab, "match", "*") == (0, eths)  # no lo, no internal pair
