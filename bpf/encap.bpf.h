@@ -56,8 +56,8 @@ static __always_inline int take_vlan_tags(struct __sk_buff *skb,
 
 /*
  * What all copies of this packet share, into `ci` (`ring`: they go to
- * `copies`, not redirected). Returns 0, -1 for more
- * tags than MAX_VLAN_TAGS, -2 if the frame cannot be read. What only some
+ * `copies`, not redirected). Returns 0, -1 for more tags than
+ * MAX_VLAN_TAGS, -2 if the frame cannot be read. What only some
  * tunnels need (time, VLAN, checksum) is filled on first use.
  */
 static __always_inline int prepare_copy(struct __sk_buff *skb,
@@ -263,8 +263,8 @@ static __always_inline int has_seq(const struct mirror_session *s)
 /*
  * Put the finished copy (the whole skb) in `copies` for the daemon to send
  * on `ifindex` (redirect_chain off). Returns 0, -1 if longer than
- * COPY_BYTES_MAX or unreadable, -2 if the ring buffer is full. A global
- * function, verified once.
+ * COPY_BYTES_MAX, -2 if the ring buffer is full, -3 if it cannot be read.
+ * A global function, verified once.
  */
 __noinline int ring_copy(struct __sk_buff *skb, __u32 ifindex)
 {
@@ -272,16 +272,18 @@ __noinline int ring_copy(struct __sk_buff *skb, __u32 ifindex)
 	__u32 k = 0;
 	__u64 len;
 
-	c = bpf_map_lookup_elem(&copy_buf, &k);
+	c = bpf_map_lookup_elem(&ring_scratch, &k);
 	if (!skb || !c)
-		return -1;
+		return -3;
 	len = skb->len;
-	if (len < ETH_HLEN || len > COPY_BYTES_MAX)
+	if (len > COPY_BYTES_MAX)
 		return -1;
+	if (len < ETH_HLEN)
+		return -3;
 	/* the bounds just checked stay on the register the helpers get */
 	barrier_var(len);
 	if (bpf_skb_load_bytes(skb, 0, c->bytes, len))
-		return -1;
+		return -3;
 	c->ifindex = ifindex;
 	c->len = len;
 	if (bpf_ringbuf_output(&copies, c, COPY_HDR_LEN + len, 0))
@@ -385,11 +387,13 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 			count(MS_RING_FULL);
 			return grown;
 		}
-		if (ret) {
+		if (ret == -1) {
 			ss->oversize += 1;
 			count(MS_OVERSIZE);
 			return grown;
 		}
+		if (ret)
+			goto fail;
 		goto sent;
 	}
 	if (nfrag) {

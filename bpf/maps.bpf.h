@@ -250,6 +250,6 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct mirror_copy);
-} copy_buf SEC(".maps");
+} ring_scratch SEC(".maps");
 
 #endif /* MAPS_BPF_H */
