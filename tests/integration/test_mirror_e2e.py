@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -273,3 +274,24 @@ def test_without_redirect_chain_the_daemon_sends_the_copies(lab: Lab) -> None:
     assert Counter(f for _, f in seen["tap.eth0"] if MARKER in f) == src_side
     assert status["redirect_chain"] is False
     assert {s["name"]: (s["packets"], s["ring_full"]) for s in status["sessions"]} == {"ids": (8, 0), "ids6": (8, 0)}
+
+
+def test_redirect_chain_switches_on_reload(lab: Lab) -> None:
+    """SIGHUP with redirect_chain: false turns the redirects off in the running agent; the copies still arrive."""
+    crafted = frames(lab)["mirror"]
+    agent = Agent(lab, config(lab))
+    try:
+        assert agent.status()["redirect_chain"] is True
+        agent.config.write_text(config(lab) + "redirect_chain: false\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while agent.status()["redirect_chain"]:
+            assert time.monotonic() < deadline, "reload not applied"
+            time.sleep(0.05)
+        with sniffing(lab, [(lab.col, "vx42")]) as seen:
+            send_frames(lab, lab.src, "eth0", crafted)
+        packets = {s["name"]: s["packets"] for s in agent.status()["sessions"]}
+    finally:
+        assert agent.stop() == 0
+    assert received(seen["col.vx42"]) == Counter(crafted)
+    assert packets == {"ids": len(crafted), "ids6": len(crafted)}
