@@ -55,12 +55,13 @@ static __always_inline int take_vlan_tags(struct __sk_buff *skb,
 }
 
 /*
- * What all copies of this packet share, into `ci`. Returns 0, -1 for more
- * tags than MAX_VLAN_TAGS, -2 if the frame cannot be read. What only some
+ * What all copies of this packet share, into `ci` (`ring`: they go to
+ * `copies`, not redirected). Returns 0, -1 for more tags than
+ * MAX_VLAN_TAGS, -2 if the frame cannot be read. What only some
  * tunnels need (time, VLAN, checksum) is filled on first use.
  */
 static __always_inline int prepare_copy(struct __sk_buff *skb,
-					struct copy_info *ci)
+					struct copy_info *ci, __u8 ring)
 {
 	__u32 sid, *ifindex;
 	int ntags;
@@ -74,6 +75,7 @@ static __always_inline int prepare_copy(struct __sk_buff *skb,
 	ci->ifindex = ifindex ? *ifindex : 0;
 	ci->csum = 0;
 	ci->done = 0;
+	ci->ring = ring;
 	__builtin_memset(&ci->l2, 0, sizeof(ci->l2));
 	ntags = take_vlan_tags(skb, &ci->l2);
 	if (ntags < 0)
@@ -259,6 +261,37 @@ static __always_inline int has_seq(const struct mirror_session *s)
 }
 
 /*
+ * Put the finished copy (the whole skb) in `copies` for the daemon to send
+ * on `ifindex` (redirect_chain off). Returns 0, -1 if longer than
+ * COPY_BYTES_MAX, -2 if the ring buffer is full, -3 if it cannot be read.
+ * A global function, verified once.
+ */
+__noinline int ring_copy(struct __sk_buff *skb, __u32 ifindex)
+{
+	struct mirror_copy *c;
+	__u32 k = 0;
+	__u64 len;
+
+	c = bpf_map_lookup_elem(&ring_scratch, &k);
+	if (!skb || !c)
+		return -3;
+	len = skb->len;
+	if (len > COPY_BYTES_MAX)
+		return -1;
+	if (len < ETH_HLEN)
+		return -3;
+	/* the bounds just checked stay on the register the helpers get */
+	barrier_var(len);
+	if (bpf_skb_load_bytes(skb, 0, c->bytes, len))
+		return -3;
+	c->ifindex = ifindex;
+	c->len = len;
+	if (bpf_ringbuf_output(&copies, c, COPY_HDR_LEN + len, 0))
+		return -2;
+	return 0;
+}
+
+/*
  * One copy for the session at `slot` (rule slot * MAX_SESSIONS + session
  * slot, the `sessions` key); the head is `grown` bytes long so
  * far (0: not grown). `last` sends the skb itself with bpf_redirect.
@@ -273,6 +306,7 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	struct copy_info *ci;
 	struct outer_buf b;
 	__u32 k = 0, hlen, seq = 0, nfrag = 0;
+	int ret;
 
 	ci = bpf_map_lookup_elem(&copy_scratch, &k);
 	s = bpf_map_lookup_elem(&sessions, &slot);
@@ -290,8 +324,9 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		return grown;
 	}
 	hlen = s->hdr_len;
-	/* over the MTU: sent as outer fragments, if it takes few enough */
-	if (hlen - ETH_HLEN + ci->inner_len > s->mtu)
+	/* over the MTU: sent as outer fragments, if it takes few enough
+	 * (only by redirecting: with `copies`, oversize) */
+	if (hlen - ETH_HLEN + ci->inner_len > s->mtu && !ci->ring)
 		nfrag = frag_count(s, hlen - ETH_HLEN + ci->inner_len);
 	if (hlen - ETH_HLEN + ci->inner_len > s->mtu && !nfrag) {
 		ss->oversize += 1;
@@ -344,6 +379,23 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		goto fail;
 	if (bpf_skb_store_bytes(skb, 0, b.bytes, hlen, 0))
 		goto fail;
+	if (ci->ring) {
+		/* to the daemon: nothing is redirected a second time */
+		ret = ring_copy(skb, s->ifindex);
+		if (ret == -2) {
+			ss->ring_full += 1;
+			count(MS_RING_FULL);
+			return grown;
+		}
+		if (ret == -1) {
+			ss->oversize += 1;
+			count(MS_OVERSIZE);
+			return grown;
+		}
+		if (ret)
+			goto fail;
+		goto sent;
+	}
 	if (nfrag) {
 		/* as fragments, clones all (the skb, if last, is dropped) */
 		if (hand_fragments(skb, slot, nfrag, next_frag_ident()))
@@ -356,11 +408,12 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	}
 	if (!last && bpf_clone_redirect(skb, s->ifindex, 0))
 		goto fail;
+sent:
 	ss->packets += 1;
 	ss->bytes += skb->len;
 	ss->truncated += ci->truncated;
 	count(MS_COPY_SENT);
-	if (!last)
+	if (!last || ci->ring)
 		return grown;
 	/* the last copy of all goes with the skb itself */
 	bpf_redirect(s->ifindex, 0);

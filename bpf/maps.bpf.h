@@ -238,4 +238,18 @@ static __always_inline void log_event(__u32 level, __u32 code,
 		count(MS_LOG_LOST);
 }
 
+/* finished copies for the daemon to send (redirect_chain off) */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, COPIES_BYTES);
+} copies SEC(".maps");
+
+/* one copy being put together for `copies` */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mirror_copy);
+} ring_scratch SEC(".maps");
+
 #endif /* MAPS_BPF_H */

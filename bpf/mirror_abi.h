@@ -158,6 +158,7 @@ enum mirror_stat {
 	MS_LOG_LOST,	  /* kernel log records lost: `events` was full */
 	MS_SHED,	  /* copy over the node's copy budget for its priority */
 	MS_FRAGMENTS,	  /* outer fragments sent (copies over the egress MTU) */
+	MS_RING_FULL,	  /* copy not sent: `copies` was full (redirect_chain off) */
 	MS__MAX,
 };
 
@@ -169,7 +170,9 @@ struct mirror_config {
 	__u32 class_capacity;	 /* host order: class ids per slot in `class_bits` */
 	__u32 paused;		 /* host order: non-zero: copy nothing (`bpftap pause`) */
 	__u32 budget_pps;	 /* host order: copies per second for all sessions (0: none) */
-	__u32 _pad;
+	__u32 ring_copies;	 /* host order: non-zero: stage 2 puts finished copies in
+				  * `copies` for the daemon to send instead of redirecting
+				  * them (config `redirect_chain: false`) */
 	__u64 budget_bps;	 /* host order: copy bits per second for all sessions (0: none) */
 };
 
@@ -288,6 +291,7 @@ struct session_stats {
 	__u64 truncated;	/* copies sent cut to the session's snaplen */
 	__u64 shed;		/* over the node's copy budget for its priority */
 	__u64 fragments;	/* outer fragments sent for copies over the MTU */
+	__u64 ring_full;	/* `copies` full (redirect_chain off) */
 };
 
 /*
@@ -361,6 +365,23 @@ struct mirror_log {
 
 /* bytes of the `events` ring buffer */
 #define EVENTS_BYTES (256 * 1024)
+
+/*
+ * With redirect_chain off, stage 2 redirects nothing: each finished copy
+ * (outer headers included, as the egress device would send it) goes into
+ * the `copies` ring buffer as a struct mirror_copy of COPY_HDR_LEN + len
+ * bytes, and the daemon sends it from an AF_PACKET socket. Copies over
+ * the egress MTU or longer than COPY_BYTES_MAX are counted oversize.
+ */
+#define COPY_BYTES_MAX (9216 + MIRROR_HDR_MAX)
+#define COPIES_BYTES (4 * 1024 * 1024)
+#define COPY_HDR_LEN 8
+
+struct mirror_copy {
+	__u32 ifindex;			/* host order: the egress device */
+	__u32 len;			/* host order: bytes of the copy */
+	__u8 bytes[COPY_BYTES_MAX];	/* the first `len` are the copy */
+};
 
 /* burst of a session's rate limit: this much time's worth of copies */
 #define RATE_BURST_NS 100000000ULL

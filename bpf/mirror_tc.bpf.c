@@ -14,7 +14,9 @@
  * TSO, GSO and TX checksumming off); per session (slots in ascending
  * header length) the head grows to that session's header, the outer
  * headers are written, and the copy goes with bpf_clone_redirect, the last
- * with bpf_redirect (encap.bpf.h, tunnels.bpf.h).
+ * with bpf_redirect (encap.bpf.h, tunnels.bpf.h). With redirect_chain off
+ * (config->ring_copies) no copy is redirected a second time: each goes into
+ * the `copies` ring buffer and the daemon sends it (agent/copies.py).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -139,6 +141,7 @@ int mirror_egress(struct __sk_buff *skb)
 SEC("tc")
 int mirror_encap(struct __sk_buff *skb)
 {
+	struct mirror_config *cfg;
 	struct copy_info *ci;
 	struct mirror_rule *r;
 	__u32 key = 0, grown = 0, base, hash = 0, pass;
@@ -155,9 +158,10 @@ int mirror_encap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	ci = bpf_map_lookup_elem(&copy_scratch, &key);
+	cfg = bpf_map_lookup_elem(&config, &key);
 	key = skb->mark & XFER_RULE_MASK;
 	r = bpf_map_lookup_elem(&rules, &key);
-	if (!ci || !r)
+	if (!ci || !r || !cfg)
 		return TC_ACT_SHOT;
 	/* the session table of the rule's own slot */
 	base = (key / MAX_RULES) * MAX_SESSIONS;
@@ -168,7 +172,7 @@ int mirror_encap(struct __sk_buff *skb)
 	/* collector groups pick a member by flow: hash the frame as it came */
 	if (r->flags & MIRROR_RF_GROUP)
 		hash = flow_sym_hash(skb) | 1;
-	ret = prepare_copy(skb, ci);
+	ret = prepare_copy(skb, ci, !!cfg->ring_copies);
 	if (ret) {
 		count(ret == -1 ? MS_VLAN_DEPTH : MS_ENCAP_FAIL);
 		log_event(MIRROR_LOG_WARN,

@@ -67,7 +67,7 @@ struct copy_info {
 	__u8 ntags;		/* accelerated tags to put back */
 	__u8 done;		/* COPY_*: fields filled on first use */
 	__u8 truncated;		/* 1 if the frame was cut to a snaplen */
-	__u8 _pad;
+	__u8 ring;		/* 1: copies go to `copies`, not redirected */
 };
 
 /* copy_info.done: what only some tunnels need, computed once per packet */

@@ -80,6 +80,7 @@ MAP_SESSION_SAMPLES = "session_samples"
 MAP_CLOCK = "clock"
 MAP_SOURCE_IDS = "source_ids"
 MAP_SOURCE_IFINDEXES = "source_ifindexes"
+MAP_COPIES = "copies"
 
 OBJECT_NAME = "mirror_tc.bpf.o"
 
@@ -144,12 +145,16 @@ class MirrorStat(enum.IntEnum):
     LOG_LOST = 17
     SHED = 18
     FRAGMENTS = 19
+    RING_FULL = 20
 
 
 MS__MAX = len(MirrorStat)
 RATE_BURST_NS = 100_000_000
 GROUP_BUCKETS = 256
 EVENTS_BYTES = 256 * 1024
+COPY_BYTES_MAX = 9216 + MIRROR_HDR_MAX
+COPIES_BYTES = 4 * 1024 * 1024
+COPY_HDR_LEN = 8
 
 
 class MirrorEvent(enum.IntEnum):
@@ -214,7 +219,7 @@ class MirrorConfig(ctypes.Structure):
         ("class_capacity", ctypes.c_uint32),
         ("paused", ctypes.c_uint32),
         ("budget_pps", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("ring_copies", ctypes.c_uint32),
         ("budget_bps", ctypes.c_uint64),
     ]
 
@@ -315,6 +320,16 @@ class RuleStats(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class MirrorCopy(ctypes.Structure):
+    """Mirror of `struct mirror_copy`: a finished copy in `copies`; only COPY_HDR_LEN + len bytes are written."""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("bytes", ctypes.c_uint8 * COPY_BYTES_MAX),
+    ]
+
+
 class SessionStats(ctypes.Structure):
     """Mirror of `struct session_stats` (one CPU's slot)."""
 
@@ -329,6 +344,7 @@ class SessionStats(ctypes.Structure):
         ("truncated", ctypes.c_uint64),
         ("shed", ctypes.c_uint64),
         ("fragments", ctypes.c_uint64),
+        ("ring_full", ctypes.c_uint64),
     ]
 
 

@@ -67,7 +67,7 @@ UDP_TUNNELS = ("vxlan", "geneve")
 # the field that identifies a session's copies, per tunnel type; gre's is optional
 TUNNEL_ID_FIELDS = {"vxlan": "vni", "geneve": "vni", "gre": "key", "erspan2": "session_id", "erspan3": "session_id"}
 
-_TOP_KEYS = ("sources", "sessions", "rules", "copy_budget")
+_TOP_KEYS = ("sources", "sessions", "rules", "copy_budget", "redirect_chain")
 T = TypeVar("T")
 
 
@@ -184,6 +184,8 @@ class Config:
     sessions: tuple[Session, ...]
     rules: tuple[Rule, ...]
     copy_budget: tuple[int, int] = (0, 0)  # (copies, bits) per second for all sessions; 0 = none
+    # false: no packet is redirected twice; stage 2 hands copies to the daemon, which sends them (agent/copies.py)
+    redirect_chain: bool = True
 
 
 _SOURCE_FIELDS = tuple(f.name for f in fields(Source))
@@ -270,6 +272,12 @@ def parse_config(data: object, filename: str) -> Config:
             copy_budget = rule_fields.rate_limit(data["copy_budget"])
         except ValueError as exc:
             report.append(("copy_budget", str(exc)))
+    redirect_chain = Config.redirect_chain
+    if "redirect_chain" in data:
+        try:
+            redirect_chain = _boolean(data["redirect_chain"])
+        except _Invalid as exc:
+            report.append(("redirect_chain", str(exc)))
     if report:
         raise InvalidConfigError(f"{filename}: {where}: {what}" for where, what in report)
     return Config(
@@ -278,6 +286,7 @@ def parse_config(data: object, filename: str) -> Config:
         sessions=tuple(s for s in sessions if s is not None),
         rules=tuple(sorted((r for r in rules if r is not None), key=lambda r: r.number)),
         copy_budget=copy_budget,
+        redirect_chain=redirect_chain,
     )
 
 

@@ -27,6 +27,7 @@ STRUCTS = {
     "session_stats": abi.SessionStats,
     "session_seq": abi.SessionSeq,
     "mirror_clock": abi.MirrorClock,
+    "mirror_copy": abi.MirrorCopy,
 }
 
 
@@ -77,7 +78,7 @@ def test_constants_match_header() -> None:
     h = header_constants()
     for name in ("RULE_WORDS", "SUMMARY_WORDS", "CLASS_CAPACITY", "PORT_KEYS", "NO_PORTS", "META_KEYS",
                  "EVENTS_BYTES", "GROUP_BUCKETS", "MIRROR_RF_GROUP", "BUDGET_KEY", "PRIO_RESERVE_HIGH",
-                 "PRIO_RESERVE_NORMAL", "PRIO_RESERVE_LOW",
+                 "PRIO_RESERVE_NORMAL", "PRIO_RESERVE_LOW", "COPY_BYTES_MAX", "COPIES_BYTES", "COPY_HDR_LEN",
                  "VLAN_KEYS", "FLAG_KEYS", "NOT_TCP", "IFACE_KEYS",
                  "MAX_RULES", "RULE_SLOTS", "MAX_SESSIONS", "MAX_VLAN_TAGS", "MAX_IPV6_EXT", "MIRROR_PASS",
                  "MIRROR_COPY_MARK", "XFER_TAG", "XFER_TAG_MASK", "XFER_EGRESS", "XFER_RULE_MASK",

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -248,3 +249,49 @@ def test_snaplen_truncates_one_session_and_leaves_the_other_whole(lab: Lab) -> N
     # the kernel's VXLAN device checked the outer IPv6 UDP checksum of every cut copy
     assert received(seen["col.vx43"]) == Counter(f[:96] for f in crafted)
     assert (sessions["ids6"]["truncated"], sessions["ids"]["truncated"]) == (len(crafted), 0)
+
+
+def test_without_redirect_chain_the_daemon_sends_the_copies(lab: Lab) -> None:
+    """redirect_chain: false: the same copies reach the kernel's VXLAN devices, sent by the agent; originals unchanged."""
+    crafted = frames(lab)
+    sent = crafted["mirror"] + crafted["skip"] + crafted["none"]
+    with sniffing(lab, [(lab.dst, "eth0")]) as seen:
+        send_frames(lab, lab.src, "eth0", sent)
+    without = Counter(f for f in received(seen["dst.eth0"]) if MARKER in f)
+    agent = Agent(lab, config(lab) + "redirect_chain: false\n")
+    try:
+        points = [(lab.col, "vx42"), (lab.col, "vx43"), (lab.dst, "eth0"), (lab.src, "eth0"), (lab.tap, "eth0")]
+        with sniffing(lab, points) as seen:
+            send_frames(lab, lab.src, "eth0", sent)
+        status = agent.status()
+    finally:
+        assert agent.stop() == 0
+    want = Counter(crafted["mirror"])
+    assert received(seen["col.vx42"]) == want, "IPv4 session (vni 42): decapsulated frames differ from the originals"
+    assert received(seen["col.vx43"]) == want, "IPv6 session (vni 43): decapsulated frames differ from the originals"
+    assert Counter(f for f in received(seen["dst.eth0"]) if MARKER in f) == without
+    src_side = Counter(f for _, f in seen["src.eth0"] if MARKER in f)
+    assert Counter(f for _, f in seen["tap.eth0"] if MARKER in f) == src_side
+    assert status["redirect_chain"] is False
+    assert {s["name"]: (s["packets"], s["ring_full"]) for s in status["sessions"]} == {"ids": (8, 0), "ids6": (8, 0)}
+
+
+def test_redirect_chain_switches_on_reload(lab: Lab) -> None:
+    """SIGHUP with redirect_chain: false turns the redirects off in the running agent; the copies still arrive."""
+    crafted = frames(lab)["mirror"]
+    agent = Agent(lab, config(lab))
+    try:
+        assert agent.status()["redirect_chain"] is True
+        agent.config.write_text(config(lab) + "redirect_chain: false\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while agent.status()["redirect_chain"]:
+            assert time.monotonic() < deadline, "reload not applied"
+            time.sleep(0.05)
+        with sniffing(lab, [(lab.col, "vx42")]) as seen:
+            send_frames(lab, lab.src, "eth0", crafted)
+        packets = {s["name"]: s["packets"] for s in agent.status()["sessions"]}
+    finally:
+        assert agent.stop() == 0
+    assert received(seen["col.vx42"]) == Counter(crafted)
+    assert packets == {"ids": len(crafted), "ids6": len(crafted)}

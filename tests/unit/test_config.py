@@ -83,6 +83,8 @@ def config_with(path: str, value: Any) -> dict[str, Any]:
 BAD = [
     # (what is set, value, expected message after "bpftap.yaml: ")
     ("rule", [], "top level: unknown key 'rule'; did you mean 'rules'?"),
+    ("redirect_chain", "no", "redirect_chain: expected true or false, got the string 'no'"),
+    ("redirect_chain", 0, "redirect_chain: expected true or false, got the integer 0"),
     ("rules.0.dst_port", 53, "rules[0]: unknown field 'dst_port'; did you mean 'dst_ports'?"),
     ("sessions.0.vni", DELETE, "sessions[0]: missing required field 'vni'"),
     ("sessions.0.vni", "abc", "sessions[0].vni: expected an integer, got the string 'abc'"),
@@ -237,9 +239,9 @@ def test_all_errors_are_collected_in_one_config_error() -> None:
     [
         (
             None,
-            "bpftap.yaml: top level: the file is empty; expected a mapping with keys sources, sessions, rules, copy_budget",
+            "bpftap.yaml: top level: the file is empty; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain",
         ),
-        ([1, 2], "bpftap.yaml: top level: got a list; expected a mapping with keys sources, sessions, rules, copy_budget"),
+        ([1, 2], "bpftap.yaml: top level: got a list; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain"),
     ],
 )
 def test_top_level_must_be_a_mapping(data: object, message: str) -> None:
@@ -341,3 +343,8 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidConfigError) as info:
         load_config(path)
     assert info.value.errors == [f"{path}: cannot read: No such file or directory (ENOENT)"]
+
+
+@pytest.mark.parametrize(("value", "chain"), [(DELETE, True), (True, True), (False, False)])
+def test_redirect_chain(value: object, chain: bool) -> None:
+    assert parse_config(config_with("redirect_chain", value) if value is not DELETE else BASE, "x").redirect_chain is chain

@@ -110,9 +110,9 @@ def test_rules_and_sessions_with_their_labels() -> None:
     not_sent = {(dict(k)["session"], dict(k)["reason"]): v for k, v in got["bpftap_session_not_sent_total"].items()}
     assert not_sent == {
         ("ids", "unresolved"): 1, ("ids", "oversize"): 2, ("ids", "encap_fail"): 3,
-        ("ids", "sampled_out"): 0, ("ids", "rate_limited"): 0, ("ids", "shed"): 0,
+        ("ids", "sampled_out"): 0, ("ids", "rate_limited"): 0, ("ids", "shed"): 0, ("ids", "ring_full"): 0,
         ("ids6", "unresolved"): 0, ("ids6", "oversize"): 0, ("ids6", "encap_fail"): 0,
-        ("ids6", "sampled_out"): 0, ("ids6", "rate_limited"): 0, ("ids6", "shed"): 0,
+        ("ids6", "sampled_out"): 0, ("ids6", "rate_limited"): 0, ("ids6", "shed"): 0, ("ids6", "ring_full"): 0,
     }
     assert all(dict(k)["remote"] in ("198.18.2.1", "2001:db8:2::1") for k in got["bpftap_session_not_sent_total"])
     assert got["bpftap_session_resolved"] == {ids: 1, ids6: 0}

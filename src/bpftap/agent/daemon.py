@@ -39,6 +39,7 @@ from bpftap.agent.configwatch import ConfigWatch
 from bpftap.agent.pods import PodFollower
 from bpftap.agent.status import StatusServer
 from bpftap.bpf import pins, tc
+from bpftap.agent.copies import CopySender
 from bpftap.agent.kernel_log import KernelLog
 from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf.objects import BpfObject
@@ -180,6 +181,9 @@ class Agent:
         )
         klog.start()
         self.stack.callback(klog.close)
+        sender = CopySender(self.obj.map(abi.MAP_COPIES))
+        sender.start()
+        self.stack.callback(sender.close)
         self.apply(self.config, compiled)
         # before the first source is attached, so every copy names its interface
         self.tables.write_sources([ifindex for (_, ifindex) in sources])
@@ -340,6 +344,7 @@ class Agent:
             self._write_sessions(plan, force=True)
             self.active_slot = self.tables.write_rules(rules, self.encap_ifindex)
             self.tables.set_budget(*config.copy_budget)
+            self.tables.set_redirect_chain(config.redirect_chain)
             self.plan, self.config = plan, config
             self._record()
         log.info(
@@ -452,6 +457,7 @@ class Agent:
                 "pid": os.getpid(),
                 "config": str(plan.config.path),
                 "paused": bool(self.tables.config().paused),
+                "redirect_chain": not self.tables.config().ring_copies,
                 "attachments": [a.describe() for a in self.attachments],
                 "pins": str(self.pin_dir),
                 "adopted": self.adoption,

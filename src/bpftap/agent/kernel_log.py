@@ -114,19 +114,53 @@ def format_record(rec: Record, session_name: Callable[[int], str | None]) -> tup
     return f"kernel: {', '.join(where)}: {text}" if where else f"kernel: {text}", fields
 
 
-class KernelLog(threading.Thread):
+class RingReader(threading.Thread):
+    """A thread that hands each record of a BPF ring buffer to `_sample` until close(), calling `report` now and then."""
+
+    def __init__(self, ring: Map, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.closing = threading.Event()
+        self._callback = RING_SAMPLE_FN(self._sample)  # kept alive as long as the ring buffer
+        self._rb = lib.ring_buffer__new(ring.fd, self._callback, None, None)
+        if not self._rb:
+            raise BpfError("open ring buffer", ring.name, ctypes.get_errno())
+
+    def _sample(self, _ctx: int, data: int, size: int) -> int:
+        raise NotImplementedError
+
+    def report(self) -> None:
+        """Log what happened since the last report (nothing here)."""
+
+    def run(self) -> None:
+        last = time.monotonic()
+        while not self.closing.is_set():
+            lib.ring_buffer__poll(self._rb, 200)
+            if time.monotonic() - last >= REPORT_SECONDS:
+                self.report()
+                last = time.monotonic()
+
+    def drain(self) -> None:
+        """Hand every record the ring buffer holds now to `_sample`."""
+        lib.ring_buffer__poll(self._rb, 0)
+
+    def close(self) -> None:
+        """Stop, drain what is left, report, free the ring buffer."""
+        self.closing.set()
+        if self.ident is not None:
+            self.join(timeout=2)
+        self.drain()
+        self.report()
+        lib.ring_buffer__free(self._rb)
+
+
+class KernelLog(RingReader):
     """Reads `events` until close(); `lost()` reads the kernel's count of records it could not write."""
 
     def __init__(self, events: Map, session_name: Callable[[int], str | None], lost: Callable[[], int]) -> None:
-        super().__init__(name="kernel-log", daemon=True)
+        super().__init__(events, "kernel-log")
         self.session_name, self.lost = session_name, lost
         self.limiter = RateLimiter()
         self.received = 0
-        self.closing = threading.Event()
-        self._callback = RING_SAMPLE_FN(self._sample)  # kept alive as long as the ring buffer
-        self._rb = lib.ring_buffer__new(events.fd, self._callback, None, None)
-        if not self._rb:
-            raise BpfError("open ring buffer", abi.MAP_EVENTS, ctypes.get_errno())
         self._reported_lost = 0
 
     def _sample(self, _ctx: int, data: int, size: int) -> int:
@@ -152,19 +186,3 @@ class KernelLog(threading.Thread):
         if new_lost:
             log.warning("kernel: %d log records lost (ring buffer full)", new_lost,
                         extra={"fields": {"lost": new_lost}})
-
-    def run(self) -> None:
-        last = time.monotonic()
-        while not self.closing.is_set():
-            lib.ring_buffer__poll(self._rb, 200)
-            if time.monotonic() - last >= REPORT_SECONDS:
-                self.report()
-                last = time.monotonic()
-
-    def close(self) -> None:
-        """Stop, drain what is left, report, free the ring buffer."""
-        self.closing.set()
-        self.join(timeout=2)
-        lib.ring_buffer__poll(self._rb, 0)
-        self.report()
-        lib.ring_buffer__free(self._rb)

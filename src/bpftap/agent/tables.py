@@ -152,6 +152,12 @@ class Tables:
         cfg.budget_pps, cfg.budget_bps = pps, bps
         self.maps[abi.MAP_CONFIG].update(0, cfg)
 
+    def set_redirect_chain(self, chain: bool) -> None:
+        """Off: stage 2 redirects nothing and puts the copies in `copies` for the daemon to send."""
+        cfg = self.config()
+        cfg.ring_copies = int(not chain)
+        self.maps[abi.MAP_CONFIG].update(0, cfg)
+
     def set_paused(self, paused: bool) -> None:
         """The kill switch: while paused the source programs copy nothing (counted as `paused`)."""
         cfg = self.config()

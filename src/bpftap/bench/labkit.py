@@ -33,7 +33,8 @@ def agent_config(remote: str, kind: str, n_rules: int = 10) -> dict[str, Any]:
     ``nomatch``: `n_rules` UDP rules for ports 6000.. that no bench traffic
     uses (every rule is checked, none matches). ``mirror``: one rule that
     matches every IP packet (protocol any, both directions) and feeds one
-    VXLAN session to `remote`. ``many``: `n_rules` rules, the last one
+    VXLAN session to `remote`. ``nochain``: ``mirror`` with `redirect_chain: false`
+    (the agent sends the copies from user space). ``many``: `n_rules` rules, the last one
     matching everything (the memory tier's full rule set).
     """
     session = {"name": "ids", "tunnel": "vxlan", "remote": remote, "vni": VNI, "port": VXLAN_PORT}
@@ -41,14 +42,15 @@ def agent_config(remote: str, kind: str, n_rules: int = 10) -> dict[str, Any]:
     if kind == "nomatch":
         rules = [{"number": 900 + i, "protocol": "udp", "dst_ports": 6000 + i, "sessions": ["ids"]}
                  for i in range(n_rules)]
-    elif kind == "mirror":
+    elif kind in ("mirror", "nochain"):
         rules = [{"number": 100, "sessions": ["ids"]}]
     elif kind == "many":
         rules = [{"number": 1 + i, "protocol": "udp", "dst_ports": 6000 + (i % 50000), "sessions": ["ids"]}
                  for i in range(n_rules - 1)] + [{"number": n_rules + 1, "sessions": ["ids"]}]
     else:
         raise ValueError(f"unknown agent config kind {kind!r}")
-    return {"sources": [{"interface": "eth0", "direction": "both"}], "sessions": [session], "rules": rules}
+    config = {"sources": [{"interface": "eth0", "direction": "both"}], "sessions": [session], "rules": rules}
+    return {**config, "redirect_chain": False} if kind == "nochain" else config
 
 
 class BenchAgent:

@@ -14,7 +14,8 @@ the sender down instead of dropping: no loss at any load (closed loop).
 
 First the capacity C of the baseline (no bpftap): a short bisection for
 the highest rate with < 0.01 % loss. Then each configuration (none,
-nomatch, mirror, mirred, interleaved per round) is offered 50..95 % of C.
+nomatch, mirror, nochain (`redirect_chain: false`), mirred, interleaved per
+round) is offered 50..95 % of C.
 Original loss comes from iperf3's sequence numbers; copies delivered are
 counted copies over originals sent.
 """
@@ -30,7 +31,7 @@ from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, summariz
 from bpftap.bench.sysinfo import proc_stat_cpu
 from bpftap.lab import Lab
 
-CONFIGS = ("none", "nomatch", "mirror", "mirred")
+CONFIGS = ("none", "nomatch", "mirror", "nochain", "mirred")
 PAYLOADS = (64, 1400)
 NOMINAL_PPS = 40_000
 HEADERS = 42  # Ethernet 14 + IPv4 20 + UDP 8: tbf counts the frame
@@ -85,12 +86,12 @@ def point(lab: Lab, iperf: K.Iperf, payload: int, pps: float, seconds: float) ->
 
 
 def sweep(lab: Lab, iperf: K.Iperf, config: str, caps: dict[int, dict[str, Any]], seconds: float,
-          pts: dict[str, Any], agent_counters: list[dict[str, int]]) -> None:
+          pts: dict[str, Any], agent_counters: list[dict[str, Any]]) -> None:
     """One configuration over every payload and utilisation; its points go into `pts` only when all ran."""
     agent = None
     got: dict[int, dict[float, dict[str, Any]]] = {p: {} for p in PAYLOADS}
     try:
-        if config in ("nomatch", "mirror"):
+        if config in ("nomatch", "mirror", "nochain"):
             agent = K.BenchAgent(lab, K.agent_config(str(lab.dst.ip4), config))
         elif config == "mirred":
             K.mirred_on(lab, lab.tap, "eth0", "vxm1")
@@ -98,8 +99,8 @@ def sweep(lab: Lab, iperf: K.Iperf, config: str, caps: dict[int, dict[str, Any]]
             shape(lab, payload)
             for util in UTILISATIONS:
                 got[payload][util] = point(lab, iperf, payload, util * caps[payload]["pps"], seconds)
-        if agent is not None and config == "mirror":
-            agent_counters.append(agent.status()["counters"])
+        if agent is not None and config in ("mirror", "nochain"):
+            agent_counters.append({"config": config, **agent.status()["counters"]})
     finally:
         if agent is not None:
             agent.stop()
@@ -143,7 +144,7 @@ def run_tier3(lab: Lab, reps: int = 3, seconds: float = 2.0, log: Callable[[str]
     caps: dict[int, dict[str, Any]] = {}
     pts: dict[str, dict[int, dict[float, list[dict[str, Any]]]]] = {
         c: {p: {u: [] for u in UTILISATIONS} for p in PAYLOADS} for c in CONFIGS}
-    agent_counters: list[dict[str, int]] = []
+    agent_counters: list[dict[str, Any]] = []
     errors: list[str] = []
     try:
         rates[PAYLOADS[0]] = shape(lab, PAYLOADS[0])

@@ -7,7 +7,8 @@ from typing import Any
 
 from bpftap.bench.stats import UTILISATIONS
 
-COLOURS = {"none": "tab:gray", "nomatch": "tab:blue", "mirror": "tab:green", "mirred": "tab:red"}
+COLOURS = {"none": "tab:gray", "nomatch": "tab:blue", "mirror": "tab:green", "nochain": "tab:olive",
+           "mirred": "tab:red"}
 
 
 def _plt() -> Any:

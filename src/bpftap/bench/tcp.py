@@ -6,6 +6,8 @@ interface. Configurations, in this order every round:
 - ``none``: no bpftap, no filter (the baseline);
 - ``nomatch``: the agent attached (both directions) with 10 rules, none matching;
 - ``mirror``: the agent mirroring every packet to the collector host over VXLAN;
+- ``nochain``: ``mirror`` with `redirect_chain: false` (stage 2 hands the
+  copies to the agent through a ring buffer; it sends them with AF_PACKET);
 - ``mirred``: no agent; ``tc ... u32 match u32 0 0 action mirred egress mirror
   dev vxm0`` on eth0 ingress and egress, vxm0 being a kernel VXLAN device
   toward the collector host.
@@ -30,7 +32,7 @@ from bpftap.bench.stats import cpu_busy, ratio_summary, rounds, summarize
 from bpftap.bench.sysinfo import proc_stat_cpu
 from bpftap.lab import Lab
 
-CONFIGS = ("none", "nomatch", "mirror", "mirred")
+CONFIGS = ("none", "nomatch", "mirror", "nochain", "mirred")
 HEADER_BYTES = 66
 
 
@@ -73,7 +75,7 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
     K.add_vxlan(lab, lab.tap, "vxm0", str(lab.tap.eth2.ip4), "eth2", remote=str(lab.col.ip4))
     iperf = K.Iperf(lab)
     runs: dict[str, list[dict[str, Any] | None]] = {c: [] for c in CONFIGS}  # one per round, None: failed
-    agent_counters: list[dict[str, int]] = []
+    agent_counters: list[dict[str, Any]] = []
     errors: list[str] = []
     try:
         warm = one_run(lab, iperf, warmup_seconds)
@@ -83,16 +85,16 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
             try:
                 if config == "nomatch":
                     agent = K.BenchAgent(lab, K.agent_config(str(lab.col.ip4), "nomatch"))
-                elif config == "mirror":
+                elif config in ("mirror", "nochain"):
                     if agent is None:
-                        agent = K.BenchAgent(lab, K.agent_config(str(lab.col.ip4), "mirror"))
+                        agent = K.BenchAgent(lab, K.agent_config(str(lab.col.ip4), config))
                     else:
-                        agent.reload(K.agent_config(str(lab.col.ip4), "mirror"))
+                        agent.reload(K.agent_config(str(lab.col.ip4), config))
                 elif config == "mirred":
                     K.mirred_on(lab, lab.tap, "eth0", "vxm0")
                 result = one_run(lab, iperf, seconds)
-                if config == "mirror" and agent is not None:
-                    agent_counters.append(agent.status()["counters"])
+                if config in ("mirror", "nochain") and agent is not None:
+                    agent_counters.append({"config": config, **agent.status()["counters"]})
             except Exception as exc:  # noqa: BLE001 - keep the other configurations' runs
                 errors.append(f"round {rnd + 1} {config}: {type(exc).__name__}: {str(exc)[-600:]}")
                 log(f"  tier 2 round {rnd + 1}/{reps} {config:<8} FAILED: {errors[-1][:300]}")
@@ -101,7 +103,7 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
             finally:
                 if config == "mirred":
                     K.mirred_off(lab, lab.tap, "eth0")
-                if config == "mirror" and agent is not None:
+                if config in ("mirror", "nochain") and agent is not None:
                     agent.stop()
                     agent = None
             runs[config].append(result)
@@ -125,7 +127,7 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
             "cpu_busy": summarize(col(config, "cpu_busy")),
             "cpu_s_per_gb": summarize(col(config, "cpu_s_per_gb")),
             "cpu_per_gb_ratio": ratio_summary(col(config, "cpu_s_per_gb"), base_cpu),
-            "coverage": summarize(col(config, "coverage")) if config in ("mirror", "mirred") else None,
+            "coverage": summarize(col(config, "coverage")) if config in ("mirror", "nochain", "mirred") else None,
             "runs": runs[config],
         }
     return out
