@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from bpftap.demo import wait_for_agent
 from bpftap.lab import Host, Lab
 
 BPFTAP = [sys.executable, "-m", "bpftap.cli"]
+# waits stretch by this factor where everything is slower: the kernel matrix's emulated guests (tools/kernels)
+TIME_SCALE = float(os.environ.get("BPFTAP_TIME_SCALE", "1"))
 WIRE = [sys.executable, str(Path(__file__).with_name("wire.py"))]
 
 
@@ -32,7 +35,7 @@ class Agent:
         with self.log.open("w") as out:
             self.proc = lab.popen(lab.tap, [*BPFTAP, "run", "-c", str(self.config), *args], stdout=out, stderr=out)
         try:
-            wait_for_agent(lab)
+            wait_for_agent(lab, 15 * TIME_SCALE)
         except Exception:
             self.proc.kill()
             raise AssertionError(f"agent did not start:\n{self.log.read_text()}") from None
@@ -43,7 +46,7 @@ class Agent:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=15)
+        return self.proc.wait(timeout=15 * TIME_SCALE)
 
     def output(self) -> str:
         return self.log.read_text()
@@ -55,6 +58,7 @@ def sniffing(lab: Lab, points: list[tuple[Host, str]], seconds: float = 3.0) -> 
 
     Keys are "role.iface"; values (outgoing, frame) in arrival order.
     """
+    seconds *= TIME_SCALE
     procs = {}
     for host, iface in points:
         proc = lab.popen(host, [*WIRE, "sniff", iface, str(seconds)], stdout=subprocess.PIPE, text=True)
