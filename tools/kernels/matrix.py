@@ -8,7 +8,8 @@ as they are here; the row's output directory, build/kernels/<row>/, is shared
 writable. The kernel package comes from Debian's registry (apt-get download),
 its modules are bound on the guest's /lib/modules. Each row leaves result.json,
 guest.log, console.log and verifier/ in its directory; this script prints the
-rows and writes build/kernels/matrix.md and matrix.json.
+rows and writes build/kernels/matrix.md and matrix.json (rows not run this
+time stay there from their last run).
 
     python tools/kernels/matrix.py [--rows host,6.1] [--soak SECONDS]
 
@@ -263,8 +264,11 @@ def main() -> int:
         print(f"kernels: row {row}: {result.get('passed', 0)} passed, {result.get('failed', 0)} failed, "
               f"{result.get('skipped', 0)} skipped in {result['seconds']} s"
               + (f"; ERROR {result['error']}" if result["error"] else ""), flush=True)
-    (OUT / "matrix.json").write_text(json.dumps(results, indent=2) + "\n")
-    (OUT / "matrix.md").write_text(table(results))
+    # rows run before and not now stay in the tables (each with its own `seconds` and kernel)
+    earlier = json.loads((OUT / "matrix.json").read_text()) if (OUT / "matrix.json").exists() else []
+    every = [r for r in earlier if r["row"] not in rows] + results
+    (OUT / "matrix.json").write_text(json.dumps(every, indent=2) + "\n")
+    (OUT / "matrix.md").write_text(table(every))
     print(table(results))
     bad = [r for r in results if r["error"] or r.get("failed") or r.get("dmesg") != "clean" or not r.get("passed")]
     return 1 if bad else 0
