@@ -377,6 +377,14 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	if (s->family == 6 && l4_proto(s) == IPPROTO_UDP &&
 	    udp6_csum(skb, &b, ci, hlen))
 		goto fail;
+	/*
+	 * hlen was checked above, but Linux 6.1's verifier loses those bounds
+	 * where clang reloads hlen from the stack (then "invalid zero-sized
+	 * read"): check the very register the helper gets
+	 */
+	barrier_var(hlen);
+	if (hlen < TUN_OFF4 || hlen > MIRROR_HDR_MAX)
+		goto fail;
 	if (bpf_skb_store_bytes(skb, 0, b.bytes, hlen, 0))
 		goto fail;
 	if (ci->ring) {

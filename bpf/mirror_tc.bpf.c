@@ -186,14 +186,18 @@ int mirror_encap(struct __sk_buff *skb)
 		goto fail;
 	skb->mark = MIRROR_COPY_MARK;
 
-	/* one copy per session in slot order, i.e. ascending header length */
+	/*
+	 * one copy per session in slot order, i.e. ascending header length;
+	 * mask stays as it is (the last copy is the one with no session
+	 * after it): Linux 6.1's verifier marks every scalar precise past the
+	 * encap_one() call, and a mask that differed between the paths
+	 * through the loop made their states distinct: 2^64 of them
+	 */
 	for (__u32 i = 0; i < MAX_SESSIONS; i++) {
-		__u64 bit = 1ULL << i;
 		__u32 slot = base + i;
 
-		if (!(mask & bit))
+		if (!((mask >> i) & 1))
 			continue;
-		mask &= ~bit;
 		/* a collector group: its member for this flow, both ways alike
 		 * (only rules that feed a group pay for the extra lookup) */
 		if (hash) {
@@ -201,7 +205,7 @@ int mirror_encap(struct __sk_buff *skb)
 			if (s && s->group_size > 1)
 				slot += group_member(slot, hash) % s->group_size;
 		}
-		ret = encap_one(skb, slot, grown, !mask);
+		ret = encap_one(skb, slot, grown, !(mask >> i >> 1));
 		if (ret == ENCAP_REDIRECTED)
 			return TC_ACT_REDIRECT;
 		grown = ret;

@@ -20,6 +20,8 @@ from bpftap.demo import wait_for_agent
 from bpftap.lab import Host, Lab
 
 BPFTAP = [sys.executable, "-m", "bpftap.cli"]
+# waits stretch by this factor where everything is slower: the kernel matrix's emulated guests (tools/kernels)
+TIME_SCALE = float(os.environ.get("BPFTAP_TIME_SCALE", "1"))
 WIRE = [sys.executable, str(Path(__file__).with_name("wire.py"))]
 
 
@@ -49,7 +51,7 @@ class Agent:
                 self.proc = subprocess.Popen(in_tap(lab, cmd), stdout=out, stderr=out, env=pins.env,
                                              start_new_session=True)
         try:
-            wait_for_agent(lab)
+            wait_for_agent(lab, 15 * TIME_SCALE)
         except Exception:
             self.proc.kill()
             raise AssertionError(f"agent did not start:\n{self.log.read_text()}") from None
@@ -60,7 +62,7 @@ class Agent:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=15)
+        return self.proc.wait(timeout=15 * TIME_SCALE)
 
     def output(self) -> str:
         return self.log.read_text()
@@ -94,6 +96,7 @@ def sniffing(lab: Lab, points: list[tuple[Host, str]], seconds: float = 3.0) -> 
 
     Keys are "role.iface"; values (outgoing, frame) in arrival order.
     """
+    seconds *= TIME_SCALE
     procs = {}
     for host, iface in points:
         proc = lab.popen(host, [*WIRE, "sniff", iface, str(seconds)], stdout=subprocess.PIPE, text=True)

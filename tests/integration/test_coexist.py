@@ -27,6 +27,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from bpftap import abi
+from bpftap.bpf.probe import probe
 from bpftap.lab import Lab
 
 from .agent_lab import BPFTAP, Agent, hook_state, received, send_frames, sniffing
@@ -138,6 +139,8 @@ CASES = [
 
 @pytest.mark.parametrize("mode,place,args", CASES, ids=[f"{m}-bpftap-{p}" for m, p, _ in CASES])
 def test_other_program_counts_and_drops_as_without_bpftap(lab: Lab, mode: str, place: str, args: list[str]) -> None:
+    if mode == "tcx" and not probe().tcx:
+        pytest.skip(f"this kernel has no tcx: {probe().detail['tcx']}")
     passed, dropped = frames(lab)
     sent = passed + dropped
     before = hook_state(lab)

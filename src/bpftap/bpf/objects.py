@@ -190,6 +190,22 @@ class BpfObject:
         )
         return self
 
+    def keep_verifier_logs(self, level: int = 4, size: int = 1 << 20) -> dict[str, ctypes.Array[ctypes.c_char]]:
+        """Before load(): a verifier log buffer for each program, by name; read them after load() or its failure.
+
+        Level 4 (BPF_LOG_STATS) keeps the summary lines: processed insns, states,
+        stack depth, verification time; 1 adds every instruction's state.
+        """
+        bufs = {}
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            name = lib.bpf_program__name(prog).decode()
+            bufs[name] = ctypes.create_string_buffer(size)
+            check(lib.bpf_program__set_log_buf(prog, bufs[name], size), "set verifier log buffer", name)
+            check(lib.bpf_program__set_log_level(prog, level), "set verifier log level", name)
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        return bufs
+
     def set_max_entries(self, name: str, entries: int) -> None:
         """Size a map before load(). Raises BpfError if the object is loaded or the map is missing."""
         handle = check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), "find map", name)
