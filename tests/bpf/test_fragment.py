@@ -24,8 +24,19 @@ from bpftap.bpf.objects import BpfObject, SkBuff
 
 from .conftest import KernelNs
 from .test_tunnels_bytes import (
-    NEXT_MAC, SRC_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, Case, clone_ctx, expected, hop, inner_frame, outer_of,
-    program, receive_all, session,
+    NEXT_MAC,
+    SRC_MAC,
+    TC_ACT_REDIRECT,
+    TC_ACT_SHOT,
+    Case,
+    clone_ctx,
+    expected,
+    hop,
+    inner_frame,
+    outer_of,
+    program,
+    receive_all,
+    session,
 )
 
 pytestmark = pytest.mark.kernel

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bpftap.bpf.probe import probe
 from bpftap.demo import wait_for_agent
 from bpftap.lab import Host, Lab
 
@@ -32,6 +35,12 @@ def in_tap(lab: Lab, cmd: list[str]) -> list[str]:
     mounts a bpffs that vanishes with it.)
     """
     return ["nsenter", f"--net=/run/netns/{lab.ns(lab.tap)}", *cmd]
+
+
+def needs_mode(mode: str) -> None:
+    """Skip a case of attach mode `mode` where the kernel has none (tcx came in 6.6): found by probing."""
+    if mode == "tcx" and not probe().tcx:
+        pytest.skip(f"this kernel has no tcx: {probe().detail['tcx']}")
 
 
 class Agent:

@@ -27,10 +27,17 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from bpftap import abi
-from bpftap.bpf.probe import probe
 from bpftap.lab import Lab
 
-from .agent_lab import BPFTAP, Agent, hook_state, received, send_frames, sniffing
+from .agent_lab import (
+    BPFTAP,
+    Agent,
+    hook_state,
+    needs_mode,
+    received,
+    send_frames,
+    sniffing,
+)
 
 HOLDER = Path(__file__).resolve().parents[1] / "bpf_progs" / "counter.py"
 COUNTER_OBJ = Path(__file__).resolve().parents[2] / "build" / "bpf" / "counter.bpf.o"
@@ -139,8 +146,7 @@ CASES = [
 
 @pytest.mark.parametrize("mode,place,args", CASES, ids=[f"{m}-bpftap-{p}" for m, p, _ in CASES])
 def test_other_program_counts_and_drops_as_without_bpftap(lab: Lab, mode: str, place: str, args: list[str]) -> None:
-    if mode == "tcx" and not probe().tcx:
-        pytest.skip(f"this kernel has no tcx: {probe().detail['tcx']}")
+    needs_mode(mode)
     passed, dropped = frames(lab)
     sent = passed + dropped
     before = hook_state(lab)

@@ -26,7 +26,15 @@ from bpftap.bpf.probe import probe
 from bpftap.collector.pcapng import PcapngWriter
 from bpftap.lab import Lab
 
-from .agent_lab import Agent, PinScope, hook_state, received, send_frames, sniffing
+from .agent_lab import (
+    Agent,
+    PinScope,
+    hook_state,
+    needs_mode,
+    received,
+    send_frames,
+    sniffing,
+)
 
 pytestmark = [
     pytest.mark.lab,
@@ -174,8 +182,7 @@ def test_one_packet_fans_out_to_three_collectors(lab: Lab) -> None:
 @pytest.mark.parametrize("mode", ["tcx", "tc"])
 def test_detach_leaves_nothing_also_after_sigkill(lab: Lab, mode: str) -> None:
     """Invariant 6: SIGTERM detaches everything; after SIGKILL all stays, the next run adopts it and its exit leaves nothing."""
-    if mode == "tcx" and not probe().tcx:
-        pytest.skip(f"this kernel has no tcx: {probe().detail['tcx']}")
+    needs_mode(mode)
     scope = PinScope()
     try:
         before = hook_state(lab)

@@ -33,6 +33,7 @@ from .agent_lab import (
     PinScope,
     hook_state,
     in_tap,
+    needs_mode,
     send_frames,
     sniffing,
 )
@@ -147,6 +148,7 @@ def session_packets(status: dict[str, Any]) -> int:
 @pytest.mark.parametrize("mode", ["tcx", "tc"])
 def test_kill_9_mirroring_goes_on_from_the_pins_and_the_next_run_adopts(lab: Lab, scope: PinScope, mode: str) -> None:
     """Nothing is detached between kill -9 and the next run: every datagram arrives, copies keep coming."""
+    needs_mode(mode)
     before = hook_state(lab)
     first = Agent(lab, config(lab), "--attach", mode, pins=scope)
     stream = Stream(lab, seconds=8)
@@ -183,6 +185,7 @@ def test_kill_9_mirroring_goes_on_from_the_pins_and_the_next_run_adopts(lab: Lab
 @pytest.mark.parametrize("mode", ["tcx", "tc"])
 def test_upgrade_swaps_the_programs_in_one_step_and_keeps_the_maps(lab: Lab, scope: PinScope, mode: str) -> None:
     """A handover (--keep-attached, SIGTERM) to `run --upgrade` with another build: new programs, same maps."""
+    needs_mode(mode)
     before = hook_state(lab)
     first = Agent(lab, config(lab), "--attach", mode, "--keep-attached", pins=scope)
     stream = Stream(lab, seconds=8)
@@ -214,6 +217,7 @@ def test_upgrade_swaps_the_programs_in_one_step_and_keeps_the_maps(lab: Lab, sco
 @pytest.mark.parametrize("mode", ["tcx", "tc"])
 def test_detach_removes_all_of_bpftap_and_nothing_else(lab: Lab, scope: PinScope, mode: str) -> None:
     """`bpftap detach` after kill -9: pins, links, filters, internal pair gone; a foreign program stays and works."""
+    needs_mode(mode)
     before = hook_state(lab)
     with holding(lab, mode) as holder:
         with_holder = hook_state(lab)

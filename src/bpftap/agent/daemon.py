@@ -36,14 +36,22 @@ from pyroute2.netns import setns
 from bpftap import abi
 from bpftap.agent import state
 from bpftap.agent.configwatch import ConfigWatch
-from bpftap.agent.pods import PodFollower
-from bpftap.agent.status import StatusServer
-from bpftap.bpf import pins, tc
 from bpftap.agent.copies import CopySender
 from bpftap.agent.kernel_log import KernelLog
+from bpftap.agent.pods import PodFollower
+from bpftap.agent.status import StatusServer
 from bpftap.agent.tables import Tables, class_capacity, member_name
+from bpftap.bpf import pins, tc
 from bpftap.bpf.objects import BpfObject
-from bpftap.config import TUNNEL_ID_FIELDS, Config, Direction, IPAddress, Session, load_config
+from bpftap.classifier import CompiledRules, compile_rules
+from bpftap.config import (
+    TUNNEL_ID_FIELDS,
+    Config,
+    Direction,
+    IPAddress,
+    Session,
+    load_config,
+)
 from bpftap.errors import BpfError, BpftapError, ConfigError
 from bpftap.netlink import (
     NextHop,
@@ -52,12 +60,11 @@ from bpftap.netlink import (
     ensure_internal_pair,
     link_index,
     match_interfaces,
+    resolve,
 )
 from bpftap.netlink import (
     links as netlink_links,
-    resolve,
 )
-from bpftap.classifier import CompiledRules, compile_rules
 from bpftap.rules import assign_session_slots
 
 log = logging.getLogger("bpftap.agent")

@@ -15,7 +15,7 @@ from typing import Any
 
 from bpftap import abi
 from bpftap.bpf.libbpf import check, lib, num_possible_cpus
-from bpftap.bpf.objects import BpfObject, U64
+from bpftap.bpf.objects import U64, BpfObject
 from bpftap.classifier import PORT_DIMS, CompiledRules, rule_bits
 from bpftap.config import ETH_HLEN, Session
 from bpftap.errors import BpftapError

@@ -184,8 +184,6 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "bpf_map_update_batch": ([ctypes.c_int, c_void_p, c_void_p, ctypes.POINTER(c_u32), c_void_p], ctypes.c_int),
     "bpf_map__set_max_entries": ([c_void_p, c_u32], ctypes.c_int),
     "bpf_object__next_map": ([c_void_p, c_void_p], c_void_p),
-    "bpf_object__next_program": ([c_void_p, c_void_p], c_void_p),
-    "bpf_program__name": ([c_void_p], ctypes.c_char_p),
     "bpf_map__name": ([c_void_p], ctypes.c_char_p),
     "bpf_map__is_internal": ([c_void_p], ctypes.c_bool),
     "bpf_map__type": ([c_void_p], ctypes.c_int),
