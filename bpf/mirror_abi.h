@@ -103,6 +103,7 @@ enum mirror_tunnel {
 /* mirror_session.flags */
 #define MIRROR_SF_KEY 0x01 /* GRE: a key follows the GRE header */
 #define MIRROR_SF_SEQ 0x02 /* GRE: a sequence number follows (always for ERSPAN) */
+#define MIRROR_SF_PLATFORM 0x04 /* ERSPAN III: the platform sub-header (O bit) follows */
 
 /* outer headers of a copy, outer Ethernet included: at most this long */
 #define MIRROR_HDR_MAX 86

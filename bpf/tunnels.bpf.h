@@ -194,7 +194,10 @@ static __always_inline __u32 fill_tunnel(__be32 *w,
 		/* SGT 0, P (Ethernet PDU), FT 0, Hw ID 0, D, Gra, O */
 		w[4] = bpf_htonl(1 << 15 |
 				 (ci->dir == MIRROR_DIR_EGRESS ? 1 << 3 : 0) |
-				 ERSPAN3_GRA_1588 << 1 | 1);
+				 ERSPAN3_GRA_1588 << 1 |
+				 (s->flags & MIRROR_SF_PLATFORM ? 1 : 0));
+		if (!(s->flags & MIRROR_SF_PLATFORM))
+			return n + 12;
 		w[5] = bpf_htonl(ERSPAN3_PLATFORM_ID << 26 |
 				 (ci->ifindex & 0x3fff));
 		w[6] = bpf_htonl((__u32)(ci->tstamp / 1000000000ULL));

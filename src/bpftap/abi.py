@@ -46,6 +46,7 @@ MAX_FRAGS = 64
 # struct mirror_session.flags
 MIRROR_SF_KEY = 0x01
 MIRROR_SF_SEQ = 0x02
+MIRROR_SF_PLATFORM = 0x04
 MIRROR_HDR_MAX = 86
 # wire constants of the tunnels (bpf/tunnels.bpf.h and bpftap.tunnels use these)
 GENEVE_OPT_CLASS_BPFTAP = 0xFFFB

@@ -105,7 +105,7 @@ class Session:
 
     `vni` belongs to vxlan and geneve, `port` (the UDP destination) too;
     `key` (optional) and `sequence` (send GRE sequence numbers) to gre;
-    `session_id` to erspan2 and erspan3. A validated Config has exactly
+    `session_id` to erspan2 and erspan3, `platform_subheader` to erspan3. A validated Config has exactly
     the fields of its tunnel type set; the others keep their defaults (port
     0 for the GRE-based types).
     """
@@ -118,6 +118,7 @@ class Session:
     key: int | None = None
     session_id: int | None = None
     sequence: bool = True
+    platform_subheader: bool = True  # erspan3: the platform sub-header (timestamp seconds, port); Linux ignores it
     sample: int = 1  # send 1 copy in this many
     rate_limit: tuple[int, int] = (0, 0)  # (copies per second, bits per second); 0 = no limit
     remotes: tuple[IPAddress, ...] = ()  # a collector group (remote is its first); () = just remote
@@ -144,6 +145,11 @@ class Session:
     def gre_key(self) -> bool:
         """A gre session's copies carry a key."""
         return self.tunnel == "gre" and self.key is not None
+
+    @property
+    def erspan_platform(self) -> bool:
+        """An erspan3 session's copies carry the platform sub-header (O bit): the time's seconds and the port."""
+        return self.tunnel == "erspan3" and self.platform_subheader
 
     @property
     def gre_seq(self) -> bool:
@@ -396,6 +402,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     key = e.get("key", _integer(0, GRE_KEY_MAX), None)
     session_id = e.get("session_id", _integer(0, ERSPAN_SESSION_MAX), None)
     sequence = e.get("sequence", _boolean, True)
+    platform = e.get("platform_subheader", _boolean, True)
     sample = e.get("sample", _integer(1, 2**32 - 1), 1)
     rate_limit = e.get("rate_limit", _invalid_on_value_error(rule_fields.rate_limit), (0, 0))
     snaplen = e.get("snaplen", _integer(ETH_HLEN, 65535), 0)
@@ -409,8 +416,8 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     if not e.ok:
         return None
     return Session(
-        name, tunnel, remote, vni, port, key, session_id, sequence, sample, rate_limit, remotes, snaplen, priority,
-        oversize,
+        name, tunnel, remote, vni, port, key, session_id, sequence, platform, sample, rate_limit, remotes, snaplen,
+        priority, oversize,
     )
 
 
@@ -420,10 +427,11 @@ def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:
     if id_field in ("vni", "session_id") and id_field not in e.raw:
         e.fail(id_field, f"missing required field {id_field!r}", at_entry=True)
     owners = {"vni": "vxlan and geneve", "key": "gre", "session_id": "erspan2 and erspan3",
-              "sequence": "gre", "port": "vxlan and geneve"}
+              "sequence": "gre", "port": "vxlan and geneve", "platform_subheader": "erspan3"}
     for field, owner in owners.items():
         if field in e.raw and field != id_field and not (field == "port" and tunnel in UDP_TUNNELS) \
-                and not (field == "sequence" and tunnel == "gre"):
+                and not (field == "sequence" and tunnel == "gre") \
+                and not (field == "platform_subheader" and tunnel == "erspan3"):
             article = "an" if tunnel[0] in "aeiou" else "a"
             hint = f"; {article} {tunnel} session is identified by {id_field}" if field in TUNNEL_ID_FIELDS.values() else ""
             e.fail(field, f"only {owner} sessions have {field}{hint}")

@@ -30,7 +30,8 @@ from bpftap.tunnels.outer import header_len
 
 def session_header_len(session: Session) -> int:
     """Bytes of outer headers `session`'s copies gain, outer Ethernet included (its `hdr_len`)."""
-    return header_len(session.tunnel, session.remote.version, key=session.gre_key, seq=session.gre_seq)
+    return header_len(session.tunnel, session.remote.version, key=session.gre_key, seq=session.gre_seq,
+                      platform=session.erspan_platform)
 
 
 def assign_session_slots(sessions: Sequence[Session]) -> dict[str, int]:

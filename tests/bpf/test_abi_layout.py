@@ -84,7 +84,7 @@ def test_constants_match_header() -> None:
                  "MIRROR_COPY_MARK", "XFER_TAG", "XFER_TAG_MASK", "XFER_EGRESS", "XFER_RULE_MASK",
                  "XFER_PASS_SHIFT", "XFER_PASS_MASK",
                  "XFER_SOURCE_SHIFT", "XFER_SOURCE_MASK", "MAX_SOURCES",
-                 "FRAG_TAG", "FRAG_SLOT_SHIFT", "FRAG_SLOT_MASK", "FRAG_INDEX_MASK", "MAX_FRAGS", "MIRROR_SF_KEY", "MIRROR_SF_SEQ", "MIRROR_HDR_MAX",
+                 "FRAG_TAG", "FRAG_SLOT_SHIFT", "FRAG_SLOT_MASK", "FRAG_INDEX_MASK", "MAX_FRAGS", "MIRROR_SF_KEY", "MIRROR_SF_SEQ", "MIRROR_SF_PLATFORM", "MIRROR_HDR_MAX",
                  "GENEVE_OPT_CLASS_BPFTAP", "GENEVE_OPT_TYPE_SOURCE", "GENEVE_OPT_VERSION", "ERSPAN3_GRA_1588",
                  "ERSPAN3_PLATFORM_ID"):
         assert getattr(abi, name) == h[name], name

@@ -89,6 +89,7 @@ CASES = [
       for t in (0, 1, 2)),
     *(Case(f"erspan3-v{f}-{d}", session("erspan3", f), f, egress=d == "egress", inner=inner_frame(tags=1))
       for f in (4, 6) for d in ("ingress", "egress")),
+    *(Case(f"erspan3-v{f}-no-platform", session("erspan3", f, platform_subheader=False), f) for f in (4, 6)),
     # the IPv6 UDP checksum runs over the inner frame in 512-byte chunks: odd tails, several chunks
     # (test runs take at most about a page of data; the lab test sends jumbo frames)
     *(Case(f"checksum-{t}-v6-{n}", session(t, 6), 6, inner=inner_frame(n)) for t in ("vxlan", "geneve")
@@ -126,7 +127,8 @@ def outer_of(cfg: Config, name: str) -> Outer:
     sess = next(s for s in cfg.sessions if s.name == name)
     fam = sess.remote.version
     return Outer(sess.tunnel, SRC_MAC, NEXT_MAC, ipaddress.ip_address(LOCAL[fam]), sess.remote,
-                 tun_id=sess.tun_id, dst_port=sess.port, gre_key=sess.gre_key, gre_seq=sess.gre_seq)
+                 tun_id=sess.tun_id, dst_port=sess.port, gre_key=sess.gre_key, gre_seq=sess.gre_seq,
+                 erspan_platform=sess.erspan_platform)
 
 
 def kernel_hash(copy: bytes, outer: Outer) -> int:

@@ -68,6 +68,17 @@ def test_erspan3_matches_scapy(direction: int) -> None:
     assert erspan.encode3(1023, TAGGED, seq=5, direction=direction, ifindex=0x1234, timestamp_ns=T) == want + TAGGED
 
 
+def test_erspan3_without_the_platform_subheader_as_linux_reads_it() -> None:
+    """O clear and 12 header bytes: the time's nanoseconds only, no port (decoded without either)."""
+    hdr = ERSPAN_III(ver=2, vlan=0x123, cos=6, bso=0, t=0, session_id=7, timestamp=T % 10**9, sgt_other=0,
+                     p=1, ft=0, hw=0, d=1, gra=2, o=0)
+    want = bytes(GRE(proto=0x22EB, seqnum_present=1, seqence_number=5)) + bytes(hdr)[:12]
+    copy = erspan.encode3(7, TAGGED, seq=5, direction=2, ifindex=3, timestamp_ns=T, platform=False)
+    assert copy == want + TAGGED
+    meta, inner = erspan.decode3(copy)
+    assert inner == TAGGED and (meta.ifindex, meta.timestamp_ns, meta.direction) == (None, None, 2)
+
+
 def encoded(tunnel: str, inner: bytes = INNER) -> bytes:
     return {
         "vxlan": lambda: vxlan.encode(42, inner),
@@ -220,6 +231,7 @@ def test_ipv4_header_checksum_is_right() -> None:
     ("vxlan", 4, {}, 50), ("vxlan", 6, {}, 70), ("geneve", 4, {}, 66), ("geneve", 6, {}, 86),
     ("gre", 4, {}, 38), ("gre", 4, {"key": True}, 42), ("gre", 6, {"key": True, "seq": True}, 66),
     ("erspan2", 4, {}, 50), ("erspan2", 6, {}, 70), ("erspan3", 4, {}, 62), ("erspan3", 6, {}, 82),
+    ("erspan3", 4, {"platform": False}, 54),
 ])
 def test_header_lengths(tunnel: str, family: int, kw: dict[str, bool], length: int) -> None:
     assert header_len(tunnel, family, **kw) == length

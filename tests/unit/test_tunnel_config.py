@@ -47,6 +47,10 @@ def test_each_type_parses(entry: dict[str, Any], want: Session) -> None:
     ({"tunnel": "gre", "vni": 1}, ("sessions[0].vni: only vxlan and geneve sessions have vni; "
                                    "a gre session is identified by key")),
     ({"tunnel": "gre", "port": 4789}, "sessions[0].port: only vxlan and geneve sessions have port"),
+    ({"tunnel": "erspan2", "session_id": 1, "platform_subheader": False},
+     "sessions[0].platform_subheader: only erspan3 sessions have platform_subheader"),
+    ({"tunnel": "erspan3", "session_id": 1, "platform_subheader": "no"},
+     "sessions[0].platform_subheader: expected true or false, got the string 'no'"),
     ({"tunnel": "vxlan", "vni": 1, "key": 3}, ("sessions[0].key: only gre sessions have key; "
                                                "a vxlan session is identified by vni")),
     ({"tunnel": "erspan3", "session_id": 1, "vni": 3}, ("sessions[0].vni: only vxlan and geneve sessions have "

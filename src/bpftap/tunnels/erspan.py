@@ -5,8 +5,9 @@ Type II: GRE with S (sequence number), protocol 0x88BE, then 8 bytes::
     Ver(4)=1 | VLAN(12) | COS(3) | En(2) | T(1) | Session ID(10)
     Reserved(12) | Index(20)
 
-Type III: GRE with S, protocol 0x22EB, then 12 bytes and bpftap's 8-byte
-platform-specific sub-header (O = 1, platform ID 3)::
+Type III: GRE with S, protocol 0x22EB, then 12 bytes and (unless the
+session says `platform_subheader: false`) bpftap's 8-byte platform-specific
+sub-header (O = 1, platform ID 3)::
 
     Ver(4)=2 | VLAN(12) | COS(3) | BSO(2) | T(1) | Session ID(10)
     Timestamp(32)
@@ -23,6 +24,9 @@ granularity (Gra 2): the packet's CLOCK_REALTIME (UTC) nanoseconds within
 the second in Timestamp and its seconds since the epoch in the sub-header's
 upper timestamp word (not TAI: Linux's own ERSPAN uses the realtime clock
 too). P is 1 (an Ethernet PDU) and FT 0 (Ethernet), as Linux sends them.
+Linux's own erspan/ip6erspan receivers ignore the O bit and strip a fixed
+12-byte header, so they need copies without the sub-header (then the
+timestamp holds only the nanoseconds within the second, and no port).
 """
 
 from __future__ import annotations
@@ -60,15 +64,16 @@ def encode2(session_id: int, inner: bytes, *, seq: int, ifindex: int = 0) -> byt
 
 
 def encode3(session_id: int, inner: bytes, *, seq: int, direction: int = 0, ifindex: int = 0,
-            timestamp_ns: int = 0) -> bytes:
-    """GRE + ERSPAN type III (with bpftap's platform sub-header) around `inner`.
+            timestamp_ns: int = 0, platform: bool = True) -> bytes:
+    """GRE + ERSPAN type III around `inner`, with bpftap's platform sub-header unless `platform` is False.
 
     Raises ValueError for a session id outside 0..1023.
     """
-    word2 = 1 << 15 | (1 << 3 if direction == abi.MirrorDir.EGRESS else 0) | abi.ERSPAN3_GRA_1588 << 1 | 1
-    sub = abi.ERSPAN3_PLATFORM_ID << 26 | (ifindex & 0x3FFF)
+    word2 = 1 << 15 | (1 << 3 if direction == abi.MirrorDir.EGRESS else 0) | abi.ERSPAN3_GRA_1588 << 1 | platform
     secs, nsecs = divmod(timestamp_ns, NS)
-    body = struct.pack("!IIIII", _word0(2, inner, session_id, 0), nsecs, word2, sub, secs & 0xFFFFFFFF)
+    body = struct.pack("!III", _word0(2, inner, session_id, 0), nsecs, word2)
+    if platform:
+        body += struct.pack("!II", abi.ERSPAN3_PLATFORM_ID << 26 | (ifindex & 0x3FFF), secs & 0xFFFFFFFF)
     return gre.header(PROTO_TYPE3, seq=seq) + body + bytes(inner)
 
 

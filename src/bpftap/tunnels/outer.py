@@ -35,8 +35,9 @@ IPPROTO_GRE: Final = 47
 UDP_TUNNELS: Final = ("vxlan", "geneve")
 
 
-def tunnel_len(tunnel: str, *, key: bool = False, seq: bool = False) -> int:
-    """Bytes after the outer IP header, before the inner frame. `key`/`seq` matter for gre only.
+def tunnel_len(tunnel: str, *, key: bool = False, seq: bool = False, platform: bool = True) -> int:
+    """Bytes after the outer IP header, before the inner frame. `key`/`seq` matter for gre only, `platform`
+    (the platform sub-header) for erspan3 only.
 
     Raises ValueError for an unknown tunnel type.
     """
@@ -45,18 +46,18 @@ def tunnel_len(tunnel: str, *, key: bool = False, seq: bool = False) -> int:
         "geneve": UDP_HLEN + geneve.HEADER_LEN,
         "gre": 4 + 4 * key + 4 * seq,
         "erspan2": 8 + 8,
-        "erspan3": 8 + 12 + 8,
+        "erspan3": 8 + 12 + 8 * platform,
     }
     if tunnel not in lengths:
         raise ValueError(f"unknown tunnel type {tunnel!r}")
     return lengths[tunnel]
 
 
-def header_len(tunnel: str, family: int, *, key: bool = False, seq: bool = False) -> int:
+def header_len(tunnel: str, family: int, *, key: bool = False, seq: bool = False, platform: bool = True) -> int:
     """Bytes of outer headers, outer Ethernet included (what `hdr_len` holds). Raises ValueError."""
     if family not in IP_HLEN:
         raise ValueError(f"family {family} is not 4 or 6")
-    return ETH_HLEN + IP_HLEN[family] + tunnel_len(tunnel, key=key, seq=seq)
+    return ETH_HLEN + IP_HLEN[family] + tunnel_len(tunnel, key=key, seq=seq, platform=platform)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class Outer:
 
     `tun_id` is the VNI, the GRE key (sent only if `gre_key`) or the ERSPAN
     session id; `dst_port` matters for the UDP tunnels; `gre_seq` says
-    whether a GRE copy carries a sequence number (ERSPAN always does).
+    whether a GRE copy carries a sequence number (ERSPAN always does),
+    `erspan_platform` whether an ERSPAN III copy has the platform sub-header.
     """
 
     tunnel: str
@@ -77,6 +79,7 @@ class Outer:
     dst_port: int = 0
     gre_key: bool = False
     gre_seq: bool = False
+    erspan_platform: bool = True
 
     @property
     def family(self) -> int:
@@ -84,7 +87,8 @@ class Outer:
 
     @property
     def header_len(self) -> int:
-        return header_len(self.tunnel, self.family, key=self.gre_key, seq=self.gre_seq)
+        return header_len(self.tunnel, self.family, key=self.gre_key, seq=self.gre_seq,
+                          platform=self.erspan_platform)
 
 
 def tunnel_payload(outer: Outer, inner: bytes, *, seq: int = 0, direction: int = 0, ifindex: int = 0,
@@ -100,7 +104,7 @@ def tunnel_payload(outer: Outer, inner: bytes, *, seq: int = 0, direction: int =
         return erspan.encode2(outer.tun_id, inner, seq=seq, ifindex=ifindex)
     if outer.tunnel == "erspan3":
         return erspan.encode3(outer.tun_id, inner, seq=seq, direction=direction, ifindex=ifindex,
-                              timestamp_ns=timestamp_ns)
+                              timestamp_ns=timestamp_ns, platform=outer.erspan_platform)
     raise ValueError(f"unknown tunnel type {outer.tunnel!r}")
 
 
