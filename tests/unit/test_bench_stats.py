@@ -90,3 +90,10 @@ def test_result_file_is_named_by_date_and_host() -> None:
     stem = result_stem(Path("bench/results"), "my host!", when=0.0)
     assert stem.parent == Path("bench/results") and stem.name.endswith("-my_host_")
     assert len(stem.name.split("-")[0]) == 4  # the year
+
+
+def test_a_second_run_the_same_day_gets_a_file_of_its_own(tmp_path: Path) -> None:
+    first = result_stem(tmp_path, "vm", when=0.0)
+    first.with_suffix(".json").write_text("{}")
+    second = result_stem(tmp_path, "vm", when=0.0)
+    assert second.name == first.name + "-2"

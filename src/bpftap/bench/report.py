@@ -11,10 +11,15 @@ from bpftap.bench.stats import REFERENCE, UTILISATIONS, band_of, fmt_pct, fmt_ra
 
 
 def result_stem(out_dir: Path, host: str, when: float | None = None) -> Path:
-    """``<out_dir>/<YYYY-MM-DD>-<host>`` (host reduced to [A-Za-z0-9_.-])."""
+    """``<out_dir>/<YYYY-MM-DD>-<host>`` (host reduced to [A-Za-z0-9_.-]), then ``-2``, ``-3``, ... : a run
+    never overwrites an earlier run's results."""
     day = time.strftime("%Y-%m-%d", time.localtime(when if when is not None else time.time()))
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", host) or "host"
-    return out_dir / f"{day}-{safe}"
+    stem, n = out_dir / f"{day}-{safe}", 1
+    while stem.with_suffix(".json").exists():
+        n += 1
+        stem = out_dir / f"{day}-{safe}-{n}"
+    return stem
 
 
 def _cell(row: dict[str, Any] | None) -> str:
