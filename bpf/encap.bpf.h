@@ -26,6 +26,7 @@
 #include "tunnels.bpf.h"
 #include "limits.bpf.h"
 #include "fragment.bpf.h"
+#include "ring.bpf.h"
 
 /* encap_one()'s answer when the copy left with bpf_redirect */
 #define ENCAP_REDIRECTED 0x10000
@@ -258,37 +259,6 @@ static __always_inline int has_seq(const struct mirror_session *s)
 	       s->tunnel == MIRROR_TUN_ERSPAN2 ||
 	       s->tunnel == MIRROR_TUN_ERSPAN3 ||
 	       (s->tunnel == MIRROR_TUN_GRE && (s->flags & MIRROR_SF_SEQ));
-}
-
-/*
- * Put the finished copy (the whole skb) in `copies` for the daemon to send
- * on `ifindex` (redirect_chain off). Returns 0, -1 if longer than
- * COPY_BYTES_MAX, -2 if the ring buffer is full, -3 if it cannot be read.
- * A global function, verified once.
- */
-__noinline int ring_copy(struct __sk_buff *skb, __u32 ifindex)
-{
-	struct mirror_copy *c;
-	__u32 k = 0;
-	__u64 len;
-
-	c = bpf_map_lookup_elem(&ring_scratch, &k);
-	if (!skb || !c)
-		return -3;
-	len = skb->len;
-	if (len > COPY_BYTES_MAX)
-		return -1;
-	if (len < ETH_HLEN)
-		return -3;
-	/* the bounds just checked stay on the register the helpers get */
-	barrier_var(len);
-	if (bpf_skb_load_bytes(skb, 0, c->bytes, len))
-		return -3;
-	c->ifindex = ifindex;
-	c->len = len;
-	if (bpf_ringbuf_output(&copies, c, COPY_HDR_LEN + len, 0))
-		return -2;
-	return 0;
 }
 
 /*

@@ -75,7 +75,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bpftap.agent.daemon import run
+    from bpftap.agent.run import run
     from bpftap.bpf.tc import Mode
 
     return run(args.config, Mode(args.attach), args.order == "first", args.priority, args.object,
@@ -172,7 +172,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
-    from bpftap.agent.daemon import detach_everywhere
+    from bpftap.agent.detach import detach_everywhere
 
     done = detach_everywhere()
     print("\n".join(done) if done else "nothing of bpftap's found")

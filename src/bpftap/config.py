@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import yaml
 
 from bpftap import abi, rule_fields
-from bpftap.pod_selector import PodSelector, _pod_selector
 from bpftap.config_values import (  # noqa: F401 (re-exported: the config's vocabulary)
     ANY_PORTS,
     IFNAMSIZ,
@@ -31,13 +30,15 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
     IPAddress,
     IPNetwork,
     PortRange,
+    _boolean,
     _choice,
-    _describe,
     _cidr,
+    _describe,
     _did_you_mean,
     _integer,
     _interface,
     _Invalid,
+    _invalid_on_value_error,
     _name_list,
     _ports,
     _protocol,
@@ -45,10 +46,12 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
     _remotes,
     _session_name,
     _string,
+    _UniqueKeyLoader,
     _unknown,
+    protocol_name,
 )
 from bpftap.errors import ConfigError
-
+from bpftap.pod_selector import PodSelector, _pod_selector
 
 VXLAN_PORT = 4789
 GENEVE_PORT = 6081
@@ -207,11 +210,6 @@ class InvalidConfigError(ConfigError):
         super().__init__("\n".join(self.errors))
 
 
-def protocol_name(number: int | None) -> str:
-    """The config spelling of a protocol number: 'udp', 'any' or '47'."""
-    return next((name for name, value in PROTOCOLS.items() if value == number), str(number))
-
-
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the YAML configuration at `path`.
 
@@ -294,21 +292,6 @@ def parse_config(data: object, filename: str) -> Config:
         copy_budget=copy_budget,
         redirect_chain=redirect_chain,
     )
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int)) and key in seen:
-                problem = f"duplicate key {key!r}; each key may appear once"
-                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
-            seen.add(key if isinstance(key, (str, int)) else id(key_node))
-        return super().construct_mapping(node, deep=deep)
 
 
 _Report = list[tuple[str, str]]  # (location, message) in the order found
@@ -437,12 +420,6 @@ def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:
             e.fail(field, f"only {owner} sessions have {field}{hint}")
 
 
-def _boolean(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise _Invalid(f"expected true or false, got {_describe(value)}")
-
-
 def _rule(
     report: _Report, where: str, raw: object, names: Mapping[str, str], numbers: dict[int, str]
 ) -> Rule | None:
@@ -506,16 +483,6 @@ def _rule(
     if not e.ok:
         return None
     return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions, vlan, tcp_flags, interface)
-
-
-def _invalid_on_value_error(parse: Callable[[object], T]) -> Callable[[object], T]:
-    def wrapped(value: object) -> T:
-        try:
-            return parse(value)
-        except ValueError as exc:
-            raise _Invalid(str(exc)) from None
-
-    return wrapped
 
 
 _DIRECTIONS = {"ingress": Direction.INGRESS, "egress": Direction.EGRESS, "both": Direction.BOTH}

@@ -1,4 +1,5 @@
-"""Parsers of single config values (CIDRs, ports, protocols, names): raw YAML value in, typed value out.
+"""Parsers of single config values (CIDRs, ports, protocols, names): raw YAML value in, typed value out;
+and the YAML loader that refuses a repeated key.
 
 Each raises `Invalid` with the message that follows ``<file>: <location>: ``
 in a config error; bpftap.config says where.
@@ -10,7 +11,9 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -181,3 +184,40 @@ def _protocol(value: object) -> int | None:
     if not 0 < number <= 255:
         raise _Invalid(f"protocol number {number} is out of range 1-255")
     return number
+
+
+def protocol_name(number: int | None) -> str:
+    """The config spelling of a protocol number: 'udp', 'any' or '47'."""
+    return next((name for name, value in PROTOCOLS.items() if value == number), str(number))
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"expected true or false, got {_describe(value)}")
+
+
+def _invalid_on_value_error(parse: Callable[[object], T]) -> Callable[[object], T]:
+    """`parse` with its ValueError turned into Invalid (for parsers shared with code outside the config)."""
+    def wrapped(value: object) -> T:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+
+    return wrapped
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int)) and key in seen:
+                problem = f"duplicate key {key!r}; each key may appear once"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key if isinstance(key, (str, int)) else id(key_node))
+        return super().construct_mapping(node, deep=deep)

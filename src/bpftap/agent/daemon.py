@@ -2,8 +2,8 @@
 
 Life of `bpftap run`: claim the namespace, create the internal veth pair,
 load the object with its maps pinned, write sessions and rules, attach the
-encap stage then the sources (tcx and XDP links pinned), and serve until
-SIGTERM/SIGINT (detach everything and unpin, exit 0; or, with
+encap stage then the sources (tcx and XDP links pinned); `bpftap.agent.run`
+then serves until SIGTERM/SIGINT (detach everything and unpin, exit 0; or, with
 --keep-attached, leave it all for the next run) or SIGHUP (reload the
 config without detaching). Routes and neighbours are re-resolved every
 second.
@@ -21,25 +21,22 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netns import setns
 
 from bpftap import abi
 from bpftap.agent import state
-from bpftap.agent.configwatch import ConfigWatch
 from bpftap.agent.copies import CopySender
+from bpftap.agent.detach import cleanup_leftovers
 from bpftap.agent.kernel_log import KernelLog
 from bpftap.agent.pods import PodFollower
-from bpftap.agent.status import StatusServer
 from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf import pins, tc
 from bpftap.bpf.objects import BpfObject
@@ -50,10 +47,11 @@ from bpftap.config import (
     Direction,
     IPAddress,
     Session,
-    load_config,
 )
-from bpftap.errors import BpfError, BpftapError, ConfigError
+from bpftap.errors import BpfError, ConfigError
 from bpftap.netlink import (
+    INTERNAL_A,
+    INTERNAL_B,
     NextHop,
     ResolveError,
     delete_internal_pair,
@@ -68,8 +66,6 @@ from bpftap.netlink import (
 from bpftap.rules import assign_session_slots
 
 log = logging.getLogger("bpftap.agent")
-
-INTERNAL_A, INTERNAL_B = "bpftap0", "bpftap1"
 REFRESH_SECONDS = 1.0
 
 
@@ -473,144 +469,3 @@ class Agent:
                 "counters": counters,
                 "queue_drops": self.queue_drops(),
             }
-
-
-def cleanup_leftovers(old: state.AgentState | None, ipr: IPRoute) -> list[str]:
-    """Remove what a dead agent left in this namespace: its filters, qdiscs and internal pair."""
-    done = []
-    links = netlink_links(ipr)
-    names = set(old.interfaces if old else []) | set(links)
-    for name in sorted(names):
-        if name in links and tc.remove_stale_filters(name, links[name]):
-            done.append(f"removed bpftap filters on {name}")
-    for name in old.created_clsact if old else []:
-        if name in links and not any(tc.tc_filters(name, d) for d in tc.Direction):
-            tc.destroy_clsact(name, links[name])
-            done.append(f"removed the clsact qdisc bpftap had created on {name}")
-    if INTERNAL_A in links:
-        delete_internal_pair(INTERNAL_A, ipr)
-        done.append(f"removed the internal pair {INTERNAL_A}/{INTERNAL_B}")
-    for line in done:
-        log.info("%s", line)
-    return done
-
-
-@contextmanager
-def _in_netns(path: str) -> Iterator[None]:
-    """Run the block in the network namespace at `path` (this thread), then come back."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        setns(path, flags=0)
-        try:
-            yield
-        finally:
-            setns(home)
-    finally:
-        os.close(home)
-
-
-def detach_everywhere() -> list[str]:
-    """`bpftap detach`: remove what bpftap left in every network namespace, and nothing else.
-
-    Each namespace with pins or a state file (and this one) loses bpftap's
-    pins (and with them its tcx and XDP links), its clsact filters and the
-    qdiscs it created, and its internal pair. Returns what was done, one
-    line each. Raises BpftapError naming the agents still running (their
-    namespaces are left alone; they detach themselves on SIGTERM).
-    """
-    done, running = [], []
-    for ino in sorted({state.netns_id(), *pins.pinned_namespaces(), *state.recorded_namespaces()}):
-        old = state.AgentState.read(ino)
-        if old is not None and old.pid != os.getpid() and state.pid_alive(old.pid):
-            running.append(old.pid)
-            continue
-        path = state.netns_path(ino)
-        lines = []
-        if path is not None:
-            with _in_netns(path), IPRoute() as ipr:
-                lines = cleanup_leftovers(old, ipr)
-        if pins.netns_dir(ino).exists():
-            pins.remove(pins.netns_dir(ino))
-            lines.append(f"removed the pins at {pins.netns_dir(ino)} (its links with them)")
-        state.AgentState.remove(ino)
-        done += [f"netns {ino} ({path or 'gone'}): {line}" for line in lines]
-    if running:
-        pids = ", ".join(map(str, running))
-        raise BpftapError(
-            "\n".join([*done, f"agent pid {pids} is running; stop it with SIGTERM (kill {pids}), it detaches itself"])
-        )
-    return done
-
-
-def run(
-    config_path: str,
-    mode: tc.Mode,
-    first: bool,
-    priority: int,
-    object_path: Path | None = None,
-    metrics: tuple[str, int] | None = None,
-    upgrade: bool = False,
-    keep_attached: bool = False,
-) -> int:
-    """`bpftap run`: serve in the foreground until SIGTERM/SIGINT; SIGHUP reloads.
-
-    An earlier agent's pins are adopted (its programs kept, or replaced by
-    this object's with `upgrade`). `metrics` (host, port) also serves
-    Prometheus metrics there; a bind failure raises BpftapError after
-    detaching. With `keep_attached`, SIGTERM leaves everything attached and
-    pinned for the next run to adopt.
-    """
-    config = load_config(config_path)
-    agent = Agent(config, mode, first, priority, object_path, upgrade)
-    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
-    config_watch = ConfigWatch(config_path)  # a ConfigMap update reloads like SIGHUP
-
-    def on_signal(event: threading.Event) -> Callable[..., None]:
-        return lambda *_: (event.set(), wake.set())
-
-    signal.signal(signal.SIGTERM, on_signal(stop))
-    signal.signal(signal.SIGINT, on_signal(stop))
-    signal.signal(signal.SIGHUP, on_signal(reload))
-    agent.start()
-    server = StatusServer({"status": agent.status, "pause": agent.pause, "resume": agent.resume})
-    server.start()
-    log.info(
-        "mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C %s and exits",
-        config_path,
-        f"leaves it attached, pinned at {agent.pin_dir}," if keep_attached else "detaches",
-    )
-    exporter = None
-    try:
-        if metrics is not None:
-            from bpftap.agent.metrics import AgentSource, serve
-
-            exporter = serve(metrics, AgentSource(agent))
-        while not stop.is_set():
-            # a signal ends the wait at once; otherwise refresh every second
-            wake.wait(REFRESH_SECONDS)
-            wake.clear()
-            if stop.is_set():
-                break
-            if config_watch.changed():
-                log.info("%s changed; reloading", config_path)
-                reload.set()
-            if reload.is_set():
-                reload.clear()
-                try:
-                    agent.apply(load_config(config_path))
-                except BpftapError as exc:
-                    log.error("reload refused, the running rules stay: %s", exc)
-            agent.refresh_sessions()
-            if agent.pods is not None:
-                agent.pods.sync()
-    finally:
-        if exporter is not None:
-            exporter.close()
-        server.close()
-        agent.keep = keep_attached
-        agent.stop()
-        if keep_attached:
-            log.info("left attached and pinned at %s for the next run; bye", agent.pin_dir)
-        else:
-            log.info("detached; bye")
-    return 0

@@ -1,0 +1,98 @@
+"""`bpftap run`: the agent in the foreground, until SIGTERM or SIGINT.
+
+SIGHUP, or a change of the config file (a ConfigMap update), reloads; every
+REFRESH_SECONDS the sessions' next hops are refreshed and pod sources
+synced. The status socket and, if asked, the metrics endpoint serve from
+here; `bpftap.agent.daemon.Agent` does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from bpftap.agent.configwatch import ConfigWatch
+from bpftap.agent.daemon import REFRESH_SECONDS, Agent
+from bpftap.agent.status import StatusServer
+from bpftap.bpf import tc
+from bpftap.config import load_config
+from bpftap.errors import BpftapError
+
+log = logging.getLogger("bpftap.agent")
+
+
+def run(
+    config_path: str,
+    mode: tc.Mode,
+    first: bool,
+    priority: int,
+    object_path: Path | None = None,
+    metrics: tuple[str, int] | None = None,
+    upgrade: bool = False,
+    keep_attached: bool = False,
+) -> int:
+    """`bpftap run`: serve in the foreground until SIGTERM/SIGINT; SIGHUP reloads.
+
+    An earlier agent's pins are adopted (its programs kept, or replaced by
+    this object's with `upgrade`). `metrics` (host, port) also serves
+    Prometheus metrics there; a bind failure raises BpftapError after
+    detaching. With `keep_attached`, SIGTERM leaves everything attached and
+    pinned for the next run to adopt.
+    """
+    config = load_config(config_path)
+    agent = Agent(config, mode, first, priority, object_path, upgrade)
+    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
+    config_watch = ConfigWatch(config_path)  # a ConfigMap update reloads like SIGHUP
+
+    def on_signal(event: threading.Event) -> Callable[..., None]:
+        return lambda *_: (event.set(), wake.set())
+
+    signal.signal(signal.SIGTERM, on_signal(stop))
+    signal.signal(signal.SIGINT, on_signal(stop))
+    signal.signal(signal.SIGHUP, on_signal(reload))
+    agent.start()
+    server = StatusServer({"status": agent.status, "pause": agent.pause, "resume": agent.resume})
+    server.start()
+    log.info(
+        "mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C %s and exits",
+        config_path,
+        f"leaves it attached, pinned at {agent.pin_dir}," if keep_attached else "detaches",
+    )
+    exporter = None
+    try:
+        if metrics is not None:
+            from bpftap.agent.metrics import AgentSource, serve
+
+            exporter = serve(metrics, AgentSource(agent))
+        while not stop.is_set():
+            # a signal ends the wait at once; otherwise refresh every second
+            wake.wait(REFRESH_SECONDS)
+            wake.clear()
+            if stop.is_set():
+                break
+            if config_watch.changed():
+                log.info("%s changed; reloading", config_path)
+                reload.set()
+            if reload.is_set():
+                reload.clear()
+                try:
+                    agent.apply(load_config(config_path))
+                except BpftapError as exc:
+                    log.error("reload refused, the running rules stay: %s", exc)
+            agent.refresh_sessions()
+            if agent.pods is not None:
+                agent.pods.sync()
+    finally:
+        if exporter is not None:
+            exporter.close()
+        server.close()
+        agent.keep = keep_attached
+        agent.stop()
+        if keep_attached:
+            log.info("left attached and pinned at %s for the next run; bye", agent.pin_dir)
+        else:
+            log.info("detached; bye")
+    return 0
