@@ -211,6 +211,15 @@ static __always_inline void count(__u32 reason)
 		*slot += 1;
 }
 
+/* `n` at once: the segments of a GSO copy */
+static __always_inline void count_n(__u32 reason, __u32 n)
+{
+	__u64 *slot = bpf_map_lookup_elem(&stats, &reason);
+
+	if (slot)
+		*slot += n;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, EVENTS_BYTES);

@@ -57,8 +57,10 @@
  * skb->mark of a clone on its way to the encap stage: tag, pass, source
  * id (below), direction and the absolute rule index. Set on the original
  * only for the clone calls. Pass 0 is for the rule's sessions that take the
- * whole frame; pass n + 1 for truncating session slot n alone (one clone
- * each, cut to its snaplen), so no copy is cut short for another.
+ * whole frame; pass n + 1 for session slot n alone: a truncating session
+ * (one clone each, cut to its snaplen, so no copy is cut short for
+ * another), or a GSO session when the original is a GSO super-packet (one
+ * clone each, encapsulated whole by mirror_gso: gso.bpf.h).
  */
 #define XFER_TAG 0xb0000000U
 #define XFER_TAG_MASK 0xf0000000U
@@ -104,6 +106,7 @@ enum mirror_tunnel {
 #define MIRROR_SF_KEY 0x01 /* GRE: a key follows the GRE header */
 #define MIRROR_SF_SEQ 0x02 /* GRE: a sequence number follows (always for ERSPAN) */
 #define MIRROR_SF_PLATFORM 0x04 /* ERSPAN III: the platform sub-header (O bit) follows */
+#define MIRROR_SF_RESEGMENT 0x08 /* oversize: resegment: a GSO copy over the MTU gets smaller segments */
 
 /* outer headers of a copy, outer Ethernet included: at most this long */
 #define MIRROR_HDR_MAX 86
@@ -160,6 +163,8 @@ enum mirror_stat {
 	MS_SHED,	  /* copy over the node's copy budget for its priority */
 	MS_FRAGMENTS,	  /* outer fragments sent (copies over the egress MTU) */
 	MS_RING_FULL,	  /* copy not sent: `copies` was full (redirect_chain off) */
+	MS_GSO_SENT,	  /* GSO super-packets encapsulated whole (their segments count in MS_COPY_SENT) */
+	MS_GSO_SLOW,	  /* GSO super-packets of a GSO session sent on to the per-segment path */
 	MS__MAX,
 };
 
@@ -220,6 +225,7 @@ struct rule_bits {
 struct mirror_rule {
 	__u64 sessions;		/* host order: bit i = session slot i */
 	__u64 snap_sessions;	/* host order: the sessions that truncate (snaplen) */
+	__u64 gso_sessions;	/* host order: the sessions that take GSO super-packets whole */
 	__u32 number;		/* host order: the rule's number in the config */
 	__u16 stats_id;		/* host order: key in `rule_stats`, kept across reloads */
 	__u8 action;		/* MIRROR_ACT_* */
@@ -293,6 +299,7 @@ struct session_stats {
 	__u64 shed;		/* over the node's copy budget for its priority */
 	__u64 fragments;	/* outer fragments sent for copies over the MTU */
 	__u64 ring_full;	/* `copies` full (redirect_chain off) */
+	__u64 gso;		/* GSO super-packets encapsulated whole (segments in `packets`) */
 };
 
 /*

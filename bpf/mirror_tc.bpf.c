@@ -7,6 +7,10 @@
  * the untouched original to the internal device (bpftap0) with the rule
  * index in the clone's mark. The original always gets MIRROR_PASS.
  *
+ * A super-packet's clone for a GSO session (gso.bpf.h) is encapsulated
+ * whole by mirror_gso on bpftap0's egress, before bpftap0 would segment
+ * it, and leaves from there.
+ *
  * Stage 2, mirror_encap on the internal device's peer (bpftap1) ingress
  * (and on bpftap0's, for the fragments of copies over the MTU:
  * fragment.bpf.h):
@@ -27,6 +31,7 @@
 #include "parse.bpf.h"
 #include "classify.bpf.h"
 #include "encap.bpf.h"
+#include "gso.bpf.h"
 
 /*
  * Clone the packet to the encap device with `xfer` in the clone's mark (the
@@ -57,6 +62,7 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 	struct mirror_rule *r;
 	struct rule_stats *rs;
 	__u32 key = 0, mark, stats_id, ifindex, xfer, *sid;
+	__u64 gso;
 	int ret;
 
 	count(MS_SEEN);
@@ -107,16 +113,19 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 	       (sid ? (*sid << XFER_SOURCE_SHIFT) & XFER_SOURCE_MASK : 0) |
 	       (key & XFER_RULE_MASK);
 	mark = skb->mark;
+	/* a super-packet: its GSO sessions take it whole, one clone each */
+	gso = skb->gso_size ? ~0ULL : 0;
 	/* one clone for the sessions that take the whole frame */
-	if (r->sessions & ~r->snap_sessions)
+	if (r->sessions & ~r->snap_sessions & ~(r->gso_sessions & gso))
 		hand_over(skb, cfg->encap_ifindex, xfer, r->number);
 	/*
-	 * and one for each session that truncates; the bit is read from the
-	 * map each time, so the verifier does not follow each mask state
+	 * and one for each session that truncates or takes a super-packet
+	 * whole; the bits are read from the map each time, so the verifier
+	 * does not follow each mask state
 	 */
-	if (r->snap_sessions) {
+	if (r->snap_sessions | (r->gso_sessions & gso)) {
 		for (__u32 i = 0; i < MAX_SESSIONS - 1; i++) {
-			if (!((r->snap_sessions >> i) & 1))
+			if (!(((r->snap_sessions | (r->gso_sessions & gso)) >> i) & 1))
 				continue;
 			hand_over(skb, cfg->encap_ifindex,
 				  xfer | ((i + 1) << XFER_PASS_SHIFT), r->number);
@@ -165,9 +174,14 @@ int mirror_encap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	/* the session table of the rule's own slot */
 	base = (key / MAX_RULES) * MAX_SESSIONS;
-	/* pass 0: the sessions that take the whole frame; n: session n - 1 */
+	/*
+	 * pass 0: the sessions that take the whole frame; n: session n - 1
+	 * (truncating, or a GSO session whose super-packet mirror_gso left
+	 * to this path: here one segment of it)
+	 */
 	pass = (skb->mark & XFER_PASS_MASK) >> XFER_PASS_SHIFT;
-	mask = pass ? r->snap_sessions & (1ULL << ((pass - 1) & 63))
+	mask = pass ? (r->snap_sessions | r->gso_sessions) &
+			      (1ULL << ((pass - 1) & 63))
 		    : r->sessions & ~r->snap_sessions;
 	/* collector groups pick a member by flow: hash the frame as it came */
 	if (r->flags & MIRROR_RF_GROUP)
@@ -214,6 +228,36 @@ int mirror_encap(struct __sk_buff *skb)
 fail:
 	count(MS_ENCAP_FAIL);
 	return TC_ACT_SHOT;
+}
+
+/*
+ * On bpftap0's egress: stage 1's clone of a super-packet for one GSO
+ * session, encapsulated whole and sent (gso.bpf.h); everything else goes
+ * on into bpftap0, whose segments reach mirror_encap on bpftap1.
+ */
+SEC("tc")
+int mirror_gso(struct __sk_buff *skb)
+{
+	struct mirror_session *s;
+	struct mirror_rule *r;
+	__u32 key, pass, slot;
+
+	pass = (skb->mark & XFER_PASS_MASK) >> XFER_PASS_SHIFT;
+	if ((skb->mark & XFER_TAG_MASK) != XFER_TAG || !pass || !skb->gso_size)
+		return GSO_SLOW;
+	key = skb->mark & XFER_RULE_MASK;
+	r = bpf_map_lookup_elem(&rules, &key);
+	if (!r || !((r->gso_sessions >> ((pass - 1) & 63)) & 1))
+		return GSO_SLOW;
+	slot = (key / MAX_RULES) * MAX_SESSIONS + pass - 1;
+	/* a collector group: its member for this flow, as stage 2 picks it */
+	if (r->flags & MIRROR_RF_GROUP) {
+		s = bpf_map_lookup_elem(&sessions, &slot);
+		if (s && s->group_size > 1)
+			slot += group_member(slot, flow_sym_hash(skb) | 1) %
+				s->group_size;
+	}
+	return gso_copy(skb, slot);
 }
 
 /*

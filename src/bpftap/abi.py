@@ -47,6 +47,7 @@ MAX_FRAGS = 64
 MIRROR_SF_KEY = 0x01
 MIRROR_SF_SEQ = 0x02
 MIRROR_SF_PLATFORM = 0x04
+MIRROR_SF_RESEGMENT = 0x08
 MIRROR_HDR_MAX = 86
 # wire constants of the tunnels (bpf/tunnels.bpf.h and bpftap.tunnels use these)
 GENEVE_OPT_CLASS_BPFTAP = 0xFFFB
@@ -59,6 +60,7 @@ ERSPAN3_PLATFORM_ID = 3
 PROG_INGRESS = "mirror_ingress"
 PROG_EGRESS = "mirror_egress"
 PROG_ENCAP = "mirror_encap"
+PROG_GSO = "mirror_gso"
 PROG_NAPI = "mirror_napi"
 MAP_CONFIG = "config"
 MAP_RULES = "rules"
@@ -147,6 +149,8 @@ class MirrorStat(enum.IntEnum):
     SHED = 18
     FRAGMENTS = 19
     RING_FULL = 20
+    GSO_SENT = 21
+    GSO_SLOW = 22
 
 
 MS__MAX = len(MirrorStat)
@@ -256,6 +260,7 @@ class MirrorRule(ctypes.Structure):
     _fields_ = [
         ("sessions", ctypes.c_uint64),
         ("snap_sessions", ctypes.c_uint64),
+        ("gso_sessions", ctypes.c_uint64),
         ("number", ctypes.c_uint32),
         ("stats_id", ctypes.c_uint16),
         ("action", ctypes.c_uint8),
@@ -346,12 +351,13 @@ class SessionStats(ctypes.Structure):
         ("shed", ctypes.c_uint64),
         ("fragments", ctypes.c_uint64),
         ("ring_full", ctypes.c_uint64),
+        ("gso", ctypes.c_uint64),
     ]
 
 
 # the session_stats fields that count copies not sent, one per reason
 SESSION_NOT_SENT = tuple(name for name, _ in SessionStats._fields_
-                         if name not in ("packets", "bytes", "truncated", "fragments"))
+                         if name not in ("packets", "bytes", "truncated", "fragments", "gso"))
 
 
 def set_addr(field: ctypes.Array[ctypes.c_uint32], packed: bytes) -> None:

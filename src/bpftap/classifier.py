@@ -230,7 +230,10 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
             mask |= 1 << slot
         flags = abi.MIRROR_RF_GROUP if groups.intersection(rule.sessions) else 0
         snap = sum(1 << slots[s.name] for s in config.sessions if s.truncates and s.name in rule.sessions)
-        records.append(abi.MirrorRule(sessions=mask, snap_sessions=snap, number=rule.number,
+        # (a clone of its own each, carried like a truncating session's: slots below MAX_SESSIONS - 1)
+        gso = sum(1 << slots[s.name] for s in config.sessions
+                  if s.gso_capable and s.name in rule.sessions and slots[s.name] < abi.MAX_SESSIONS - 1)
+        records.append(abi.MirrorRule(sessions=mask, snap_sessions=snap, gso_sessions=gso, number=rule.number,
                                       action=_ACTIONS[rule.action], flags=flags))
     intern = _Interner()
     addr = [e for dim in ADDR_DIMS for e in _addr_entries(rules, dim, intern)]

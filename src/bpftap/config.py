@@ -60,7 +60,7 @@ GRE_KEY_MAX = 2**32 - 1
 ERSPAN_SESSION_MAX = 1023
 RULE_NUMBER_MAX = 2**31 - 1
 PRIORITIES = ("high", "normal", "low")
-OVERSIZE = ("fragment", "truncate")
+OVERSIZE = ("fragment", "resegment", "truncate")
 ETH_HLEN = 14
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
@@ -127,12 +127,25 @@ class Session:
     remotes: tuple[IPAddress, ...] = ()  # a collector group (remote is its first); () = just remote
     snaplen: int = 0  # inner frame bytes kept in each copy; 0 = the whole frame
     priority: str = "normal"  # high | normal | low: how far it may drain the node's copy budget
-    oversize: str = "fragment"  # a copy over the egress MTU: outer fragments, or cut to fit
+    oversize: str = "resegment"  # a copy over the egress MTU: smaller GSO segments, outer fragments, or cut to fit
+    gso: bool = True  # copies of GSO super-packets encapsulated whole, where the session allows (gso_capable)
 
     @property
     def truncates(self) -> bool:
         """Its copies may be cut (snaplen, or cut to the MTU): each gets a clone of its own from stage 1."""
         return bool(self.snaplen) or self.oversize == "truncate"
+
+    @property
+    def gso_capable(self) -> bool:
+        """Its copies of a GSO super-packet may be encapsulated whole, segmented after encapsulation.
+
+        Every segment then carries the same tunnel header: no per-packet
+        sequence numbers (ERSPAN, GRE with `sequence`), no snaplen, sampling
+        or rate limit (they count wire frames). Over IPv6 the segments' UDP
+        checksum is zero (RFC 6935); `gso: false` keeps the per-segment path.
+        """
+        return self.gso and self.tunnel in ("vxlan", "geneve", "gre") and not self.gre_seq and not self.truncates and self.sample == 1 \
+            and self.rate_limit == (0, 0)
 
     @property
     def members(self) -> tuple[IPAddress, ...]:
@@ -390,7 +403,8 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     rate_limit = e.get("rate_limit", _invalid_on_value_error(rule_fields.rate_limit), (0, 0))
     snaplen = e.get("snaplen", _integer(ETH_HLEN, 65535), 0)
     priority = e.get("priority", _choice("priority", {p: p for p in PRIORITIES}), "normal")
-    oversize = e.get("oversize", _choice("oversize", {o: o for o in OVERSIZE}), "fragment")
+    oversize = e.get("oversize", _choice("oversize", {o: o for o in OVERSIZE}), "resegment")
+    gso = e.get("gso", _boolean, True)
     default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
     port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
@@ -400,7 +414,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
         return None
     return Session(
         name, tunnel, remote, vni, port, key, session_id, sequence, platform, sample, rate_limit, remotes, snaplen,
-        priority, oversize,
+        priority, oversize, gso,
     )
 
 

@@ -116,6 +116,10 @@ def _iface(name: str, host_no: int, if_no: int, net: int, last: int, peer: str,
                  mac=f"02:b7:00:00:{host_no:02x}:{if_no:02x}", mtu=mtu, peer=peer)
 
 
+_TUNNEL_TSO = ("tx-checksumming", "tx-udp_tnl-segmentation", "tx-udp_tnl-csum-segmentation", "tx-gre-segmentation",
+               "tx-gre-csum-segmentation")
+
+
 def _plan(prefix: str) -> dict[str, Host]:
     """The four hosts of the lab named `prefix` (pure: nothing is created)."""
     ns = {r: f"{prefix}-{r}" for r in ROLES}
@@ -288,6 +292,11 @@ class Lab:
             if host.gw4 is not None and host.gw6 is not None:
                 _ip(["-n", host.ns, "route", "add", "default", "via", str(host.gw4)])
                 _ip(["-n", host.ns, "-6", "route", "add", "default", "via", str(host.gw6)])
+
+        # the collector link segments tunnel super-packets and finishes checksums itself, as a NIC without
+        # tunnel TSO and checksum offload does: what crosses it are finished wire frames (a veth would pass
+        # super-packets whole, checksums unfinished), for the agent's copies and mirred's alike
+        self.run(self.tap, ["ethtool", "-K", "eth2", *(w for f in _TUNNEL_TSO for w in (f, "off"))], check=True)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT

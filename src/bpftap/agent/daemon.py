@@ -199,6 +199,8 @@ class Agent:
                 log.warning("%s: clones share the CPU backlog with veth traffic (copies may cost originals under overload)",
                             exc)
             self._attach(self.obj.program(abi.PROG_ENCAP), ifname, ifindex, tc.Direction.INGRESS)
+        # super-packets of GSO sessions leave from bpftap0's egress, before it segments them
+        self._attach(self.obj.program(abi.PROG_GSO), INTERNAL_A, self.encap_ifindex, tc.Direction.EGRESS)
         for (ifname, ifindex), direction in sources.items():
             for hook in (tc.Direction.INGRESS, tc.Direction.EGRESS):
                 if direction & (Direction.INGRESS if hook is tc.Direction.INGRESS else Direction.EGRESS):

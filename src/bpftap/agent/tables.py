@@ -261,7 +261,8 @@ class Tables:
         Raises BpfError if a map write fails.
         """
         flags = (abi.MIRROR_SF_KEY if session.gre_key else 0) | (abi.MIRROR_SF_SEQ if session.gre_seq else 0) \
-            | (abi.MIRROR_SF_PLATFORM if session.erspan_platform else 0)
+            | (abi.MIRROR_SF_PLATFORM if session.erspan_platform else 0) \
+            | (abi.MIRROR_SF_RESEGMENT if session.oversize == "resegment" else 0)
         remote = session.members[member]
         identity = (member_name(session, member), session.tunnel, remote, session.tun_id)
         stats_id, new = self._session_ids.get(identity)

@@ -413,6 +413,8 @@ class Collector:
         key = (host, label)
         last = self._seqs.get(key)
         step = (meta.seq - last) & 0xFFFFFFFF if last is not None else 1
+        if step == 0:
+            return  # another segment of one GSO copy: they share its header, and its number
         if last is None or meta.seq == 1 or 0 < step < SEQ_HALF:
             if step > 1 and meta.seq != 1:
                 _bump(self.stats.lost, label, step - 1)
