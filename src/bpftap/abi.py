@@ -62,6 +62,7 @@ PROG_EGRESS = "mirror_egress"
 PROG_ENCAP = "mirror_encap"
 PROG_GSO = "mirror_gso"
 PROG_NAPI = "mirror_napi"
+PROGRAMS = frozenset({PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_GSO, PROG_NAPI})
 MAP_CONFIG = "config"
 MAP_RULES = "rules"
 MAP_ADDR_CLASSES = "addr_classes"

@@ -102,7 +102,7 @@ def test_program_and_map_names_exist_in_object() -> None:
 
     with BpfObject.open(abi.object_path()) as obj:
         obj.load()
-        for prog in (abi.PROG_INGRESS, abi.PROG_EGRESS, abi.PROG_ENCAP):
+        for prog in abi.PROGRAMS:
             assert obj.program(prog).fd > 0
         for m in (abi.MAP_ADDR_CLASSES, abi.MAP_PORT_CLASSES, abi.MAP_META_CLASSES, abi.MAP_CLASS_BITS,
                   abi.MAP_VLAN_CLASSES, abi.MAP_FLAG_CLASSES, abi.MAP_IFACE_CLASSES,

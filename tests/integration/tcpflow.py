@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +49,13 @@ def pcap_frames(path: Path) -> list[bytes]:
 
 def flows(path: Path) -> dict[tuple[Endpoint, Endpoint], Direction]:
     """Every TCP direction in the capture, keyed (source, destination); sequence numbers taken relative to the SYN."""
+    return frame_flows(pcap_frames(path))
+
+
+def frame_flows(frames: Iterable[bytes]) -> dict[tuple[Endpoint, Endpoint], Direction]:
+    """Every TCP direction among `frames` (Ethernet), as `flows` finds them."""
     raw: dict[tuple[Endpoint, Endpoint], list[tuple[int, int, bool]]] = defaultdict(list)
-    for f in pcap_frames(path):
+    for f in frames:
         off, etype = 14, struct.unpack_from("!H", f, 12)[0]
         while etype in (0x8100, 0x88A8):
             etype, off = struct.unpack_from("!H", f, off + 2)[0], off + 4

@@ -143,12 +143,14 @@ def test_tunnel_filter_counts_what_it_drops(tmp_path: Path) -> None:
 def test_sequence_gaps_are_counted(tmp_path: Path) -> None:
     collector = Collector("127.0.0.1", 0, tmp_path / "s.pcapng", tunnels=["gre", "erspan2"])
     thread, stop = serving(collector)
-    seqs = [1, 2, 5, 4, 6, 6, 1, 2]  # 3 and 4 late: lost 2 then 4 reordered; 6 repeats; restart at 1
+    # 3 and 4 skipped: lost 2; 4 late after all: lost 1, reordered 1; 6 again: a segment of one GSO copy,
+    # neither; then a restart at 1
+    seqs = [1, 2, 5, 4, 6, 6, 1, 2]
     send_gre("127.0.0.1", [gre.encode(inner(1), key=7, seq=s) for s in seqs]
              + [erspan.encode2(9, inner(1), seq=s) for s in (10, 20)])
     finish(collector, thread, stop, len(seqs) + 2)
-    assert collector.stats.lost == {"gre/7": 2, "erspan2/9": 9}
-    assert collector.stats.reordered == {"gre/7": 2}
+    assert collector.stats.lost == {"gre/7": 1, "erspan2/9": 9}
+    assert collector.stats.reordered == {"gre/7": 1}
     assert collector.stats.written == len(seqs) + 2
 
 

@@ -37,6 +37,7 @@ from bpftap.collector.server import (
     format_summary,
     parse_listen,
 )
+from bpftap.tunnels import geneve
 from bpftap.tunnels.vxlan import encode
 
 from ..probes import has_ipv6_loopback
@@ -389,3 +390,16 @@ def test_cli_sigint_stops_and_prints_summary(tmp_path: Path) -> None:
     helper.join(1)
     assert signal.getsignal(signal.SIGINT) is previous
     assert "wrote 1 frames" in stdout.getvalue()
+
+
+def test_segments_of_one_gso_copy_share_a_sequence_number(tmp_path: Path) -> None:
+    """GENEVE segments of one super-packet's copy carry its number: no false loss, no false reordering."""
+    collector = Collector("127.0.0.1", 0, tmp_path / "seq.pcapng", tunnels=("geneve",), geneve_port=0)
+    seqs = [1, 1, 1, 2, 2, 4, 4, 5, 4]
+    with serving(collector):
+        send_all(socket.AF_INET, "127.0.0.1", collector.geneve_port,
+                 [geneve.encode(9, inner(i), direction=1, ifindex=3, seq=n) for i, n in enumerate(seqs)])
+        wait_for(lambda: collector.stats.received == len(seqs))
+    assert collector.stats.written == len(seqs)
+    assert collector.stats.lost == {"geneve/9": 1}  # copy 3 only
+    assert collector.stats.reordered == {}

@@ -244,3 +244,31 @@ def test_counter_ids_taken_over_from_an_earlier_agent_leave_the_gaps_free() -> N
     assert ids.get("a") == (0, False)
     assert {ids.get("x")[0], ids.get("y")[0]} == {1, 2}
     assert ids.get("z") == (4, True)
+
+
+def test_gso_sessions_are_the_ones_whose_segments_may_share_a_header() -> None:
+    """VXLAN, GENEVE and GRE without sequence numbers; not ERSPAN, GRE with them, snaplen, sampling, rate limits."""
+    ok = [Session("vx", "vxlan", ip("198.18.2.1"), 1), Session("gn", "geneve", ip("2001:db8::1"), 2, port=6081),
+          Session("gr", "gre", ip("198.18.2.1"), sequence=False)]
+    per_packet = [Session("grs", "gre", ip("198.18.2.1")), Session("e2", "erspan2", ip("198.18.2.1"), session_id=1),
+                  Session("e3", "erspan3", ip("198.18.2.1"), session_id=1),
+                  Session("cut", "vxlan", ip("198.18.2.1"), 1, snaplen=128),
+                  Session("fit", "vxlan", ip("198.18.2.1"), 1, oversize="truncate"),
+                  Session("one", "vxlan", ip("198.18.2.1"), 1, sample=10),
+                  Session("slow", "vxlan", ip("198.18.2.1"), 1, rate_limit=(100, 0)),
+                  Session("off", "vxlan", ip("198.18.2.1"), 1, gso=False)]
+    assert [s.gso_capable for s in ok] == [True] * len(ok)
+    assert [s.name for s in per_packet if s.gso_capable] == []
+    everything = ok + per_packet
+    slots = {s.name: i for i, s in enumerate(everything)}
+    cfg = config(Rule(1, sessions=tuple(slots)), sessions=tuple(everything))
+    [rule] = compile_rules(cfg, slots).rules
+    assert rule.gso_sessions == 0b111
+    assert rule.snap_sessions == (1 << slots["cut"]) | (1 << slots["fit"])
+
+
+def test_the_last_session_slot_has_no_clone_of_its_own() -> None:
+    """A clone's pass number has 6 bits: slot 63 stays with the whole-frame clone."""
+    s = session("last", "198.18.2.1")
+    [rule] = compile_rules(config(Rule(1, sessions=("last",)), sessions=(s,)), {"last": abi.MAX_SESSIONS - 1}).rules
+    assert rule.gso_sessions == 0 and rule.sessions == 1 << (abi.MAX_SESSIONS - 1)

@@ -21,6 +21,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpftap import abi
 from bpftap.bpf import pins
 from bpftap.bpf.libbpf import (
     BPF_F_AFTER,
@@ -49,7 +50,7 @@ log = logging.getLogger("bpftap.tc")
 
 # handle of bpftap's cls_bpf filters: how a restart finds a crashed run's filters
 FILTER_HANDLE = 0xB7A9
-OUR_PROGRAMS = frozenset({"mirror_ingress", "mirror_egress", "mirror_encap", "mirror_napi"})
+OUR_PROGRAMS = abi.PROGRAMS
 
 
 class Direction(enum.Enum):

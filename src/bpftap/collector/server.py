@@ -30,8 +30,10 @@ was captured. Frames the interface sends itself are ignored.
 
 Sequence numbers (GRE, ERSPAN, bpftap's GENEVE option) are followed per
 sender and session: a jump forward counts the copies between as ``lost``,
-a step back or a repeat as ``reordered``; a session that starts again at 1
-(the agent restarted) starts a new count.
+one of those arriving after all moves from ``lost`` to ``reordered``; a
+repeat is another segment of one GSO copy (they share its header) and
+counts as neither; a session that starts again at 1 (the agent restarted)
+starts a new count.
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ MAX_FRAME = MAX_DATAGRAM + 22
 GRE_TUNNELS = ("gre", "erspan2", "erspan3")
 UDP_TUNNELS = ("vxlan", "geneve")
 SEQ_HALF = 1 << 31
+SEQ_MISSING_MAX = 4096  # sequence numbers still missing, remembered per session
+
+
+@dataclass
+class _SeqTrack:
+    """One session's sequence as received: the highest number, and those skipped that may still come."""
+
+    last: int
+    missing: dict[int, None] = field(default_factory=dict)  # an ordered set, oldest first
 #: pcapng epb_flags direction bits by MirrorDir value: 1 inbound, 2 outbound
 EPB_DIRECTION = {1: 0b01, 2: 0b10}
 
@@ -168,7 +179,7 @@ class Collector:
         self.stats = CollectorStats()
         self.listeners: list[Listener] = []
         self.warnings: list[str] = []
-        self._seqs: dict[tuple[str, str], int] = {}  # (sender, session label) -> last sequence number
+        self._seqs: dict[tuple[str, str], _SeqTrack] = {}  # (sender, session label) -> its sequence so far
         self._writer: PcapngWriter | None = None
         self._closed = False
         self.interface, self.read = interface, read
@@ -409,17 +420,36 @@ class Collector:
         _bump(stats.per_session, label)
 
     def _follow_seq(self, host: str, meta: Meta, label: str) -> None:
+        """Count copies missing from a session's sequence, and copies that came after a later one.
+
+        A number skipped is counted lost at once; when it turns up after all
+        (copies of one session leave from several CPUs), it moves from lost to
+        reordered. A number seen again (the segments of one GSO copy share it)
+        counts as neither. The numbers still missing are remembered up to
+        SEQ_MISSING_MAX per session, the oldest forgotten first (they stay lost).
+        """
         assert meta.seq is not None
         key = (host, label)
-        last = self._seqs.get(key)
-        step = (meta.seq - last) & 0xFFFFFFFF if last is not None else 1
+        track = self._seqs.get(key)
+        if track is None or meta.seq == 1 and track.last != 1:
+            self._seqs[key] = _SeqTrack(meta.seq)  # the first, or the agent started again
+            return
+        step = (meta.seq - track.last) & 0xFFFFFFFF
         if step == 0:
-            return  # another segment of one GSO copy: they share its header, and its number
-        if last is None or meta.seq == 1 or 0 < step < SEQ_HALF:
-            if step > 1 and meta.seq != 1:
+            return
+        if step < SEQ_HALF:
+            for n in range(track.last + 1, track.last + min(step, SEQ_MISSING_MAX + 1)):
+                track.missing[n & 0xFFFFFFFF] = None
+            while len(track.missing) > SEQ_MISSING_MAX:
+                del track.missing[next(iter(track.missing))]
+            if step > 1:
                 _bump(self.stats.lost, label, step - 1)
-            self._seqs[key] = meta.seq
-        else:
+            track.last = meta.seq
+        elif meta.seq in track.missing:
+            del track.missing[meta.seq]
+            _bump(self.stats.lost, label, -1)
+            if not self.stats.lost[label]:
+                del self.stats.lost[label]
             _bump(self.stats.reordered, label)
 
     def _close_sockets(self) -> None:
