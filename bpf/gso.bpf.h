@@ -18,8 +18,8 @@
  * resegment` sessions, the kernel shrinks gso_size by the header, so every
  * byte arrives in smaller segments and nothing is fragmented. Whatever
  * cannot go this way (no fit, in-band or accelerated VLAN tags, not TCP,
- * a per-packet budget, a refusal of adjust_room) leaves untouched with
- * GSO_SLOW: bpftap0 segments it and stage 2 copies each segment as before.
+ * a per-packet budget, redirect_chain: false, a refusal of adjust_room)
+ * leaves untouched with GSO_SLOW: bpftap0 segments it and stage 2 copies each segment as before.
  */
 #ifndef GSO_BPF_H
 #define GSO_BPF_H
@@ -70,6 +70,24 @@ static __always_inline __u32 gso_hdr_len(struct __sk_buff *skb)
 }
 
 /*
+ * Whether the linear part holds payload beyond the headers: a packet GRO
+ * built from such skbs (a veth with GRO, a non-SG sender) carries them in a
+ * frag_list, and shrinking a frag_list packet's gso_size hit a BUG_ON in
+ * skb_segment until the 2024 fix "bpf: Linearize skb when downgrading
+ * gso_size". Such packets are never resegmented here, on any kernel. A
+ * read of the data pointers, not a write: no un-clone prologue.
+ */
+static __always_inline int payload_in_head(struct __sk_buff *skb, __u32 hdrs)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (hdrs > 256)
+		return 1;
+	return data + hdrs < end;
+}
+
+/*
  * One session's copy of the super-packet in `skb` (a clone for it alone),
  * the session at `slot` of `sessions`. Returns GSO_SENT (redirected),
  * GSO_SLOW (untouched: the per-segment path takes it) or GSO_DROP
@@ -95,9 +113,12 @@ __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 	ss = bpf_map_lookup_elem(&session_stats, &k);
 	if (!ss)
 		return GSO_SLOW;
-	/* per-packet limits count wire frames: they stay exact on the slow path */
+	/*
+	 * per-packet limits count wire frames: they stay exact on the slow
+	 * path; so does redirect_chain: false (this path redirects a clone)
+	 */
 	if (!s->ifindex || s->sample > 1 || s->rate_pps || s->rate_bps ||
-	    cfg->budget_pps || skb->vlan_present)
+	    cfg->budget_pps || cfg->ring_copies || skb->vlan_present)
 		goto slow;
 	size = skb->gso_size;
 	hdrs = gso_hdr_len(skb);
@@ -115,7 +136,8 @@ __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 	if (seg_len <= s->mtu) {
 		flags |= BPF_F_ADJ_ROOM_FIXED_GSO;
 	} else if (!(s->flags & MIRROR_SF_RESEGMENT) ||
-		   seg_len - hlen > s->mtu || size < hlen + GSO_MIN_SEG) {
+		   seg_len - hlen > s->mtu || size < hlen + GSO_MIN_SEG ||
+		   payload_in_head(skb, hdrs)) {
 		goto slow;
 	} else {
 		/* gso_size shrinks by the header: segments of the original's size */

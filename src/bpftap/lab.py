@@ -293,10 +293,18 @@ class Lab:
                 _ip(["-n", host.ns, "route", "add", "default", "via", str(host.gw4)])
                 _ip(["-n", host.ns, "-6", "route", "add", "default", "via", str(host.gw6)])
 
-        # the collector link segments tunnel super-packets and finishes checksums itself, as a NIC without
-        # tunnel TSO and checksum offload does: what crosses it are finished wire frames (a veth would pass
-        # super-packets whole, checksums unfinished), for the agent's copies and mirred's alike
-        self.run(self.tap, ["ethtool", "-K", "eth2", *(w for f in _TUNNEL_TSO for w in (f, "off"))], check=True)
+        self.collector_link_offloads(False)
+
+    def collector_link_offloads(self, on: bool) -> None:
+        """Let the tapped host's collector link (eth2) segment tunnel super-packets and finish checksums, or not.
+
+        Off (as the lab starts): the kernel does both in software before the
+        link, as for a NIC without tunnel TSO and checksum offload, so what
+        crosses it are finished wire frames, for the agent's copies and
+        mirred's alike. On: the veth carries super-packets whole, as a NIC
+        with tunnel TSO takes them (its segments would be cut in hardware).
+        """
+        self.run(self.tap, ["ethtool", "-K", "eth2", *(w for f in _TUNNEL_TSO for w in (f, "on" if on else "off"))])
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT

@@ -32,7 +32,8 @@ pytestmark = [
 ]
 
 HEADLINE = {"seen": "bpftap_packets_seen_total", "matched": "bpftap_packets_matched_total",
-            "copy_sent": "bpftap_copies_sent_total", "fragments": "bpftap_fragments_sent_total"}
+            "copy_sent": "bpftap_copies_sent_total", "fragments": "bpftap_fragments_sent_total",
+            "gso_sent": "bpftap_gso_sent_total", "gso_slow": "bpftap_gso_slow_total"}
 Scrape = dict[str, dict[frozenset[tuple[str, str]], float]]
 
 
@@ -67,6 +68,7 @@ def expected(status: dict, mode: str) -> Scrape:  # type: ignore[type-arg]
     want["bpftap_session_copies_total"] = {frozenset(labels[s["name"]]): s["packets"] for s in status["sessions"]}
     want["bpftap_session_bytes_total"] = {frozenset(labels[s["name"]]): s["bytes"] for s in status["sessions"]}
     want["bpftap_session_fragments_total"] = {frozenset(labels[s["name"]]): s["fragments"] for s in status["sessions"]}
+    want["bpftap_session_gso_total"] = {frozenset(labels[s["name"]]): s["gso"] for s in status["sessions"]}
     want["bpftap_session_not_sent_total"] = {
         frozenset(labels[s["name"]] | {("reason", reason)}): s[reason]
         for s in status["sessions"]

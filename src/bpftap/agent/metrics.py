@@ -10,6 +10,8 @@ to `mirror_abi.h` shows up here with no second list to update.
     bpftap_packets_matched_total                    packets whose first matching rule mirrors
     bpftap_copies_sent_total                        copies handed to an egress device
     bpftap_fragments_sent_total                     outer fragments of copies over the egress MTU
+    bpftap_gso_sent_total                           super-packets whose copy was encapsulated whole
+    bpftap_gso_slow_total                           super-packets of a GSO session copied per segment
     bpftap_not_copied_total{reason}                 every other `enum mirror_stat` exit: packets
                                                     passed on without a copy (no_match, skipped,
                                                     loop, ...) or copies not sent (unresolved,
@@ -20,6 +22,7 @@ to `mirror_abi.h` shows up here with no second list to update.
     bpftap_session_copies_total{session,tunnel,remote}
     bpftap_session_bytes_total{session,tunnel,remote}
     bpftap_session_fragments_total{session,tunnel,remote}
+    bpftap_session_gso_total{session,tunnel,remote}  copies of super-packets encapsulated whole
     bpftap_session_not_sent_total{session,tunnel,remote,reason}
     bpftap_session_resolved{session,tunnel,remote}  1 while the session has a next hop
     bpftap_queue_dropped_total{queue}               copies the internal pair's rings dropped
@@ -63,6 +66,9 @@ HEADLINE = {
     abi.MirrorStat.MATCHED: ("bpftap_packets_matched", "Packets whose first matching rule is a mirror rule."),
     abi.MirrorStat.COPY_SENT: ("bpftap_copies_sent", "Copies handed to an egress device (all sessions)."),
     abi.MirrorStat.FRAGMENTS: ("bpftap_fragments_sent", "Outer fragments sent for copies over the egress MTU."),
+    abi.MirrorStat.GSO_SENT: ("bpftap_gso_sent", "GSO super-packets whose copy was encapsulated whole "
+                              "(its segments count in bpftap_copies_sent)."),
+    abi.MirrorStat.GSO_SLOW: ("bpftap_gso_slow", "GSO super-packets of a GSO session copied per segment instead."),
 }
 SESSION_LABELS = ["session", "tunnel", "remote"]
 
@@ -224,6 +230,8 @@ class MirrorCollector(Collector):
                                      "(outer headers included).", labels=SESSION_LABELS)
         frags = CounterMetricFamily("bpftap_session_fragments", "Outer fragments sent for this session's copies "
                                     "over the egress MTU.", labels=SESSION_LABELS)
+        gso = CounterMetricFamily("bpftap_session_gso", "Copies of GSO super-packets encapsulated whole for this "
+                                  "session (their segments count in bpftap_session_copies).", labels=SESSION_LABELS)
         lost = CounterMetricFamily("bpftap_session_not_sent", "Copies for this session that were not sent, "
                                    "by reason.", labels=[*SESSION_LABELS, "reason"])
         resolved = GaugeMetricFamily("bpftap_session_resolved", "1 while the session's remote has a route and "
@@ -234,10 +242,11 @@ class MirrorCollector(Collector):
             copies.add_metric(labels, stats.packets)
             octets.add_metric(labels, stats.bytes)
             frags.add_metric(labels, stats.fragments)
+            gso.add_metric(labels, stats.gso)
             for reason in reasons:
                 lost.add_metric([*labels, reason], getattr(stats, reason))
             resolved.add_metric(labels, 1 if sess.resolved else 0)
-        yield from (copies, octets, frags, lost, resolved)
+        yield from (copies, octets, frags, gso, lost, resolved)
 
 
 def parse_address(text: str) -> tuple[str, int]:

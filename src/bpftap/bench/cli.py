@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
     p.add_argument("--underlay-mtu", type=int, default=None, metavar="N",
                    help="tier 2: MTU of the link to the collector (default: the lab's 9000; 1500 makes "
                         "every full-size copy two outer fragments)")
+    p.add_argument("--link-offloads", action="store_true",
+                   help="tier 2: the collector link takes tunnel super-packets whole, as a NIC with tunnel TSO "
+                        "and checksum offload (default: the kernel segments them before it, as for a NIC without)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -52,7 +55,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise BpftapError("--reps: at least 3 (the protocol reports median and spread of >= 3)")
     if args.underlay_mtu is not None and not 1280 <= args.underlay_mtu <= 9000:
         raise BpftapError(f"--underlay-mtu: {args.underlay_mtu} is not between 1280 and 9000")
-    res = run_bench(tiers, args.reps, args.quick, args.underlay_mtu)
+    res = run_bench(tiers, args.reps, args.quick, args.underlay_mtu, args.link_offloads)
     args.out.mkdir(parents=True, exist_ok=True)
     from bpftap.bench.report import format_report, result_stem
 
@@ -72,7 +75,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if res.get("errors") else 0
 
 
-def run_bench(tiers: set[int], reps: int, quick: bool, underlay_mtu: int | None = None) -> dict[str, Any]:
+def run_bench(tiers: set[int], reps: int, quick: bool, underlay_mtu: int | None = None,
+              link_offloads: bool = False) -> dict[str, Any]:
     """Run the chosen tiers in order (1, 2, 4, 3); a tier that fails is recorded and the rest go on."""
     from bpftap import abi
     from bpftap.bench import sysinfo
@@ -110,7 +114,7 @@ def run_bench(tiers: set[int], reps: int, quick: bool, underlay_mtu: int | None 
                 from bpftap.bench.tcp import run_tier2
 
                 tier("tier2", lambda: run_tier2(lab, reps, 3.0 if quick else 10.0, log=log,
-                                                underlay_mtu=underlay_mtu))
+                                                underlay_mtu=underlay_mtu, link_offloads=link_offloads))
             if 4 in tiers:
                 from bpftap.bench.memory import run_tier4
 
