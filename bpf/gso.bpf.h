@@ -19,7 +19,8 @@
  * byte arrives in smaller segments and nothing is fragmented. Whatever
  * cannot go this way (no fit, in-band or accelerated VLAN tags, not TCP,
  * a per-packet budget, redirect_chain: false, a refusal of adjust_room)
- * leaves untouched with GSO_SLOW: bpftap0 segments it and stage 2 copies each segment as before.
+ * leaves untouched with GSO_SLOW: bpftap0 segments it and stage 2 copies
+ * each segment as before.
  */
 #ifndef GSO_BPF_H
 #define GSO_BPF_H

@@ -33,6 +33,8 @@ SELECTION = [
     "tests/integration/test_mirror_e2e.py::test_auto_attach_takes_tcx_where_the_kernel_has_it_else_clsact",
     "tests/integration/test_coexist.py",  # beside another vendor's program, both attach modes
     "tests/integration/test_tunnels_e2e.py::test_kernel_receiver_decapsulates",  # GENEVE, GRE, ERSPAN receivers
+    # which path a super-packet's copy takes on this kernel (its counters: gso.json)
+    "tests/integration/test_big_packets.py::test_a_super_packets_copy_is_encapsulated_whole",
 ]
 OBJECTS = [abi.object_path(), ROOT / "build" / "bpf" / "mirror_tc.debug.bpf.o"]
 STATS = {
@@ -89,6 +91,16 @@ def verifier(out: Path) -> list[dict[str, object]]:
     return rows
 
 
+def gso_path(report: Path) -> str:
+    """The path the GSO test's super-packets took here, from the counters it left (README "Big packets")."""
+    if not report.exists():
+        return "unknown (no report)"
+    c = json.loads(report.read_text())
+    if c["gso"] and not c["gso_slow"]:
+        return f"whole: {c['gso']} super-packets, {c['packets']} segments"
+    return f"per segment: {c['gso']} whole, {c['gso_slow']} per segment"
+
+
 def pytest(out: Path, name: str, args: list[str], env: dict[str, str]) -> dict[str, object]:
     """Run pytest on `args`; passed, failed and skipped counts, skip reasons and failures from its JUnit XML."""
     junit = out / f"{name}.xml"
@@ -140,8 +152,10 @@ def main() -> int:
                      {**env, "BPFTAP_SOAK_SECONDS": str(args.soak), "BPFTAP_SOAK_REPORT": str(out / "soak.json")})}
         result["soak"] = json.loads((out / "soak.json").read_text()) if (out / "soak.json").exists() else {}
     else:
+        (out / "gso.json").unlink(missing_ok=True)
         result = {"kernel": platform.release(), "mode": mode, "selection": SELECTION,
-                  **pytest(out, "pytest", SELECTION, env)}
+                  **pytest(out, "pytest", SELECTION, {**env, "BPFTAP_GSO_REPORT": str(out / "gso.json")})}
+        result["gso_path"] = gso_path(out / "gso.json")
     new_lines = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout.splitlines()[log_start:]
     splats = [line for line in new_lines if SPLAT.search(line)]
     (out / "dmesg.txt").write_text("\n".join(new_lines) + "\n")

@@ -214,13 +214,14 @@ def run_row(row: str, soak: int, timeout: int) -> dict[str, object]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| row | kernel | accel | mode | passed | failed | skipped | dmesg | soak | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | kernel | accel | mode | GSO copies | passed | failed | skipped | dmesg | soak | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         soak = r.get("soak") or {}
         soak_text = (f"{soak['seconds']} s, {soak['mirrored']} mirrored, {soak['copies']} copies"
                      if isinstance(soak, dict) and soak else "-")
         lines.append(f"| {r['row']} | {r.get('kernel', '?')} | {r.get('accel', '?')} | {r.get('mode', '?')} "
+                     f"| {r.get('gso_path', '-')} "
                      f"| {r.get('passed', 0)} | {r.get('failed', 0)} | {r.get('skipped', 0)} "
                      f"| {r.get('dmesg', '?')} | {soak_text} | {r['seconds']} |")
     out = ["# Kernel matrix", "", *lines, ""]
@@ -262,7 +263,8 @@ def main() -> int:
         result = run_row(row, args.soak, args.timeout + args.soak)
         results.append(result)
         print(f"kernels: row {row}: {result.get('passed', 0)} passed, {result.get('failed', 0)} failed, "
-              f"{result.get('skipped', 0)} skipped in {result['seconds']} s"
+              f"{result.get('skipped', 0)} skipped in {result['seconds']} s; GSO copies "
+              f"{result.get('gso_path', '-')}"
               + (f"; ERROR {result['error']}" if result["error"] else ""), flush=True)
     # rows run before and not now stay in the tables (each with its own `seconds` and kernel)
     earlier = json.loads((OUT / "matrix.json").read_text()) if (OUT / "matrix.json").exists() else []
