@@ -97,3 +97,19 @@ def test_a_second_run_the_same_day_gets_a_file_of_its_own(tmp_path: Path) -> Non
     first.with_suffix(".json").write_text("{}")
     second = result_stem(tmp_path, "vm", when=0.0)
     assert second.name == first.name + "-2"
+
+
+def test_a_count_is_read_once_it_settles() -> None:
+    """Late copies count for their own point: the reading waits until the counter stays put."""
+    t = [0.0]
+    values = iter([100, 150, 180, 180, 180, 180, 180, 180, 180, 180])
+
+    def sleep(dt: float) -> None:
+        t[0] += dt
+
+    assert stats.settled(lambda: next(values), quiet=0.25, clock=lambda: t[0], sleep=sleep) == 180
+    assert t[0] < 1.0
+    growing = iter(range(1000))
+    t[0] = 0.0
+    assert stats.settled(lambda: next(growing), quiet=0.25, timeout=1.0, clock=lambda: t[0], sleep=sleep) >= 10
+    assert t[0] == pytest.approx(1.0, abs=0.11)

@@ -17,7 +17,9 @@ the highest rate with < 0.01 % loss. Then each configuration (none,
 nomatch, mirror, nochain (`redirect_chain: false`), mirred, interleaved per
 round) is offered 50..95 % of C.
 Original loss comes from iperf3's sequence numbers; copies delivered are
-counted copies over originals sent.
+counted copies over originals sent, counted until no more arrive (so a
+point never counts the previous point's late copies: with `redirect_chain:
+false` they wait in the agent's queue).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from typing import Any, Callable
 
 from bpftap.bench import labkit as K
-from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, summarize
+from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, settled, summarize
 from bpftap.bench.sysinfo import proc_stat_cpu
 from bpftap.lab import Lab
 
@@ -63,8 +65,8 @@ def point(lab: Lab, iperf: K.Iperf, payload: int, pps: float, seconds: float) ->
     data = iperf.client(["-u", "-l", str(payload), "-b", str(int(pps * payload * 8)), "-w", "4M",
                          "--udp-counters-64bit", "-A", "0"], seconds)
     t1 = time.monotonic()
-    q1, c1, s1, x1 = (K.qdisc_stats(lab, lab.tap, "eth1"), K.copy_count(lab, lab.dst, "vxr0"),
-                      K.softnet_drops(), proc_stat_cpu())
+    q1, s1, x1 = K.qdisc_stats(lab, lab.tap, "eth1"), K.softnet_drops(), proc_stat_cpu()
+    c1 = settled(lambda: K.copy_count(lab, lab.dst, "vxr0"))  # this point's copies still on their way
     s = data["end"]["sum"]
     sent, lost = int(s.get("packets", 0)), int(s.get("lost_packets", 0))
     cpu = cpu_busy(x0, x1)

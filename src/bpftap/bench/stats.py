@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 Summary = dict[str, Any]
@@ -123,3 +124,23 @@ def fmt_pct(value: float | None, resolution: float | None = None) -> str:
     if abs(value) < 0.01:
         return f"{value:.3f}"
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def settled(read: Callable[[], int], quiet: float = 0.5, timeout: float = 5.0,
+            clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
+    """`read()` once it has stopped changing for `quiet` seconds (or `timeout` has passed): the last value.
+
+    Copies of a point's originals may still be on their way when its
+    generator stops (a userspace sender's queue: `redirect_chain: false`);
+    counted in the next point's window they made it deliver more copies
+    than it had originals. Each point waits for its own instead.
+    """
+    last, since, deadline = read(), clock(), clock() + timeout
+    while clock() < deadline:
+        sleep(min(0.1, quiet))
+        now = read()
+        if now != last:
+            last, since = now, clock()
+        elif clock() - since >= quiet:
+            break
+    return last
