@@ -70,14 +70,15 @@ def tier2_lines(t2: dict[str, Any]) -> list[str]:
              f", collector link MTU {t2.get('underlay_mtu', 9000)}"
              f"{', tunnel TSO on it' if t2.get('link_offloads') else ''}",
              f"  {'config':<9}{'Gbit/s [min-max]':>24}{'x none':>20}{'CPU busy %':>12}{'CPU/GB x none':>20}"
-             f"{'coverage %':>12}"]
+             f"{'coverage %':>12}{'copies/s':>12}"]
     for name, c in t2["configs"].items():
         cov = c.get("coverage")
         cov_s = "-" if not cov or cov.get("median") is None else f"{100 * cov['median']:.1f}"
         busy = c["cpu_busy"]["median"]
+        rate = (c.get("copies_per_s") or {}).get("median")
         lines.append(f"  {name:<9}{fmt_value(c['gbps'], '', 2):>24}{fmt_ratio(c['ratio']):>20}"
                      f"{'-' if busy is None else f'{100 * busy:.0f}':>12}{fmt_ratio(c['cpu_per_gb_ratio']):>20}"
-                     f"{cov_s:>12}")
+                     f"{cov_s:>12}{'-' if rate is None else f'{rate / 1000:.0f}k':>12}")
     mirror, mirred = (t2["configs"].get(c, {}).get("gbps", {}).get("median") for c in ("mirror", "mirred"))
     if mirror and mirred:
         lines.append(f"  mirror (bpftap) / mirred (kernel VXLAN device), same run: {mirror / mirred:.2f}x")

@@ -55,6 +55,7 @@ def one_run(lab: Lab, iperf: K.Iperf, seconds: float) -> dict[str, Any]:
         "steal": cpu["steal"],
         "cpu_s_per_gb": cpu_seconds / (moved / 1e9) if moved else None,
         "copy_packets": copies["rx_packets"],
+        "copies_per_s": copies["rx_packets"] / (t1 - t0),
         "copy_bytes": copies["rx_bytes"],
         "coverage": payload / moved if moved else None,
     }
@@ -134,6 +135,8 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
             "cpu_s_per_gb": summarize(col(config, "cpu_s_per_gb")),
             "cpu_per_gb_ratio": ratio_summary(col(config, "cpu_s_per_gb"), base_cpu),
             "coverage": summarize(col(config, "coverage")) if config in ("mirror", "nochain", "mirred") else None,
+            "copies_per_s": summarize(col(config, "copies_per_s")) if config in ("mirror", "nochain", "mirred")
+            else None,
             "runs": runs[config],
         }
     return out
