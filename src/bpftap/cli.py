@@ -23,6 +23,7 @@ signals (bpftap run):
 
 examples:
   bpftap check                              what this kernel offers, and the attach mode
+  bpftap validate -c bpftap.yaml            check a config without running it (exit 0, or 2 with every mistake)
   bpftap run -c bpftap.yaml                 mirror as the config says, in the foreground
   bpftap run -c bpftap.yaml --attach tc     force clsact instead of tcx
   bpftap status                             attachments and counters of the running agent
@@ -171,6 +172,16 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Run the validation `run` and a SIGHUP reload run, with no kernel; a bad config raises ConfigError (exit 2)."""
+    from bpftap.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: ok: {len(config.sources)} sources, {len(config.sessions)} sessions, "
+          f"{len(config.rules)} rules")
+    return ExitStatus.OK
+
+
 def cmd_detach(args: argparse.Namespace) -> int:
     from bpftap.agent.detach import detach_everywhere
 
@@ -218,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="report kernel features and the attach mode", formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("validate", help="check a config file as 'run' and a reload would, touching nothing",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="exit status: 0 the config is valid; 2 it is not (every mistake listed on stderr)\n\n"
+                       "examples:\n  bpftap validate -c /etc/bpftap/bpftap.yaml && systemctl reload bpftap\n"
+                       "  bpftap validate -c examples/bpftap.yaml")
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("status", help="attachments and counters of the running agent", formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="machine-readable output")
