@@ -158,7 +158,14 @@ def format_status(data: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from bpftap.agent.status import query_status
 
-    data = query_status()
+    try:
+        data = query_status()
+    except BpftapError as exc:
+        if not args.json:
+            raise
+        # scripts parse stdout: an object with the error, never nothing
+        print(json.dumps({"error": str(exc)}, indent=2))
+        return ExitStatus.ERROR
     print(json.dumps(data, indent=2) if args.json else format_status(data))
     return ExitStatus.OK
 

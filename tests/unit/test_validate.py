@@ -22,3 +22,19 @@ def test_a_bad_config_is_exit_2_with_every_mistake(tmp_path: Path, capsys: pytes
     assert main(["validate", "-c", str(path)]) == ExitStatus.USAGE
     err = capsys.readouterr().err
     assert f"{path}: sessions[0].vni:" in err and f"{path}: rules[1]: unknown field 'dst_port'" in err
+
+
+def test_status_json_without_an_agent_prints_an_error_object(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bpftap.agent import status
+    from bpftap.errors import BpftapError
+
+    def no_agent(**_: object) -> dict[str, object]:
+        raise BpftapError("no bpftap agent runs in this network namespace (start one with 'bpftap run')")
+
+    monkeypatch.setattr(status, "query_status", no_agent)
+    assert main(["status", "--json"]) == ExitStatus.ERROR
+    assert json.loads(capsys.readouterr().out) == {
+        "error": "no bpftap agent runs in this network namespace (start one with 'bpftap run')"}
