@@ -23,6 +23,7 @@ signals (bpftap run):
 
 examples:
   bpftap check                              what this kernel offers, and the attach mode
+  bpftap validate -c bpftap.yaml            check a config without running it (exit 0, or 2 with every mistake)
   bpftap run -c bpftap.yaml                 mirror as the config says, in the foreground
   bpftap run -c bpftap.yaml --attach tc     force clsact instead of tcx
   bpftap status                             attachments and counters of the running agent
@@ -157,7 +158,14 @@ def format_status(data: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from bpftap.agent.status import query_status
 
-    data = query_status()
+    try:
+        data = query_status()
+    except BpftapError as exc:
+        if not args.json:
+            raise
+        # scripts parse stdout: an object with the error, never nothing
+        print(json.dumps({"error": str(exc)}, indent=2))
+        return ExitStatus.ERROR
     print(json.dumps(data, indent=2) if args.json else format_status(data))
     return ExitStatus.OK
 
@@ -168,6 +176,16 @@ def cmd_pause(args: argparse.Namespace) -> int:
     data = query_status(command=args.command)
     state = "paused: no copies are made; attachments and originals unchanged" if data["paused"] else "copying"
     print(f"agent pid {data['pid']}: {state}")
+    return ExitStatus.OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Run the validation `run` and a SIGHUP reload run, with no kernel; a bad config raises ConfigError (exit 2)."""
+    from bpftap.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: ok: {len(config.sources)} sources, {len(config.sessions)} sessions, "
+          f"{len(config.rules)} rules")
     return ExitStatus.OK
 
 
@@ -218,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="report kernel features and the attach mode", formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("validate", help="check a config file as 'run' and a reload would, touching nothing",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="exit status: 0 the config is valid; 2 it is not (every mistake listed on stderr)\n\n"
+                       "examples:\n  bpftap validate -c /etc/bpftap/bpftap.yaml && systemctl reload bpftap\n"
+                       "  bpftap validate -c examples/bpftap.yaml")
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("status", help="attachments and counters of the running agent", formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="machine-readable output")

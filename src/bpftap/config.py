@@ -26,6 +26,7 @@ from bpftap import abi, rule_fields
 from bpftap.config_values import (  # noqa: F401 (re-exported: the config's vocabulary)
     ANY_PORTS,
     IFNAMSIZ,
+    MAX_CONFIG_BYTES,
     PROTOCOLS,
     IPAddress,
     IPNetwork,
@@ -49,6 +50,7 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
     _UniqueKeyLoader,
     _unknown,
     protocol_name,
+    shown,
 )
 from bpftap.errors import ConfigError
 from bpftap.pod_selector import PodSelector, _pod_selector
@@ -232,8 +234,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """
     name = os.fspath(path)
     try:
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
+        with open(name, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise InvalidConfigError([f"{name}: larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+                                      "is it the config file?"])
+        text = raw.decode("utf-8")
     except OSError as e:
         code = f" ({errno.errorcode.get(e.errno, e.errno)})" if e.errno else ""
         raise InvalidConfigError([f"{name}: cannot read: {e.strerror or e}{code}"]) from e
@@ -264,7 +270,7 @@ def parse_config(data: object, filename: str) -> Config:
         raise InvalidConfigError([f"{filename}: top level: {what}"])
     for key in data:
         if key not in _TOP_KEYS:
-            report.append(("top level", f"unknown key {key!r}{_did_you_mean(key, _TOP_KEYS)}"))
+            report.append(("top level", f"unknown key {shown(key)}{_did_you_mean(key, _TOP_KEYS)}"))
     raw_sources = _entries(report, "sources", data.get("sources"))
     raw_sessions = _entries(report, "sessions", data.get("sessions"), abi.MAX_SESSIONS)
     raw_rules = _entries(report, "rules", data.get("rules"), abi.MAX_RULES)
@@ -325,10 +331,10 @@ class _Entry:
             return
         for key in self.raw:
             if key not in fields:
-                self.fail(None, f"unknown field {key!r}{_did_you_mean(key, fields)}")
+                self.fail(None, f"unknown field {shown(key)}{_did_you_mean(key, fields)}")
         for name in required:
             if name not in self.raw:
-                self.fail(name, f"missing required field {name!r}", at_entry=True)
+                self.fail(name, f"missing required field {shown(name)}", at_entry=True)
 
     def fail(self, field: str | None, message: str, at_entry: bool = False) -> None:
         """Record a mistake in `field` (or the entry itself) and mark the entry bad."""
@@ -352,7 +358,7 @@ class _Entry:
         """Note that this entry's field `name` holds `value`; a second holder is a mistake."""
         if name in self.raw and name not in self.bad:
             if value in owners:
-                self.fail(name, f"{value!r} is already used by {owners[value]}{hint}")
+                self.fail(name, f"{shown(value)} is already used by {owners[value]}{hint}")
             owners.setdefault(value, self.where)
 
 
@@ -422,7 +428,7 @@ def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:
     """Each tunnel type has its identifier (required but gre's key) and refuses the others' fields."""
     id_field = TUNNEL_ID_FIELDS[tunnel]
     if id_field in ("vni", "session_id") and id_field not in e.raw:
-        e.fail(id_field, f"missing required field {id_field!r}", at_entry=True)
+        e.fail(id_field, f"missing required field {shown(id_field)}", at_entry=True)
     owners = {"vni": "vxlan and geneve", "key": "gre", "session_id": "erspan2 and erspan3",
               "sequence": "gre", "port": "vxlan and geneve", "platform_subheader": "erspan3"}
     for field, owner in owners.items():
@@ -491,9 +497,9 @@ def _rule(
             e.fail("sessions", "a skip rule mirrors nothing; remove sessions")
     for i, name in enumerate(sessions):
         if name not in names:
-            e.fail(f"sessions[{i}]", f"unknown session {name!r}{_did_you_mean(name, names)}")
+            e.fail(f"sessions[{i}]", f"unknown session {shown(name)}{_did_you_mean(name, names)}")
         elif name in sessions[:i]:
-            e.fail(f"sessions[{i}]", f"session {name!r} is listed twice")
+            e.fail(f"sessions[{i}]", f"session {shown(name)} is listed twice")
     if not e.ok:
         return None
     return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions, vlan, tcp_flags, interface)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -28,6 +29,21 @@ _PORT = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
 _GLOB_CHARS = frozenset("*?[")
 T = TypeVar("T")
 
+# bounds on hostile input: a config file's size, and the nodes its aliases may expand to
+# (16,384 rules of a dozen fields are about 400,000 nodes)
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_YAML_NODES = 2_000_000
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 4
+_SHOWN.maxlevel = 2
+
+
+def shown(value: object) -> str:
+    """`repr(value)` cut to a few dozen characters, for error messages about values of any size."""
+    return _SHOWN.repr(value)
+
 
 class Invalid(Exception):
     """A value is wrong; the message says what, the caller says where."""
@@ -43,7 +59,7 @@ def _describe(value: object) -> str:
     kind = kinds.get(type(value), "mapping" if isinstance(value, Mapping) else type(value).__name__)
     if isinstance(value, (list, Mapping)):
         return f"a {kind}"
-    return f"the {kind} {str(value).lower() if isinstance(value, bool) else repr(value)}"
+    return f"the {kind} {str(value).lower() if isinstance(value, bool) else shown(value)}"
 
 
 def _did_you_mean(word: object, options: Iterable[str]) -> str:
@@ -53,7 +69,7 @@ def _did_you_mean(word: object, options: Iterable[str]) -> str:
 
 def _unknown(what: str, text: str, options: Mapping[str, object], known: str = "") -> _Invalid:
     hint, known = _did_you_mean(text.strip().lower(), options), known or ", ".join(options)
-    return _Invalid(f"unknown {what} {text!r}{hint or ';'} supported: {known}")
+    return _Invalid(f"unknown {what} {shown(text)}{hint or ';'} supported: {known}")
 
 
 def _string(value: object, what: str = "a string") -> str:
@@ -89,16 +105,16 @@ def _interface(value: object) -> str:
     if not name:
         raise _Invalid("is empty; give an interface name or a glob such as 'eth*'")
     if "/" in name or ":" in name or any(c.isspace() for c in name):
-        raise _Invalid(f"{name!r} is not an interface name: '/', ':' and spaces are not allowed")
+        raise _Invalid(f"{shown(name)} is not an interface name: '/', ':' and spaces are not allowed")
     if len(name) >= IFNAMSIZ and not _GLOB_CHARS.intersection(name):
-        raise _Invalid(f"{name!r} has {len(name)} characters; interface names have at most {IFNAMSIZ - 1}")
+        raise _Invalid(f"{shown(name)} has {len(name)} characters; interface names have at most {IFNAMSIZ - 1}")
     return name
 
 
 def _session_name(value: object) -> str:
     name = _string(value, "a session name")
     if not _SESSION_NAME.fullmatch(name):
-        raise _Invalid(f"{name!r} is not a session name: use 1-32 letters, digits, '_', '.' or '-'")
+        raise _Invalid(f"{shown(name)} is not a session name: use 1-32 letters, digits, '_', '.' or '-'")
     return name
 
 
@@ -116,7 +132,7 @@ def _remote(value: object) -> IPAddress:
         addr = ipaddress.ip_address(text)
     except ValueError:
         hint = "; give the address without a prefix length" if "/" in text else ""
-        raise _Invalid(f"{text!r} is not an IP address{hint}") from None
+        raise _Invalid(f"{shown(text)} is not an IP address{hint}") from None
     if addr.is_multicast or addr.is_unspecified:
         kind = "a multicast" if addr.is_multicast else "the unspecified"
         raise _Invalid(f"{text} is {kind} address; give the collector's unicast address")
@@ -146,8 +162,8 @@ def _cidr(value: object) -> IPNetwork | None:
     try:
         loose = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise _Invalid(f"{text!r} is not a CIDR") from None
-    raise _Invalid(f"{text!r} has host bits set; did you mean {loose}?")
+        raise _Invalid(f"{shown(text)} is not a CIDR") from None
+    raise _Invalid(f"{shown(text)} has host bits set; did you mean {loose}?")
 
 
 def _ports(value: object) -> PortRange:
@@ -159,7 +175,7 @@ def _ports(value: object) -> PortRange:
             return ANY_PORTS
         m = _PORT.fullmatch(text)
         if not m:
-            raise _Invalid(f"{text!r} is not a port, a range such as 1024-65535, or 'any'")
+            raise _Invalid(f"{shown(text)} is not a port, a range such as 1024-65535, or 'any'")
         lo, hi = int(m[1]), int(m[2] or m[1])
     for port in (lo, hi):
         if not 0 <= port <= 65535:
@@ -208,8 +224,36 @@ def _invalid_on_value_error(parse: Callable[[object], T]) -> Callable[[object], 
     return wrapped
 
 
+def _expanded_nodes(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes `node` stands for with every alias expanded; shared nodes are counted once in `sizes`."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_nodes(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_nodes(k, sizes) + _expanded_nodes(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    if size > MAX_YAML_NODES:
+        # the innermost node over the budget: its mark is the alias tree's root
+        problem = f"aliases expand to more than {MAX_YAML_NODES:,} nodes; refusing what looks like an alias bomb"
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+    return size
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last)."""
+    """SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last), and a document
+    whose aliases expand to more than MAX_YAML_NODES nodes (billion laughs) before building anything."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        # the composed graph shares aliased nodes, so this walk is linear in the file's size;
+        # (a recursive alias cycles; PyYAML's composer refuses those already)
+        _expanded_nodes(node, {})
+        return self.construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self.flatten_mapping(node)
@@ -217,7 +261,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int)) and key in seen:
-                problem = f"duplicate key {key!r}; each key may appear once"
+                problem = f"duplicate key {shown(key)}; each key may appear once"
                 raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
             seen.add(key if isinstance(key, (str, int)) else id(key_node))
         return super().construct_mapping(node, deep=deep)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bpftap.config_values import _describe, _did_you_mean, _Invalid
+from bpftap.config_values import _describe, _did_you_mean, _Invalid, shown
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _pod_selector(value: object) -> PodSelector:
         raise _Invalid(f"expected a mapping with netns, or namespace and labels, got {_describe(value)}")
     for key in value:
         if key not in _POD_KEYS:
-            raise _Invalid(f"unknown key {key!r}{_did_you_mean(key, _POD_KEYS)}")
+            raise _Invalid(f"unknown key {shown(key)}{_did_you_mean(key, _POD_KEYS)}")
     if "netns" in value:
         if len(value) > 1:
             raise _Invalid("netns selects namespaces by name; it cannot be combined with namespace or labels")
@@ -56,13 +56,13 @@ def _pod_selector(value: object) -> PodSelector:
         return PodSelector(netns=glob)
     namespace = value.get("namespace")
     if namespace is not None and (not isinstance(namespace, str) or not _K8S_NAME.match(namespace)):
-        raise _Invalid(f"namespace: {namespace!r} is not a Kubernetes namespace name (lowercase, digits, '-')")
+        raise _Invalid(f"namespace: {shown(namespace)} is not a Kubernetes namespace name (lowercase, digits, '-')")
     labels = value.get("labels") or {}
     if not isinstance(labels, Mapping):
         raise _Invalid(f"labels: expected a mapping of label to value, got {_describe(labels)}")
     for key, val in labels.items():
         if not isinstance(key, str) or not key or not isinstance(val, str) or not _LABEL_VALUE.match(val):
-            raise _Invalid(f"labels: {key!r}: {val!r} is not a label value (a string, 63 characters at most)")
+            raise _Invalid(f"labels: {shown(key)}: {shown(val)} is not a label value (a string, 63 characters at most)")
     if namespace is None and not labels:
         raise _Invalid("give netns, or namespace and/or labels")
     return PodSelector(namespace=namespace, labels=tuple(sorted(labels.items())))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from bpftap import abi
+from bpftap.config_values import shown
 
 # the untagged "VLAN": what `vlan: untagged` matches (the kernel's key for no tag)
 VLAN_UNTAGGED = abi.VLAN_KEYS - 1
@@ -21,7 +22,7 @@ def vlan(value: object) -> int:
     if isinstance(value, str) and value.strip().lower() == "untagged":
         return VLAN_UNTAGGED
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{value!r} is not a VLAN id; give 0-4095 or 'untagged'")
+        raise ValueError(f"{shown(value)} is not a VLAN id; give 0-4095 or 'untagged'")
     if not 0 <= value <= 4095:
         raise ValueError(f"VLAN id {value} is out of range 0-4095")
     return value
@@ -30,16 +31,16 @@ def vlan(value: object) -> int:
 def tcp_flags(value: object) -> tuple[int, int]:
     """`tcp_flags: "syn,!ack"`: flags that must be set, and (with !) clear; returns (mask, value)."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{value!r} is not a list of TCP flags; write e.g. \"syn,!ack\"")
+        raise ValueError(f"{shown(value)} is not a list of TCP flags; write e.g. \"syn,!ack\"")
     mask = bits = 0
     for word in value.replace(" ", "").lower().split(","):
         clear = word.startswith("!")
         name = word.lstrip("!")
         flag = TCP_FLAGS.get(name)
         if flag is None:
-            raise ValueError(f"unknown TCP flag {name!r}; known: {', '.join(TCP_FLAGS)} (prefix ! for clear)")
+            raise ValueError(f"unknown TCP flag {shown(name)}; known: {', '.join(TCP_FLAGS)} (prefix ! for clear)")
         if mask & flag:
-            raise ValueError(f"TCP flag {name!r} is given twice")
+            raise ValueError(f"TCP flag {shown(name)} is given twice")
         mask |= flag
         bits |= 0 if clear else flag
     return mask, bits
@@ -48,9 +49,9 @@ def tcp_flags(value: object) -> tuple[int, int]:
 def interface(value: object) -> str:
     """`interface: eth0` or a glob: the source interface a packet was seen on."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{value!r} is not an interface name or glob")
+        raise ValueError(f"{shown(value)} is not an interface name or glob")
     if not _IFNAME.fullmatch(value) and not any(c in value for c in "*?["):
-        raise ValueError(f"{value!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
+        raise ValueError(f"{shown(value)} is not an interface name (1-15 characters, no '/', ':' or spaces)")
     return value
 
 
@@ -60,22 +61,22 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 def _rate(value: object, unit: str) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a rate")
+        raise ValueError(f"{shown(value)} is not a rate")
     if isinstance(value, int):
         number = value
     else:
         match = _RATE.fullmatch(str(value).strip().lower().removesuffix(unit))
         if not match:
-            raise ValueError(f"{value!r} is not a rate; write e.g. 1000, 10k or 1.5M ({unit})")
+            raise ValueError(f"{shown(value)} is not a rate; write e.g. 1000, 10k or 1.5M ({unit})")
         number = int(float(match.group(1)) * _UNITS[match.group(2)])
     # bps: the kernel's bucket holds rate x 10^8 ns in 64 bits, so 100 Gbit/s at most
     if not 1 <= number <= (2**32 - 1 if unit == "pps" else 10**11):
-        raise ValueError(f"{value!r} is out of range for {unit}")
+        raise ValueError(f"{shown(value)} is out of range for {unit}")
     return number
 
 
 def rate_limit(value: object) -> tuple[int, int]:
     """`rate_limit: {pps: 10k, bps: 100M}` (either or both): returns (pps, bps), 0 for no limit."""
     if not isinstance(value, dict) or not value or set(value) - {"pps", "bps"}:
-        raise ValueError(f"{value!r} is not a rate limit; write e.g. {{pps: 10k}}, {{bps: 100M}} or both")
+        raise ValueError(f"{shown(value)} is not a rate limit; write e.g. {{pps: 10k}}, {{bps: 100M}} or both")
     return (_rate(value["pps"], "pps") if "pps" in value else 0, _rate(value["bps"], "bps") if "bps" in value else 0)

@@ -119,12 +119,15 @@ def test_scrape_equals_status(lab: Lab, mode: str, listen: str) -> None:
     assert hook_state(lab) == before
 
 
-def test_unusable_address_fails_the_run_and_detaches(lab: Lab, tmp_path: Path) -> None:
-    """An address of another host: `run` says so, exits 1 and leaves nothing attached."""
+def test_unusable_address_fails_the_run_before_attaching(lab: Lab, tmp_path: Path) -> None:
+    """An address of another host: `run` says so before attaching anything and exits 2 (bad input), which
+    the systemd unit's RestartPreventExitStatus keeps from restarting every 2 s."""
     before = hook_state(lab)
     path = tmp_path / "bpftap.yaml"
     path.write_text(config(lab))
     res = lab.run(lab.tap, [*BPFTAP, "run", "-c", str(path), "--metrics", f"{lab.col.ip4}:9477"], check=False)
-    assert res.returncode == 1, res.stderr
-    assert f"metrics: cannot listen on {lab.col.ip4}:9477: Cannot assign requested address" in res.stderr
+    assert res.returncode == 2, res.stderr
+    assert (f"--metrics {lab.col.ip4}:9477: cannot listen: Cannot assign requested address (EADDRNOTAVAIL)"
+            in res.stderr)
+    assert "attach" not in res.stderr and "detached" not in res.stderr
     assert hook_state(lab) == before

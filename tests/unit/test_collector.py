@@ -60,7 +60,7 @@ def garbage() -> list[tuple[bytes, str]]:
         (b"\x08", "short"),
         (encode(42, b"tooshort"), "short"),
         (b"\x00" + good[1:], "flags"),
-        (good[:7] + b"\x01" + good[8:], "reserved"),
+        (b"\x80" + good[1:], "flags"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "flags"),
     ]
 

@@ -24,7 +24,7 @@ from bpftap.agent.metrics import (
     serve,
 )
 from bpftap.cli import ExitStatus, main
-from bpftap.errors import BpfError, BpftapError
+from bpftap.errors import BpfError, BpftapError, ConfigError
 
 from ..probes import has_ipv6_loopback
 
@@ -216,5 +216,26 @@ def test_http_endpoint_on_loopback(host: str) -> None:
 def test_busy_address_is_reported() -> None:
     with serving("127.0.0.1") as url:
         port = int(url.rsplit(":", 1)[1].split("/")[0])
-        with pytest.raises(BpftapError, match=f"metrics: cannot listen on 127.0.0.1:{port}: Address already in use"):
+        with pytest.raises(ConfigError, match=f"--metrics 127.0.0.1:{port}: cannot listen: Address already in use"):
             serve(("127.0.0.1", port), FakeSource(), CollectorRegistry(auto_describe=False))
+
+
+def test_a_metrics_address_that_cannot_be_bound_is_exit_2_before_anything_attaches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16, defect 6: exit 2 (systemd's RestartPreventExitStatus) and no Agent made, let alone started."""
+    import socket
+
+    from bpftap.agent import run as run_module
+
+    made: list[object] = []
+    monkeypatch.setattr(run_module, "Agent", lambda *a, **kw: made.append(a))
+    config = tmp_path / "bpftap.yaml"
+    config.write_text("sources: [{interface: eth0}]\nsessions: [{name: ids, remote: 198.18.2.2, vni: 1}]\n"
+                      "rules: [{number: 1, sessions: [ids]}]\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["run", "-c", str(config), "--metrics", f"127.0.0.1:{port}"]) == ExitStatus.USAGE
+    assert made == []
+    assert f"--metrics 127.0.0.1:{port}: cannot listen: Address already in use (EADDRINUSE)" in capsys.readouterr().err

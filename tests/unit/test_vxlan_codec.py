@@ -45,11 +45,8 @@ def test_encode_rejects_out_of_range_vni(vni: int) -> None:
         ("13-byte inner frame", encode(1, INNER[:13]), "short"),
         ("no flags", b"\x00" + encode(1, INNER)[1:], "flags"),
         ("only a reserved flag", b"\x80" + encode(1, INNER)[1:], "flags"),
-        ("I flag plus G flag", b"\x88" + encode(1, INNER)[1:], "reserved"),
-        ("reserved byte 1", encode(1, INNER)[:1] + b"\x01" + encode(1, INNER)[2:], "reserved"),
-        ("reserved byte 3", encode(1, INNER)[:3] + b"\x01" + encode(1, INNER)[4:], "reserved"),
-        ("reserved byte 7", encode(1, INNER)[:7] + b"\x01" + INNER, "reserved"),
-        ("no I flag wins over reserved", b"\x00\xff" + encode(1, INNER)[2:], "flags"),
+        ("no I flag, reserved bits set", b"\x00\xff" + encode(1, INNER)[2:], "flags"),
+        ("G flag without I", b"\x80" + encode(1, INNER)[1:], "flags"),
     ],
 )
 def test_malformed(description: str, datagram: bytes, reason: str) -> None:
@@ -61,6 +58,25 @@ def test_malformed(description: str, datagram: bytes, reason: str) -> None:
     assert str(info.value).startswith(f"vxlan decap: {reason}")
 
 
+@pytest.mark.parametrize(
+    ("description", "header", "meta"),
+    [
+        ("every reserved bit set (G aside)", "7fffffff 00002aff", Meta("vxlan", id=42)),
+        ("every bit set", "ffffffff 00002aff", Meta("vxlan", id=42, group=0xFFFF)),
+        ("reserved byte 1", "08010000 00002a00", Meta("vxlan", id=42)),
+        ("reserved byte 7", "08000000 00002a01", Meta("vxlan", id=42)),
+        # Linux and Cilium with group policy: G and I, group 0x1234 in bytes 2-3
+        ("GBP", "88001234 00002a00", Meta("vxlan", id=42, group=0x1234)),
+        ("GBP, D and A bits", "88481234 00002a00", Meta("vxlan", id=42, group=0x1234)),
+    ],
+)
+def test_reserved_bits_and_gbp_are_accepted(description: str, header: str, meta: Meta) -> None:
+    """RFC 7348 5.: reserved bits MUST be ignored on receipt; only the I flag matters."""
+    assert decode(bytes.fromhex(header) + INNER) == (meta, INNER), description
+    if meta.group is not None:
+        assert meta.describe() == f"tunnel=vxlan vni=42 gbp={meta.group}"
+
+
 @given(st.binary(max_size=64))
 def test_decode_never_raises_anything_else(datagram: bytes) -> None:
     try:
@@ -68,7 +84,8 @@ def test_decode_never_raises_anything_else(datagram: bytes) -> None:
     except DecapError as exc:
         assert exc.reason in vxlan.REASONS
     else:
-        assert meta.id is not None and encode(meta.id, inner) == datagram
+        assert meta.id is not None
+        assert datagram[0] & vxlan.FLAG_I and datagram[4:7] == meta.id.to_bytes(3, "big") and datagram[8:] == inner
 
 
 @given(st.integers(0, vxlan.VNI_MAX), st.binary(min_size=14, max_size=256))
@@ -85,6 +102,8 @@ def test_any_single_bit_flip_in_header_is_caught_or_changes_vni(
     raw[byte] ^= 1 << bit
     if 4 <= byte <= 6:
         assert decode(bytes(raw))[0].id != vni
-    else:
+    elif byte == 0 and 1 << bit == vxlan.FLAG_I:
         with pytest.raises(DecapError):
             decode(bytes(raw))
+    else:  # a reserved bit: ignored (RFC 7348)
+        assert decode(bytes(raw))[0].id == vni

@@ -35,6 +35,8 @@ Prometheus's rate() treats as a counter reset.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import logging
 import threading
@@ -53,7 +55,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bpftap import __version__, abi
-from bpftap.errors import BpfError, BpftapError
+from bpftap.errors import BpfError, BpftapError, ConfigError
 
 if TYPE_CHECKING:
     from bpftap.agent.daemon import Agent
@@ -127,21 +129,23 @@ class Source(Protocol):
 class AgentSource:
     """`Source` over a started `Agent` (the agent's lock keeps the slot and the plan consistent)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent | None = None) -> None:
+        # None until the agent exists: the endpoint is bound first, and scrapes then get nothing
         self.agent = agent
 
     @property
     def lock(self) -> AbstractContextManager[object]:
-        return self.agent.lock
+        return contextlib.nullcontext() if self.agent is None else self.agent.lock
 
     @property
     def tables(self) -> TablesView:
+        assert self.agent is not None, "read only after layout() gave a plan"
         return self.agent.tables
 
     def layout(self) -> Layout | None:
         """The live plan as labels; None before the first rule set is applied. Call with `lock` held."""
-        plan = self.agent.plan
-        if plan is None:
+        plan = None if self.agent is None else self.agent.plan
+        if plan is None or self.agent is None:
             return None
         rules = tuple(RuleLabel(r.number, r.action.value) for r in plan.config.rules)
         sessions = tuple(
@@ -287,14 +291,18 @@ class MetricsServer:
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry) -> None:
         """Listen on `address` and serve from a thread of its own.
 
-        Raises BpftapError if the address cannot be bound (in use, not
-        assigned to any interface of this network namespace).
+        Raises ConfigError (exit 2: the user's input) if the address cannot
+        be bound (in use, not assigned to any interface of this network
+        namespace), naming the address and the errno.
         """
         host, port = address
         try:
             self.httpd, self.thread = start_http_server(port, host, registry)
         except OSError as exc:
-            raise BpftapError(f"metrics: cannot listen on {format_address(address)}: {exc.strerror or exc}") from exc
+            code = f" ({errno.errorcode.get(exc.errno, exc.errno)})" if exc.errno else ""
+            raise ConfigError(f"bpftap: --metrics {format_address(address)}: cannot listen: "
+                              f"{exc.strerror or exc}{code}; give a free port, or an address of this "
+                              "network namespace") from exc
         self.address = (host, int(self.httpd.server_port))
         self._closed = threading.Event()
 
@@ -311,7 +319,7 @@ class MetricsServer:
 def serve(address: tuple[str, int], source: Source, registry: CollectorRegistry | None = None) -> MetricsServer:
     """Register a `MirrorCollector` over `source` in `registry` (a new private one by default) and serve it.
 
-    Raises BpftapError if the address cannot be bound.
+    Raises ConfigError if the address cannot be bound.
     """
     registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
     registry.register(MirrorCollector(source))

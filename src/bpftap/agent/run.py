@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bpftap.agent.configwatch import ConfigWatch
 from bpftap.agent.daemon import REFRESH_SECONDS, Agent
+from bpftap.agent.metrics import AgentSource, serve
 from bpftap.agent.status import StatusServer
 from bpftap.bpf import tc
 from bpftap.config import load_config
@@ -38,12 +39,21 @@ def run(
 
     An earlier agent's pins are adopted (its programs kept, or replaced by
     this object's with `upgrade`). `metrics` (host, port) also serves
-    Prometheus metrics there; a bind failure raises BpftapError after
-    detaching. With `keep_attached`, SIGTERM leaves everything attached and
+    Prometheus metrics there; it is bound first, and a bind failure raises
+    ConfigError before anything is attached. With `keep_attached`, SIGTERM leaves everything attached and
     pinned for the next run to adopt.
     """
     config = load_config(config_path)
-    agent = Agent(config, mode, first, priority, object_path, upgrade)
+    source = AgentSource()
+    # bound before anything is made or attached: a bad address is exit 2 with nothing to undo
+    exporter = serve(metrics, source) if metrics is not None else None
+    try:
+        agent = Agent(config, mode, first, priority, object_path, upgrade)
+    except BaseException:
+        if exporter is not None:
+            exporter.close()
+        raise
+    source.agent = agent
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
     config_watch = ConfigWatch(config_path)  # a ConfigMap update reloads like SIGHUP
 
@@ -53,7 +63,12 @@ def run(
     signal.signal(signal.SIGTERM, on_signal(stop))
     signal.signal(signal.SIGINT, on_signal(stop))
     signal.signal(signal.SIGHUP, on_signal(reload))
-    agent.start()
+    try:
+        agent.start()
+    except BaseException:
+        if exporter is not None:
+            exporter.close()
+        raise
     server = StatusServer({"status": agent.status, "pause": agent.pause, "resume": agent.resume})
     server.start()
     log.info(
@@ -61,12 +76,7 @@ def run(
         config_path,
         f"leaves it attached, pinned at {agent.pin_dir}," if keep_attached else "detaches",
     )
-    exporter = None
     try:
-        if metrics is not None:
-            from bpftap.agent.metrics import AgentSource, serve
-
-            exporter = serve(metrics, AgentSource(agent))
         while not stop.is_set():
             # a signal ends the wait at once; otherwise refresh every second
             wake.wait(REFRESH_SECONDS)

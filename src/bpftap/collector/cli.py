@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from bpftap.collector.pcapng import STDOUT
 from bpftap.collector.reassembly import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_DATAGRAMS,
@@ -56,6 +58,8 @@ examples:
       and IPv6 fragments, keep VXLAN udp/{VXLAN_PORT}, GENEVE udp/{GENEVE_PORT} and GRE/ERSPAN to any address
   bpftap collect --interface eth1 --listen 198.18.2.254 --tunnel vxlan --out t.pcapng
       the same, only VXLAN copies sent to 198.18.2.254
+  bpftap collect --out - | tshark -r -
+      stream pcapng to another tool; the summary and log go to stderr
   tcpdump -i eth1 -w underlay.pcap 'udp or ip proto gre or ip6'
   bpftap collect --read underlay.pcap --out inner.pcapng
       decapsulate a capture of the underlay (classic pcap of Ethernet frames)
@@ -77,8 +81,9 @@ signals:
 
 exit status:
   0 done; 2 bad option, bad or busy --listen address, unknown --interface,
-  unreadable or non-pcap --read file, or unwritable --out; 1 writing the capture
-  failed while running (disk full, ...) or the --read file is cut short.
+  unreadable or non-pcap --read file, unwritable --out, or --out naming the
+  --read file; 1 writing the capture failed while running (disk full, ...) or
+  the --read file is cut short (inside a record header or frame).
 """
 
 
@@ -141,7 +146,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    "others are counted as malformed 'tunnel' and dropped. Default: all "
                    "(GRE and ERSPAN need a raw socket, i.e. CAP_NET_RAW)")
     p.add_argument("--out", metavar="FILE.pcapng", type=Path, required=True,
-                   help="capture file (overwritten)")
+                   help="capture file (overwritten); - writes pcapng to stdout (the summary then goes "
+                   "to stderr), e.g. for 'tshark -r -' or 'wireshark -k -i -'")
     p.add_argument("--rotate-mb", metavar="N", type=_positive(float, "--rotate-mb"),
                    help="start FILE-0001.pcapng, FILE-0002.pcapng, ... each time the "
                    "current file would exceed N MB (10^6 bytes)")
@@ -189,6 +195,33 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of `path`, "-" meaning stdout; None if it does not exist (yet) or cannot be read."""
+    try:
+        st = os.fstat(1) if path == STDOUT else os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _is_stdout(path: Path) -> bool:
+    """Whether `path` is "-" or names the file standard output is (/dev/stdout, /proc/self/fd/1, ...)."""
+    return path == STDOUT or (_file_id(path) is not None and _file_id(path) == _file_id(STDOUT))
+
+
+def _out_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with --out given the other options, or None."""
+    out = Path(args.out)
+    if out == STDOUT and args.rotate_mb is not None:
+        return "--rotate-mb needs a file: --out - is stdout, which cannot be rotated"
+    if args.read is not None:
+        read_id = _file_id(Path(args.read))
+        if read_id is not None and read_id == _file_id(out):
+            # another name, a hard link or stdout redirected into it: one inode either way
+            return f"--out {out} is the --read file {args.read}; writing would overwrite the input"
+    return None
+
+
 def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
                 stderr: TextIO | None = None, stop: threading.Event | None = None) -> int:
     """Run ``bpftap collect`` with parsed ``args``; return the exit status.
@@ -206,6 +239,12 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
     except ValueError as exc:
         print(f"bpftap collect: error: {exc}", file=err)
         return EXIT_USAGE
+    problem = _out_problem(args)
+    if problem:
+        print(f"bpftap collect: error: {problem}", file=err)
+        return EXIT_USAGE
+    if _is_stdout(args.out):
+        out = err  # the capture is the stream: the summary must not land in it
     rotate = None if args.rotate_mb is None else max(1, int(args.rotate_mb * MB))
     limits = Limits(args.reasm_timeout, int(args.reasm_max_bytes), int(args.reasm_max_datagrams))
     collector = Collector(addr, port, Path(args.out), rotate, args.vni, tunnels=args.tunnel,

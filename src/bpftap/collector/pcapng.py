@@ -18,6 +18,7 @@ the same names are overwritten, as ``tcpdump -w`` does.
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from io import FileIO
 from pathlib import Path
@@ -38,6 +39,7 @@ SHB_USERAPPL: Final = 4
 IF_NAME: Final = 2
 IF_TSRESOL: Final = 9
 IF_NAME_VALUE: Final = "bpftap"
+STDOUT: Final = Path("-")  # the path that means standard output
 
 _U64_MAX: Final = (1 << 64) - 1
 _OPT_MAX: Final = 0xFFFF
@@ -96,7 +98,7 @@ def packet_block(frame: bytes, ts_ns: int, comment: str | None = None, flags: in
 
 
 class PcapngWriter:
-    """Write Ethernet frames to ``path`` (and rotated siblings) as pcapng.
+    """Write Ethernet frames to ``path`` (and rotated siblings) as pcapng; ``path`` "-" is stdout.
 
     ``files`` lists every file written, in order; ``written`` counts packets
     and ``bytes_written`` counts bytes over all files. The first file is
@@ -109,6 +111,8 @@ class PcapngWriter:
     def __init__(self, path: Path, rotate_bytes: int | None = None) -> None:
         if rotate_bytes is not None and rotate_bytes <= 0:
             raise ValueError(f"rotate_bytes must be positive, got {rotate_bytes}")
+        if rotate_bytes is not None and Path(path) == STDOUT:
+            raise ValueError("stdout cannot be rotated")
         self.path = Path(path)
         self.rotate_bytes = rotate_bytes
         self.files: list[Path] = []
@@ -128,7 +132,10 @@ class PcapngWriter:
         name = self._name(len(self.files))
         # Unbuffered: every block reaches the kernel at once (the "flush after
         # each write"), and close() has no buffer left to fail on.
-        fh = open(name, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        if name == STDOUT:  # a duplicate of fd 1, so close() leaves the process's stdout open
+            fh = open(os.dup(1), "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        else:
+            fh = open(name, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         self.files.append(name)
         self._size = self._packets_in_file = 0
         self._fh = fh

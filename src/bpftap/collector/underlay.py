@@ -40,6 +40,7 @@ LINKTYPE_ETHERNET: Final = 1
 PCAP_MAGIC_US: Final = 0xA1B2C3D4
 PCAP_MAGIC_NS: Final = 0xA1B23C4D
 PCAPNG_MAGIC: Final = b"\x0a\x0d\x0d\x0a"
+MAX_CAPLEN: Final = 262_144  # libpcap's MAXIMUM_SNAPLEN: no tool writes a longer record
 
 
 class Underlay:
@@ -116,9 +117,8 @@ class PcapReader:
     The constructor opens the file and checks its header: raises OSError if
     it cannot be read, ValueError naming the file if it is not a classic
     pcap of Ethernet frames (pcapng gets a hint to convert it). Iterating
-    raises ValueError naming the offset of a record header cut short; a
-    record cut short at the end of the file is yielded as far as it goes,
-    as tcpdump does.
+    raises ValueError "cut short at byte N" when the file ends inside a
+    record (header or frame), and for a record longer than MAX_CAPLEN.
     """
 
     def __init__(self, path: Path) -> None:
@@ -152,9 +152,17 @@ class PcapReader:
         fh, record, offset = self._fh, self._record, 24
         while rec := fh.read(record.size):
             if len(rec) < record.size:
-                raise ValueError(f"{self.path}: record header at offset {offset} cut short")
+                raise ValueError(f"{self.path}: cut short at byte {offset + len(rec)}: record header at offset "
+                                 f"{offset} has {len(rec)} of its {record.size} bytes")
             sec, frac, caplen, _origlen = record.unpack(rec)
+            if caplen > MAX_CAPLEN:
+                # read() would allocate caplen bytes first: a hostile length is refused, not trusted
+                raise ValueError(f"{self.path}: record at offset {offset} claims {caplen} bytes; "
+                                 f"a pcap record holds at most {MAX_CAPLEN}")
             frame = fh.read(caplen)
+            if len(frame) < caplen:
+                raise ValueError(f"{self.path}: cut short at byte {offset + record.size + len(frame)}: record at "
+                                 f"offset {offset} has {len(frame)} of its {caplen} bytes")
             offset += record.size + caplen
             yield sec * 1_000_000_000 + frac * self._scale, frame
 

@@ -38,7 +38,8 @@ class Meta:
     `direction` is 1 (ingress) or 2 (egress) as in `abi.MirrorDir`;
     `ifindex` the source interface as far as the header holds it (ERSPAN
     truncates it to 20 or 14 bits); `timestamp_ns` the packet's time in
-    ns since the Unix epoch (ERSPAN III with IEEE 1588 granularity).
+    ns since the Unix epoch (ERSPAN III with IEEE 1588 granularity);
+    `group` the group policy id of VXLAN's GBP extension.
     """
 
     tunnel: str
@@ -48,6 +49,7 @@ class Meta:
     ifindex: int | None = None
     timestamp_ns: int | None = None
     vlan: int | None = None
+    group: int | None = None  # VXLAN GBP's group policy id
 
     @property
     def id_name(self) -> str:
@@ -60,7 +62,7 @@ class Meta:
         if self.id is not None:
             parts.append(f"{self.id_name}={self.id}")
         for name, value in (("seq", self.seq), ("dir", DIRECTIONS.get(self.direction or 0)),
-                            ("if", self.ifindex), ("vlan", self.vlan)):
+                            ("if", self.ifindex), ("vlan", self.vlan), ("gbp", self.group)):
             if value is not None:
                 parts.append(f"{name}={value}")
         if self.timestamp_ns is not None:

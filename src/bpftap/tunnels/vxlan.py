@@ -4,12 +4,12 @@ Layout (network order)::
 
     flags(8) = 0x08 (I: VNI valid) | reserved(24) | VNI(24) | reserved(8)
 
-``decode`` is strict about reserved bits, like the Linux vxlan driver: a frame
-with the I flag set but any other flag or reserved bit non-zero is dropped with
-reason ``"reserved"`` (RFC 7348 says receivers should ignore those bits; Linux
-drops them unless an extension such as GBP, GPE or RCO is configured, because a
-non-zero bit means an extension this receiver does not understand, so the
-"inner frame" may not be Ethernet at all).
+``decode`` looks at the I flag and the VNI only: RFC 7348 section 5 says
+reserved bits MUST be ignored on receipt, and senders set them (Linux and
+Cilium with group policy send the GBP extension, flags 0x88, a 16-bit group
+id in bytes 2-3; it is reported as ``Meta.group`` and in the comment as
+``gbp=N``). The Linux vxlan driver drops such frames unless configured for
+the extension; a collector would only lose copies that way.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ VXLAN_PORT: Final = 4789
 HEADER_LEN: Final = 8
 VNI_MAX: Final = (1 << 24) - 1
 FLAG_I: Final = 0x08
+FLAG_G: Final = 0x80  # GBP (draft-smith-vxlan-group-policy): a group policy id in bytes 2-3
 
 #: Every reason a DecapError from ``decode`` can carry, in the order they are checked.
-REASONS: Final = ("short", "flags", "reserved")
+REASONS: Final = ("short", "flags")
 
 _HDR = struct.Struct("!II")
 
@@ -47,9 +48,9 @@ def decode(payload: bytes) -> tuple[Meta, bytes]:
     Raises DecapError with `reason`:
       - "short": fewer than 8 header bytes, or an inner frame shorter than
         an Ethernet header (14 bytes);
-      - "flags": the I flag (0x08) is not set;
-      - "reserved": the I flag is set but another flag bit or a reserved
-        byte is non-zero.
+      - "flags": the I flag (0x08) is not set.
+    Other flag and reserved bits are ignored; with the G flag (GBP) the
+    group id is in the returned Meta's `group`.
     Never raises anything else, whatever the input.
     """
     if len(payload) < HEADER_LEN:
@@ -57,6 +58,5 @@ def decode(payload: bytes) -> tuple[Meta, bytes]:
     word0, word1 = _HDR.unpack_from(payload)
     if not (word0 >> 24) & FLAG_I:
         raise DecapError("vxlan", "flags", f"flags 0x{word0 >> 24:02x} lack I (0x08)")
-    if word0 != FLAG_I << 24 or word1 & 0xFF:
-        raise DecapError("vxlan", "reserved", f"header {bytes(payload[:HEADER_LEN]).hex()}")
-    return Meta("vxlan", id=word1 >> 8), inner_frame("vxlan", payload, HEADER_LEN)
+    group = word0 & 0xFFFF if (word0 >> 24) & FLAG_G else None
+    return Meta("vxlan", id=word1 >> 8, group=group), inner_frame("vxlan", payload, HEADER_LEN)

@@ -1,0 +1,40 @@
+"""`bpftap validate -c FILE`: the config check of `run`, without a kernel (issue 16, gaps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bpftap.cli import ExitStatus, main
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "bpftap.yaml"
+
+
+def test_the_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-c", str(EXAMPLE)]) == ExitStatus.OK
+    assert capsys.readouterr().out == f"{EXAMPLE}: ok: 1 sources, 1 sessions, 2 rules\n"
+
+
+def test_a_bad_config_is_exit_2_with_every_mistake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(EXAMPLE.read_text().replace("vni: 42", "vni: -1").replace("dst_ports: 53", "dst_port: 53"))
+    assert main(["validate", "-c", str(path)]) == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    assert f"{path}: sessions[0].vni:" in err and f"{path}: rules[1]: unknown field 'dst_port'" in err
+
+
+def test_status_json_without_an_agent_prints_an_error_object(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bpftap.agent import status
+    from bpftap.errors import BpftapError
+
+    def no_agent(**_: object) -> dict[str, object]:
+        raise BpftapError("no bpftap agent runs in this network namespace (start one with 'bpftap run')")
+
+    monkeypatch.setattr(status, "query_status", no_agent)
+    assert main(["status", "--json"]) == ExitStatus.ERROR
+    assert json.loads(capsys.readouterr().out) == {
+        "error": "no bpftap agent runs in this network namespace (start one with 'bpftap run')"}
