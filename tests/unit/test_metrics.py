@@ -24,7 +24,7 @@ from bpftap.agent.metrics import (
     serve,
 )
 from bpftap.cli import ExitStatus, main
-from bpftap.errors import BpfError, BpftapError, ConfigError
+from bpftap.errors import BpfError, ConfigError
 
 from ..probes import has_ipv6_loopback
 

@@ -55,7 +55,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bpftap import __version__, abi
-from bpftap.errors import BpfError, BpftapError, ConfigError
+from bpftap.errors import BpfError, ConfigError
 
 if TYPE_CHECKING:
     from bpftap.agent.daemon import Agent
