@@ -50,7 +50,6 @@ log = logging.getLogger("bpftap.tc")
 
 # handle of bpftap's cls_bpf filters: how a restart finds a crashed run's filters
 FILTER_HANDLE = 0xB7A9
-OUR_PROGRAMS = abi.PROGRAMS
 
 
 class Direction(enum.Enum):
@@ -322,7 +321,7 @@ class TcFilter:
 
     @property
     def ours(self) -> bool:
-        return self.kind == "bpf" and self.handle == FILTER_HANDLE and self.name in OUR_PROGRAMS
+        return self.kind == "bpf" and self.handle == FILTER_HANDLE and self.name in abi.PROGRAMS
 
 
 def tc_filters(ifname: str, direction: Direction) -> list[TcFilter]:
@@ -358,7 +357,7 @@ def others_on_hook(ifname: str, ifindex: int, direction: Direction) -> list[str]
     """Human descriptions of every program on a hook that is not bpftap's."""
     found = []
     for prog_id, name in tcx_programs(ifindex, direction) or []:
-        if name not in OUR_PROGRAMS:
+        if name not in abi.PROGRAMS:
             found.append(f"tcx program {name or '?'} (id {prog_id})")
     for flt in tc_filters(ifname, direction):
         if not flt.ours:

@@ -29,11 +29,8 @@ Reassembly timeouts run on the frames' timestamps, so a file replays as it
 was captured. Frames the interface sends itself are ignored.
 
 Sequence numbers (GRE, ERSPAN, bpftap's GENEVE option) are followed per
-sender and session: a jump forward counts the copies between as ``lost``,
-one of those arriving after all moves from ``lost`` to ``reordered``; a
-repeat is another segment of one GSO copy (they share its header) and
-counts as neither; a session that starts again at 1 (the agent restarted)
-starts a new count.
+sender and session (`bpftap.collector.sequence`): ``lost`` and ``reordered``
+copies.
 """
 
 from __future__ import annotations
@@ -51,6 +48,7 @@ from typing import Any, TypeVar
 
 from bpftap.collector.pcapng import PcapngWriter
 from bpftap.collector.reassembly import Limits
+from bpftap.collector.sequence import SequenceFollower
 from bpftap.collector.sockets import (
     ANC_SPACE,
     PACKET_OUTGOING,
@@ -75,16 +73,6 @@ MAX_DATAGRAM = 65535
 MAX_FRAME = MAX_DATAGRAM + 22
 GRE_TUNNELS = ("gre", "erspan2", "erspan3")
 UDP_TUNNELS = ("vxlan", "geneve")
-SEQ_HALF = 1 << 31
-SEQ_MISSING_MAX = 4096  # sequence numbers still missing, remembered per session
-
-
-@dataclass
-class _SeqTrack:
-    """One session's sequence as received: the highest number, and those skipped that may still come."""
-
-    last: int
-    missing: dict[int, None] = field(default_factory=dict)  # an ordered set, oldest first
 #: pcapng epb_flags direction bits by MirrorDir value: 1 inbound, 2 outbound
 EPB_DIRECTION = {1: 0b01, 2: 0b10}
 
@@ -179,7 +167,7 @@ class Collector:
         self.stats = CollectorStats()
         self.listeners: list[Listener] = []
         self.warnings: list[str] = []
-        self._seqs: dict[tuple[str, str], _SeqTrack] = {}  # (sender, session label) -> its sequence so far
+        self._seqs = SequenceFollower(self.stats.lost, self.stats.reordered)
         self._writer: PcapngWriter | None = None
         self._closed = False
         self.interface, self.read = interface, read
@@ -406,7 +394,7 @@ class Collector:
             return
         label = session_label(meta)
         if meta.seq is not None:
-            self._follow_seq(host, meta, label)
+            self._seqs.follow(host, label, meta.seq)
         where = format_endpoint(host, port) if kind in UDP_TUNNELS else host
         assert self._writer is not None
         try:
@@ -418,39 +406,6 @@ class Collector:
         stats.written += 1
         stats.bytes_written = self._writer.bytes_written
         _bump(stats.per_session, label)
-
-    def _follow_seq(self, host: str, meta: Meta, label: str) -> None:
-        """Count copies missing from a session's sequence, and copies that came after a later one.
-
-        A number skipped is counted lost at once; when it turns up after all
-        (copies of one session leave from several CPUs), it moves from lost to
-        reordered. A number seen again (the segments of one GSO copy share it)
-        counts as neither. The numbers still missing are remembered up to
-        SEQ_MISSING_MAX per session, the oldest forgotten first (they stay lost).
-        """
-        assert meta.seq is not None
-        key = (host, label)
-        track = self._seqs.get(key)
-        if track is None or meta.seq == 1 and track.last != 1:
-            self._seqs[key] = _SeqTrack(meta.seq)  # the first, or the agent started again
-            return
-        step = (meta.seq - track.last) & 0xFFFFFFFF
-        if step == 0:
-            return
-        if step < SEQ_HALF:
-            for n in range(track.last + 1, track.last + min(step, SEQ_MISSING_MAX + 1)):
-                track.missing[n & 0xFFFFFFFF] = None
-            while len(track.missing) > SEQ_MISSING_MAX:
-                del track.missing[next(iter(track.missing))]
-            if step > 1:
-                _bump(self.stats.lost, label, step - 1)
-            track.last = meta.seq
-        elif meta.seq in track.missing:
-            del track.missing[meta.seq]
-            _bump(self.stats.lost, label, -1)
-            if not self.stats.lost[label]:
-                del self.stats.lost[label]
-            _bump(self.stats.reordered, label)
 
     def _close_sockets(self) -> None:
         for lst in self.listeners:
