@@ -61,11 +61,11 @@ static __always_inline int take_vlan_tags(struct __sk_buff *skb,
  * MAX_VLAN_TAGS, -2 if the frame cannot be read. What only some
  * tunnels need (time, VLAN, checksum) is filled on first use.
  */
-static __always_inline int prepare_copy(struct __sk_buff *skb,
-					struct copy_info *ci, __u8 ring)
+/* what stage 1's mark and the frame say of the copy's source: flow, direction, interface */
+static __always_inline void copy_source(struct __sk_buff *skb,
+					struct copy_info *ci)
 {
 	__u32 sid, *ifindex;
-	int ntags;
 
 	ci->hash = bpf_get_hash_recalc(skb);
 	ci->dir = skb->mark & XFER_EGRESS ? MIRROR_DIR_EGRESS
@@ -74,6 +74,14 @@ static __always_inline int prepare_copy(struct __sk_buff *skb,
 	sid = (skb->mark & XFER_SOURCE_MASK) >> XFER_SOURCE_SHIFT;
 	ifindex = sid ? bpf_map_lookup_elem(&source_ifindexes, &sid) : NULL;
 	ci->ifindex = ifindex ? *ifindex : 0;
+}
+
+static __always_inline int prepare_copy(struct __sk_buff *skb,
+					struct copy_info *ci, __u8 ring)
+{
+	int ntags;
+
+	copy_source(skb, ci);
 	ci->csum = 0;
 	ci->done = 0;
 	ci->ring = ring;

@@ -96,7 +96,7 @@ static __always_inline int payload_in_head(struct __sk_buff *skb, __u32 hdrs)
  */
 __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 {
-	__u32 k = 0, hlen, hdrs, size, segs, seg_len, seq = 0, sid, *ifindex;
+	__u32 k = 0, hlen, hdrs, size, segs, seg_len, seq = 0;
 	struct mirror_config *cfg;
 	struct session_stats *ss;
 	struct mirror_session *s;
@@ -150,12 +150,7 @@ __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 		return GSO_DROP;
 	}
 	/* what the outer headers need to know; lengths are fixed per segment */
-	ci->hash = bpf_get_hash_recalc(skb);
-	ci->dir = skb->mark & XFER_EGRESS ? MIRROR_DIR_EGRESS
-					  : MIRROR_DIR_INGRESS;
-	sid = (skb->mark & XFER_SOURCE_MASK) >> XFER_SOURCE_SHIFT;
-	ifindex = sid ? bpf_map_lookup_elem(&source_ifindexes, &sid) : NULL;
-	ci->ifindex = ifindex ? *ifindex : 0;
+	copy_source(skb, ci);
 	ci->inner_len = skb->len < 0xffff - hlen ? skb->len : 0xffff - hlen;
 	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(eth)))
 		goto slow;

@@ -203,14 +203,6 @@ struct {
 	__type(value, struct pkt_info);
 } scratch SEC(".maps");
 
-static __always_inline void count(__u32 reason)
-{
-	__u64 *slot = bpf_map_lookup_elem(&stats, &reason);
-
-	if (slot)
-		*slot += 1;
-}
-
 /* `n` at once: the segments of a GSO copy */
 static __always_inline void count_n(__u32 reason, __u32 n)
 {
@@ -218,6 +210,11 @@ static __always_inline void count_n(__u32 reason, __u32 n)
 
 	if (slot)
 		*slot += n;
+}
+
+static __always_inline void count(__u32 reason)
+{
+	count_n(reason, 1);
 }
 
 struct {
