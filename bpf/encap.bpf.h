@@ -327,7 +327,7 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 			  ci->rule, s->stats_id + 1, 0, 0);
 		return grown;
 	}
-	if (over_budget(s, hlen + ci->inner_len)) {
+	if (shed_copy(s, hlen + ci->inner_len, nfrag ? nfrag : 1)) {
 		ss->shed += 1;
 		count(MS_SHED);
 		log_event(MIRROR_LOG_INFO, MIRROR_EV_SHED, ci->ifindex, ci->rule,

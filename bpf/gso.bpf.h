@@ -144,7 +144,7 @@ __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 		/* gso_size shrinks by the header: segments of the original's size */
 		segs = (skb->len - hdrs + size - hlen - 1) / (size - hlen);
 	}
-	if (over_budget(s, skb->len + segs * hlen)) {
+	if (shed_copy(s, skb->len + segs * hlen, segs)) {
 		ss->shed += segs;
 		count_n(MS_SHED, segs);
 		return GSO_DROP;

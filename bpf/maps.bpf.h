@@ -137,6 +137,20 @@ struct {
 } session_limits SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LINKS);
+	__type(key, __u32);
+	__type(value, struct link_rate);
+} link_rates SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LINKS);
+	__type(key, __u32);
+	__type(value, struct link_state);
+} link_state SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, RULE_SLOTS * MAX_SESSIONS * GROUP_BUCKETS);
 	__type(key, __u32);

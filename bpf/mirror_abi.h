@@ -406,4 +406,35 @@ struct session_limit {
 	__u64 last_ns;		/* host order: bpf_ktime_get_ns() of the last refill */
 };
 
+/*
+ * Links (config `links:`): egress devices whose capacity copies share
+ * with originals. Each has a token bucket (`link_state`) that fills at
+ * the rate the agent sets (`link_rates`: the link's capacity less its
+ * headroom, cut while its queue drops or backs up). mirror_link, on the
+ * link's egress, takes every original's bytes from it, never refusing
+ * one (the bucket may go into debt); stage 2 takes a copy leaving through
+ * the link only while the bucket holds it and the priority's reserve (as
+ * for the copy budget): copies get what originals leave, at once. Both
+ * maps are keyed by the link's ifindex; a device in neither is no listed
+ * link and its copies are not limited here.
+ */
+#define MAX_LINKS 64
+/* burst of a link's bucket: a short one, so copies never flood its queue */
+#define LINK_BURST_NS 5000000U
+
+struct link_rate {
+	__u64 bps;		/* host order: the bucket's fill rate, bits per second */
+};
+
+struct link_state {
+	struct bpf_spin_lock lock;
+	__u32 _pad;
+	__s64 bit_tokens;	/* host order: bit-ns, as in `session_limit`; < 0: debt */
+	__u64 last_ns;		/* host order: bpf_ktime_get_ns() of the last refill */
+	__u64 orig_bytes;	/* host order: originals' bytes out (wire frames' headers counted) */
+	__u64 copies;		/* host order: copies admitted (wire frames) */
+	__u64 bytes;		/* host order: their bytes, outer headers included */
+	__u64 shed;		/* host order: copies refused (wire frames) */
+};
+
 #endif /* MIRROR_ABI_H */

@@ -261,6 +261,25 @@ int mirror_gso(struct __sk_buff *skb)
 }
 
 /*
+ * On the egress of each listed link (config `links:`): an original takes
+ * its bytes, those of every wire frame it becomes, from the link's bucket
+ * (limits.bpf.h), so copies get only the room originals leave. Copies
+ * (their mark) took theirs in stage 2. Nothing is refused here.
+ */
+SEC("tc")
+int mirror_link(struct __sk_buff *skb)
+{
+	__u64 bytes = skb->len;
+
+	if (skb->mark == MIRROR_COPY_MARK)
+		return MIRROR_PASS;
+	if (skb->gso_segs > 1)
+		bytes += (__u64)(skb->gso_segs - 1) * gso_hdr_len(skb);
+	link_original(skb->ifindex, bytes);
+	return MIRROR_PASS;
+}
+
+/*
  * On both ends of the internal pair: passing every frame is the whole
  * job. An XDP program puts a veth in NAPI mode, so clones wait in the
  * device's own ring instead of the CPU's backlog queue that originals on

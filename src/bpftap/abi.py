@@ -62,7 +62,8 @@ PROG_EGRESS = "mirror_egress"
 PROG_ENCAP = "mirror_encap"
 PROG_GSO = "mirror_gso"
 PROG_NAPI = "mirror_napi"
-PROGRAMS = frozenset({PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_GSO, PROG_NAPI})
+PROG_LINK = "mirror_link"
+PROGRAMS = frozenset({PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_GSO, PROG_NAPI, PROG_LINK})
 MAP_CONFIG = "config"
 MAP_RULES = "rules"
 MAP_ADDR_CLASSES = "addr_classes"
@@ -85,6 +86,8 @@ MAP_CLOCK = "clock"
 MAP_SOURCE_IDS = "source_ids"
 MAP_SOURCE_IFINDEXES = "source_ifindexes"
 MAP_COPIES = "copies"
+MAP_LINK_RATES = "link_rates"
+MAP_LINK_STATE = "link_state"
 
 OBJECT_NAME = "mirror_tc.bpf.o"
 
@@ -186,6 +189,9 @@ class MirrorPriority(enum.IntEnum):
 
 PRIO_RESERVE_HIGH, PRIO_RESERVE_NORMAL, PRIO_RESERVE_LOW = 0, 20, 50
 BUDGET_KEY = RULE_SLOTS * MAX_SESSIONS
+# config `links:` (mirror_abi.h): listed links, and their buckets' burst
+MAX_LINKS = 64
+LINK_BURST_NS = 5_000_000
 
 
 class MirrorLevel(enum.IntEnum):
@@ -312,6 +318,27 @@ class SessionLimit(ctypes.Structure):
         ("pkt_tokens", ctypes.c_uint64),
         ("bit_tokens", ctypes.c_uint64),
         ("last_ns", ctypes.c_uint64),
+    ]
+
+
+class LinkRate(ctypes.Structure):
+    """Mirror of `struct link_rate`."""
+
+    _fields_ = [("bps", ctypes.c_uint64)]
+
+
+class LinkState(ctypes.Structure):
+    """Mirror of `struct link_state`; `lock` is the kernel's `struct bpf_spin_lock` (4 bytes)."""
+
+    _fields_ = [
+        ("lock", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("bit_tokens", ctypes.c_int64),
+        ("last_ns", ctypes.c_uint64),
+        ("orig_bytes", ctypes.c_uint64),
+        ("copies", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("shed", ctypes.c_uint64),
     ]
 
 

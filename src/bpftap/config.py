@@ -46,6 +46,7 @@ from bpftap.config_model import (  # noqa: F401 (re-exported: the model is the c
     Action,
     Config,
     Direction,
+    Link,
     Rule,
     Session,
     Source,
@@ -82,11 +83,12 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
 from bpftap.errors import ConfigError
 from bpftap.pod_selector import PodSelector, _pod_selector  # noqa: F401 (PodSelector re-exported)
 
-_TOP_KEYS = ("sources", "sessions", "rules", "copy_budget", "redirect_chain")
+_TOP_KEYS = ("sources", "sessions", "rules", "copy_budget", "redirect_chain", "links")
 T = TypeVar("T")
 _SOURCE_FIELDS = tuple(f.name for f in fields(Source))
 _SESSION_FIELDS = tuple(f.name for f in fields(Session))
 _RULE_FIELDS = tuple(f.name for f in fields(Rule))
+_LINK_FIELDS = tuple(f.name for f in fields(Link))
 
 
 class InvalidConfigError(ConfigError):
@@ -173,6 +175,9 @@ def parse_config(data: object, filename: str) -> Config:
             redirect_chain = _boolean(data["redirect_chain"])
         except _Invalid as exc:
             report.append(("redirect_chain", str(exc)))
+    link_names: dict[str, str] = {}
+    links = [_link(report, f"links[{i}]", raw, link_names)
+             for i, raw in enumerate(_entries(report, "links", data.get("links"), abi.MAX_LINKS))]
     if report:
         raise InvalidConfigError(f"{filename}: {where}: {what}" for where, what in report)
     return Config(
@@ -182,6 +187,7 @@ def parse_config(data: object, filename: str) -> Config:
         rules=tuple(sorted((r for r in rules if r is not None), key=lambda r: r.number)),
         copy_budget=copy_budget,
         redirect_chain=redirect_chain,
+        links=tuple(link for link in links if link is not None),
     )
 
 
@@ -243,6 +249,37 @@ def _entries(report: _Report, key: str, value: object, limit: int = 0) -> list[o
     if limit and len(value) > limit:
         report.append((key, f"{len(value)} {key}; at most {limit} fit (MAX_{key.upper()})"))
     return value
+
+
+def _headroom(value: object) -> float:
+    """`headroom: 5%` (or 5): the percent of a link's capacity copies leave free."""
+    text = str(value).strip().removesuffix("%") if isinstance(value, (str, int, float)) else ""
+    try:
+        percent = float(text) if not isinstance(value, bool) else -1.0
+    except ValueError:
+        percent = -1.0
+    if not 0 <= percent < 100:
+        raise _Invalid(f"{shown(value)} is not a headroom; write a percent of the capacity from 0 to 99, e.g. 5%")
+    return percent
+
+
+def _capacity(value: object) -> int:
+    """`capacity: 10G`: bits per second."""
+    try:
+        return rule_fields.rate(value, "bps")
+    except ValueError as exc:
+        if "out of range" in str(exc):
+            raise _Invalid(str(exc)) from None
+        raise _Invalid(f"{shown(value)} is not a capacity; write bits per second, e.g. 10G or 200M") from None
+
+
+def _link(report: _Report, where: str, raw: object, seen: dict[str, str]) -> Link | None:
+    e = _Entry(report, where, raw, _LINK_FIELDS, ("interface",))
+    interface = e.get("interface", _interface, "")
+    capacity = e.get("capacity", _capacity, 0)
+    headroom = e.get("headroom", _headroom, Link.headroom)
+    e.claim("interface", interface, seen, "; list each link once")
+    return Link(interface, capacity, headroom) if e.ok else None
 
 
 def _source(report: _Report, where: str, raw: object, seen: dict[str, str]) -> Source | None:

@@ -155,6 +155,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Link:
+    """One entry of `links:`: egress devices copies share with originals, and the room originals keep."""
+
+    interface: str  # a name or a glob
+    capacity: int = 0  # bits per second; 0: the device's speed as its driver reports it
+    headroom: float = 5.0  # percent of capacity copies never take: kept for originals' bursts
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration; `rules` is sorted by rule number."""
 
@@ -165,3 +174,4 @@ class Config:
     copy_budget: tuple[int, int] = (0, 0)  # (copies, bits) per second for all sessions; 0 = none
     # false: no packet is redirected twice; stage 2 hands copies to the daemon, which sends them (agent/copies.py)
     redirect_chain: bool = True
+    links: tuple[Link, ...] = ()

@@ -59,7 +59,8 @@ _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
-def _rate(value: object, unit: str) -> int:
+def rate(value: object, unit: str) -> int:
+    """A rate in `unit` (pps or bps): 1000, 10k, 1.5M, 10G, or with the unit, 10Gbps."""
     if isinstance(value, bool):
         raise ValueError(f"{shown(value)} is not a rate")
     if isinstance(value, int):
@@ -79,4 +80,4 @@ def rate_limit(value: object) -> tuple[int, int]:
     """`rate_limit: {pps: 10k, bps: 100M}` (either or both): returns (pps, bps), 0 for no limit."""
     if not isinstance(value, dict) or not value or set(value) - {"pps", "bps"}:
         raise ValueError(f"{shown(value)} is not a rate limit; write e.g. {{pps: 10k}}, {{bps: 100M}} or both")
-    return (_rate(value["pps"], "pps") if "pps" in value else 0, _rate(value["bps"], "bps") if "bps" in value else 0)
+    return (rate(value["pps"], "pps") if "pps" in value else 0, rate(value["bps"], "bps") if "bps" in value else 0)

@@ -27,6 +27,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from bpftap import abi
+from bpftap.agent.links import LinkGovernor, LinkState
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
 from bpftap.config import parse_config
@@ -429,3 +430,57 @@ def test_copy_budget_sheds_low_priority_first(loaded: tuple[BpfObject, Tables], 
     assert low.packets <= 10 * abi.PRIO_RESERVE_LOW // 100 + 1, low.packets  # stops at its reserve
     assert high.packets >= low.packets + 3, (high.packets, low.packets)
     assert low.shed > high.shed and tables.counters()["shed"] == low.shed + high.shed
+
+
+def links(obj: BpfObject, ns: KernelNs, capacity: int) -> LinkGovernor:
+    """k0, the sessions' egress, a listed link of `capacity` bit/s, no headroom; no thread follows its queue."""
+    gov = LinkGovernor(obj.map(abi.MAP_LINK_RATES), obj.map(abi.MAP_LINK_STATE))
+    gov.set_links([LinkState("k0", ns.k0, capacity, 0.0)])
+    return gov
+
+
+def test_a_link_takes_every_originals_bytes_and_never_a_copys(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    """mirror_link on k0's egress: an original's bytes leave the bucket (into debt), a copy (its mark) passes free."""
+    obj, _ = loaded
+    links(obj, kernel_ns, 8_000_000)  # 5 ms of bucket: 40,000 bits
+    time.sleep(0.02)
+    prog = obj.program(abi.PROG_LINK)
+    original = bytes(eth() / v4() / UDP(sport=1024, dport=53) / Raw(b"x" * 958))  # 1,000 bytes
+    assert prog.test_run(original, ctx=SkBuff(ifindex=kernel_ns.k0)).retval == abi.MIRROR_PASS
+    state = obj.map(abi.MAP_LINK_STATE).lookup(kernel_ns.k0, abi.LinkState)
+    assert state.orig_bytes == 1000
+    # full, less 8,000 bits, plus what refilled meanwhile (< 1 ms of 8 Mbit/s)
+    assert 32_000e9 <= state.bit_tokens <= 40_000e9 - 8_000e9 + 8_000e6, state.bit_tokens
+    for _ in range(10):
+        prog.test_run(original, ctx=SkBuff(ifindex=kernel_ns.k0))
+    state = obj.map(abi.MAP_LINK_STATE).lookup(kernel_ns.k0, abi.LinkState)
+    assert state.orig_bytes == 11_000 and state.bit_tokens < -30_000e9, "a debt of one bucket at most"
+    assert state.bit_tokens >= -40_000e9
+    prog.test_run(original, ctx=SkBuff(ifindex=kernel_ns.k0, mark=abi.MIRROR_COPY_MARK))
+    assert obj.map(abi.MAP_LINK_STATE).lookup(kernel_ns.k0, abi.LinkState).orig_bytes == 11_000
+
+
+def test_a_links_copies_take_only_its_room_and_the_tighter_budget_wins(
+    loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs
+) -> None:
+    """No room on the link: every copy shed, counted per link and per session; room: the copy budget still counts."""
+    obj, tables = loaded
+    data = {**CONFIG, "copy_budget": {"pps": 100}}  # a bucket of 10 copies
+    cfg, _ = program(tables, kernel_ns, data)
+    tables.set_budget(*cfg.copy_budget)
+    ctx = xfer_ctx(tables, cfg.rules, 20)
+    encap = obj.program(abi.PROG_ENCAP)
+    gov = links(obj, kernel_ns, 0)  # originals fill it: nothing left for copies
+    time.sleep(0.02)
+    for _ in range(5):
+        assert encap.test_run(INNER_V4, ctx=ctx).retval == TC_ACT_SHOT
+    state = obj.map(abi.MAP_LINK_STATE).lookup(kernel_ns.k0, abi.LinkState)
+    assert (state.copies, state.shed) == (0, 5)
+    assert tables.session_stats("ids4").shed == 5 and tables.counters()["shed"] == 5
+    assert gov.status()[0]["shed"] == 0, "status shows what the last tick read"
+    gov.set_links([LinkState("k0", kernel_ns.k0, 10**11, 0.0)])  # room for everything: the budget decides
+    time.sleep(0.01)
+    sent = sum(encap.test_run(INNER_V4, ctx=ctx).retval == TC_ACT_REDIRECT for _ in range(50))
+    assert 8 <= sent <= 12, sent  # the budget's 10, and what accrues meanwhile (no more than the link shed)
+    state = obj.map(abi.MAP_LINK_STATE).lookup(kernel_ns.k0, abi.LinkState)
+    assert state.copies == sent and state.bytes == sent * (50 + len(INNER_V4)) and state.shed == 5

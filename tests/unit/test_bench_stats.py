@@ -113,3 +113,19 @@ def test_a_count_is_read_once_it_settles() -> None:
     t[0] = 0.0
     assert stats.settled(lambda: next(growing), quiet=0.25, timeout=1.0, clock=lambda: t[0], sleep=sleep) >= 10
     assert t[0] == pytest.approx(1.0, abs=0.11)
+
+
+def test_tier3_reports_how_much_of_the_room_the_links_copies_filled() -> None:
+    from bpftap.bench.loss import room_fill
+
+    # a 100 Mbit/s link, originals of 1400 B payload (1442 B frames) at 4,000 pps: 53.9 Mbit/s of room;
+    # 3,000 copies a second of 1492 B fill 35.8 Mbit/s of it
+    point = {"offered_pps": 4000.0, "copies": 6000}
+    assert abs(room_fill(point, 1400, 100_000_000, 2.0) - 100 * 35.808 / 53.856) < 0.01
+    assert room_fill({"offered_pps": 9000.0, "copies": 10}, 1400, 100_000_000, 2.0) is None  # no room left
+    row = {"loss_pct": stats.summarize([0.0]), "copies_pct": stats.summarize([50.0]), "resolution_pct": 0.002,
+           "room_fill_pct": stats.summarize([91.0, 90.0, 89.0])}
+    t3 = {"reps": 3, "seconds_per_point": 2, "capacity": {"64": {"pps": 40000.0}},
+          "table": {c: {"64": {f"{u:.2f}": row for u in stats.UTILISATIONS}} for c in ("none", "links")}}
+    assert "links: copies filled the room originals left (link rate - originals): 50 % of C: 90 %" \
+        in "\n".join(tier3_lines(t3))

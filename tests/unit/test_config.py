@@ -239,9 +239,9 @@ def test_all_errors_are_collected_in_one_config_error() -> None:
     [
         (
             None,
-            "bpftap.yaml: top level: the file is empty; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain",
+            "bpftap.yaml: top level: the file is empty; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain, links",
         ),
-        ([1, 2], "bpftap.yaml: top level: got a list; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain"),
+        ([1, 2], "bpftap.yaml: top level: got a list; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain, links"),
     ],
 )
 def test_top_level_must_be_a_mapping(data: object, message: str) -> None:
@@ -348,3 +348,39 @@ def test_missing_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("value", "chain"), [(DELETE, True), (True, True), (False, False)])
 def test_redirect_chain(value: object, chain: bool) -> None:
     assert parse_config(config_with("redirect_chain", value) if value is not DELETE else BASE, "x").redirect_chain is chain
+
+
+def test_links_default_to_the_drivers_speed_and_5_percent_headroom() -> None:
+    from bpftap.config import Link
+
+    cfg = parse_config({**BASE, "links": [{"interface": "eth1", "capacity": "200M"},
+                                          {"interface": "bond*", "headroom": "10%"}, {"interface": "eth9", "headroom": 0}]},
+                       "x")
+    assert cfg.links == (Link("eth1", 200_000_000, 5.0), Link("bond*", 0, 10.0), Link("eth9", 0, 0.0))
+    assert parse_config(BASE, "x").links == ()
+
+
+@pytest.mark.parametrize(
+    ("links", "message"),
+    [
+        ("eth1", "x: links: expected a list, got the string 'eth1'"),
+        (["eth1"], "x: links[0]: expected a mapping, got the string 'eth1'"),
+        ([{"capacity": "1G"}], "x: links[0]: missing required field 'interface'"),
+        ([{"interface": "eth1", "capacity": "fast"}],
+         "x: links[0].capacity: 'fast' is not a capacity; write bits per second, e.g. 10G or 200M"),
+        ([{"interface": "eth1", "capacity": "1000G"}], "x: links[0].capacity: '1000G' is out of range for bps"),
+        ([{"interface": "eth1", "headroom": "100%"}],
+         "x: links[0].headroom: '100%' is not a headroom; write a percent of the capacity from 0 to 99, e.g. 5%"),
+        ([{"interface": "eth1", "headroom": True}],
+         "x: links[0].headroom: True is not a headroom; write a percent of the capacity from 0 to 99, e.g. 5%"),
+        ([{"interface": "eth1", "speed": 1}], "x: links[0]: unknown field 'speed'"),
+        ([{"interface": "eth1"}, {"interface": "eth1"}],
+         "x: links[1].interface: 'eth1' is already used by links[0]; list each link once"),
+        ([{"interface": f"e{i}"} for i in range(abi.MAX_LINKS + 1)], f"x: links: {abi.MAX_LINKS + 1} links; at most "
+         f"{abi.MAX_LINKS} fit (MAX_LINKS)"),
+    ],
+)
+def test_bad_links_are_named(links: object, message: str) -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        parse_config({**BASE, "links": links}, "x")
+    assert info.value.errors == [message]

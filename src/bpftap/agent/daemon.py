@@ -36,6 +36,7 @@ from bpftap.agent import state
 from bpftap.agent.copies import CopySender
 from bpftap.agent.detach import cleanup_leftovers
 from bpftap.agent.kernel_log import KernelLog
+from bpftap.agent.links import LinkGovernor, LinkState, link_speed
 from bpftap.agent.pods import PodFollower
 from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf import pins, tc
@@ -134,6 +135,9 @@ class Agent:
         self.source_ifindex: dict[str, int] = {}
         self.tables: Tables
         self.pods: PodFollower | None = None  # attaches to pod sources as pods come and go
+        self.governor: LinkGovernor
+        self.link_attachments: dict[int, tc.Adopted] = {}  # mirror_link on each listed link, by ifindex
+        self.unknown_capacity: set[str] = set()  # links already named in the log for it
 
     # --- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -187,6 +191,9 @@ class Agent:
         sender = CopySender(self.obj.map(abi.MAP_COPIES))
         sender.start()
         self.stack.callback(sender.close)
+        self.governor = LinkGovernor(self.obj.map(abi.MAP_LINK_RATES), self.obj.map(abi.MAP_LINK_STATE))
+        self.governor.start()
+        self.stack.callback(self.governor.close)
         self.apply(self.config, compiled)
         # before the first source is attached, so every copy names its interface
         self.tables.write_sources([ifindex for (_, ifindex) in sources])
@@ -254,7 +261,8 @@ class Agent:
             "replaced by " + self.object_path.name if self.upgrade else "kept",
         )
 
-    def place(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None) -> tc.Adopted:
+    def place(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None,
+              priority: int | None = None) -> tc.Adopted:
         """Put `prog` on a TC hook of `ifname` (hook None: its XDP hook), links pinned; the caller owns the result.
 
         An attachment the earlier agent left there with a program of the same
@@ -270,20 +278,56 @@ class Agent:
                 log.info("%s %s", "upgraded" if self.upgrade else "adopted", old.describe())
                 return old
         att = tc.attach_xdp(prog, ifname, ifindex) if hook is None else tc.attach(
-            prog, ifname, ifindex, hook, self.mode, self.first, self.priority
+            prog, ifname, ifindex, hook, self.mode, self.first, self.priority if priority is None else priority
         )
         tc.pin_link(att, self.pin_dir / "links")
         log.info("attached %s", att.describe())
         return att
 
-    def _attach(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None) -> None:
-        att = self.place(prog, ifname, ifindex, hook)
+    def _attach(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None,
+                priority: int | None = None) -> tc.Adopted:
+        att = self.place(prog, ifname, ifindex, hook, priority)
         if isinstance(att, tc.Attachment):
             self.attachments.append(att)
             if att.owns_qdisc and ifname not in self.created_clsact:
                 self.created_clsact.append(ifname)
                 self._undo(tc.destroy_clsact, ifname, ifindex)
         self._undo(att.close)
+        return att
+
+    def _sync_links(self, config: Config) -> None:
+        """Follow the links of `config`: each matching device gets a bucket and mirror_link on its egress."""
+        wanted: dict[int, LinkState] = {}
+        for i, spec in enumerate(config.links):
+            matched = match_interfaces([spec.interface], self.ipr)
+            if not matched:
+                log.warning("links[%d]: no interface matches %r; copies leaving elsewhere are not limited",
+                            i, spec.interface)
+            for name, ifindex in sorted(matched.items()):
+                capacity = spec.capacity or link_speed(name)
+                if ifindex in wanted:
+                    continue  # the first entry that names it
+                if not capacity:
+                    if name not in self.unknown_capacity:
+                        self.unknown_capacity.add(name)
+                        log.warning("link %s: its driver reports no speed, so its copies are not limited; "
+                                    "set its capacity in links[%d], e.g. capacity: 10G", name, i)
+                    continue
+                wanted[ifindex] = LinkState(name, ifindex, capacity, spec.headroom)
+        self.governor.set_links(list(wanted.values()))
+        for ifindex, link in wanted.items():
+            if ifindex not in self.link_attachments:
+                # after the source programs on a shared hook (clsact: one priority further on)
+                self.link_attachments[ifindex] = self._attach(
+                    self.obj.program(abi.PROG_LINK), link.name, ifindex, tc.Direction.EGRESS, self.priority + 1)
+                log.info("link %s: capacity %s bit/s, headroom %g %%: copies get what originals leave",
+                         link.name, f"{link.capacity:,}", link.headroom)
+        for ifindex in set(self.link_attachments) - set(wanted):
+            att = self.link_attachments.pop(ifindex)
+            att.close()
+            if att in self.attachments:
+                self.attachments.remove(att)
+            log.info("detached %s (no longer a listed link)", att.describe())
 
     def _record(self) -> None:
         ifnames = sorted({a.ifname for a in self.attachments})
@@ -350,6 +394,7 @@ class Agent:
             self.active_slot = self.tables.write_rules(rules, self.encap_ifindex)
             self.tables.set_budget(*config.copy_budget)
             self.tables.set_redirect_chain(config.redirect_chain)
+            self._sync_links(config)
             self.plan, self.config = plan, config
             self._record()
         log.info(
@@ -470,4 +515,5 @@ class Agent:
                 "sessions": sessions,
                 "counters": counters,
                 "queue_drops": self.queue_drops(),
+                "links": self.governor.status(),
             }

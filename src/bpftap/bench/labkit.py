@@ -27,14 +27,15 @@ VXLAN_PORT = 4789
 IPERF_PORT = 5201
 
 
-def agent_config(remote: str, kind: str, n_rules: int = 10) -> dict[str, Any]:
+def agent_config(remote: str, kind: str, n_rules: int = 10, capacity: int = 0) -> dict[str, Any]:
     """The agent's config for one bench configuration, as data.
 
     ``nomatch``: `n_rules` UDP rules for ports 6000.. that no bench traffic
     uses (every rule is checked, none matches). ``mirror``: one rule that
     matches every IP packet (protocol any, both directions) and feeds one
     VXLAN session to `remote`. ``nochain``: ``mirror`` with `redirect_chain: false`
-    (the agent sends the copies from user space). ``many``: `n_rules` rules, the last one
+    (the agent sends the copies from user space). ``links``: ``mirror`` with the tapped host's
+    uplink eth1 a listed link of `capacity` bits/s. ``many``: `n_rules` rules, the last one
     matching everything (the memory tier's full rule set).
     """
     session = {"name": "ids", "tunnel": "vxlan", "remote": remote, "vni": VNI, "port": VXLAN_PORT}
@@ -42,7 +43,7 @@ def agent_config(remote: str, kind: str, n_rules: int = 10) -> dict[str, Any]:
     if kind == "nomatch":
         rules = [{"number": 900 + i, "protocol": "udp", "dst_ports": 6000 + i, "sessions": ["ids"]}
                  for i in range(n_rules)]
-    elif kind in ("mirror", "nochain"):
+    elif kind in ("mirror", "nochain", "links"):
         rules = [{"number": 100, "sessions": ["ids"]}]
     elif kind == "many":
         rules = [{"number": 1 + i, "protocol": "udp", "dst_ports": 6000 + (i % 50000), "sessions": ["ids"]}
@@ -50,6 +51,8 @@ def agent_config(remote: str, kind: str, n_rules: int = 10) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown agent config kind {kind!r}")
     config = {"sources": [{"interface": "eth0", "direction": "both"}], "sessions": [session], "rules": rules}
+    if kind == "links":
+        return {**config, "links": [{"interface": "eth1", "capacity": capacity}]}
     return {**config, "redirect_chain": False} if kind == "nochain" else config
 
 
@@ -83,7 +86,9 @@ class BenchAgent:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             data = self.status()
-            if sorted(r["number"] for r in data["rules"]) == want and all(s["via"] for s in data["sessions"]):
+            links = [link["capacity"] for link in data.get("links", [])]
+            if (sorted(r["number"] for r in data["rules"]) == want and all(s["via"] for s in data["sessions"])
+                    and links == [link["capacity"] for link in config.get("links", [])]):
                 return
             time.sleep(0.2)
         raise BpftapError(f"bench: the agent did not apply the new rules in {timeout:.0f} s:\n{self.log.read_text()[-2000:]}")

@@ -14,7 +14,8 @@ the sender down instead of dropping: no loss at any load (closed loop).
 
 First the capacity C of the baseline (no bpftap): a short bisection for
 the highest rate with < 0.01 % loss. Then each configuration (none,
-nomatch, mirror, nochain (`redirect_chain: false`), mirred, interleaved per
+nomatch, mirror, links (mirror with tap eth1 a listed link, the tbf's rate
+its capacity), nochain (`redirect_chain: false`), mirred, interleaved per
 round) is offered 50..95 % of C.
 Original loss comes from iperf3's sequence numbers; copies delivered are
 counted copies over originals sent, counted until no more arrive (so a
@@ -33,10 +34,11 @@ from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, settled,
 from bpftap.bench.sysinfo import proc_stat_cpu
 from bpftap.lab import Lab
 
-CONFIGS = ("none", "nomatch", "mirror", "nochain", "mirred")
+CONFIGS = ("none", "nomatch", "mirror", "links", "nochain", "mirred")
 PAYLOADS = (64, 1400)
 NOMINAL_PPS = 40_000
 HEADERS = 42  # Ethernet 14 + IPv4 20 + UDP 8: tbf counts the frame
+VXLAN_HEADERS = 50  # a copy's outer Ethernet, IPv4, UDP and VXLAN
 LOSS_OK = 0.01  # % loss that still counts as lossless for C
 
 
@@ -87,6 +89,14 @@ def point(lab: Lab, iperf: K.Iperf, payload: int, pps: float, seconds: float) ->
     }
 
 
+def room_fill(p: dict[str, Any], payload: int, rate: int, seconds: float) -> float | None:
+    """Copies delivered as % of the room the originals left on the link (its rate less their offered bits)."""
+    room = rate - p["offered_pps"] * (payload + HEADERS) * 8
+    if p["copies"] is None or room <= 0:
+        return None
+    return 100.0 * p["copies"] * (payload + HEADERS + VXLAN_HEADERS) * 8 / seconds / room
+
+
 def sweep(lab: Lab, iperf: K.Iperf, config: str, caps: dict[int, dict[str, Any]], seconds: float,
           pts: dict[str, Any], agent_counters: list[dict[str, Any]]) -> None:
     """One configuration over every payload and utilisation; its points go into `pts` only when all ran."""
@@ -95,14 +105,19 @@ def sweep(lab: Lab, iperf: K.Iperf, config: str, caps: dict[int, dict[str, Any]]
     try:
         if config in ("nomatch", "mirror", "nochain"):
             agent = K.BenchAgent(lab, K.agent_config(str(lab.dst.ip4), config))
+        elif config == "links":  # the tbf's rate is the link's capacity: reloaded per payload below
+            agent = K.BenchAgent(lab, K.agent_config(str(lab.dst.ip4), config, capacity=shape(lab, PAYLOADS[0])))
         elif config == "mirred":
             K.mirred_on(lab, lab.tap, "eth0", "vxm1")
         for payload in PAYLOADS:
-            shape(lab, payload)
+            rate = shape(lab, payload)
+            if config == "links" and agent is not None:
+                agent.reload(K.agent_config(str(lab.dst.ip4), config, capacity=rate))
             for util in UTILISATIONS:
                 got[payload][util] = point(lab, iperf, payload, util * caps[payload]["pps"], seconds)
-        if agent is not None and config in ("mirror", "nochain"):
-            agent_counters.append({"config": config, **agent.status()["counters"]})
+        if agent is not None and config in ("mirror", "nochain", "links"):
+            status = agent.status()
+            agent_counters.append({"config": config, **status["counters"], "links": status["links"]})
     finally:
         if agent is not None:
             agent.stop()
@@ -181,6 +196,7 @@ def run_tier3(lab: Lab, reps: int = 3, seconds: float = 2.0, log: Callable[[str]
                     "utilisation": util,
                     "loss_pct": summarize(r["loss_pct"] for r in runs),
                     "copies_pct": summarize(r["copies_pct"] for r in runs),
+                    "room_fill_pct": summarize(room_fill(r, payload, rates[payload], seconds) for r in runs),
                     "offered_pps": summarize(r["offered_pps"] for r in runs),
                     "tbf_drops": summarize(r["tbf_drops"] for r in runs),
                     "backlog_drops": summarize(r["backlog_drops"] for r in runs),
@@ -200,7 +216,9 @@ def run_tier3(lab: Lab, reps: int = 3, seconds: float = 2.0, log: Callable[[str]
         "rates_bit_s": {str(k): v for k, v in rates.items()},
         # with every packet mirrored the link carries originals + copies (VXLAN adds 50 B):
         # bytes on the link per original byte
-        "mirror_link_factor": {str(p): round(1 + (p + HEADERS + 50) / (p + HEADERS), 3) for p in PAYLOADS},
+        "mirror_link_factor": {str(p): round(1 + (p + HEADERS + VXLAN_HEADERS) / (p + HEADERS), 3) for p in PAYLOADS},
+        "room_fill": "copies' bits delivered / (link rate - originals' offered bits); with `links:` at most "
+                     "(room - headroom) / room: 5 % of the rate stays free",
         "capacity": {str(k): v for k, v in caps.items()},
         "warmup": warm,
         "table": table,

@@ -104,6 +104,12 @@ def tier3_lines(t3: dict[str, Any]) -> list[str]:
             band = band_of(util)
             ref = " / ".join(REFERENCE[k][band] for k in ("not mirrored", "mirrored", "copies missing"))
             lines.append(f"    {100 * util:<7.0f}{band:<8}" + "".join(f"{c:>18}" for c in cells) + f"{ref:>48}")
+        if "links" in t3["table"]:
+            fills = [(u, t3["table"]["links"][payload][f"{u:.2f}"].get("room_fill_pct", {}).get("median"))
+                     for u in UTILISATIONS]
+            lines.append("    links: copies filled the room originals left (link rate - originals): "
+                         + ", ".join(f"{100 * u:.0f} % of C: " + ("-" if f is None else f"{f:.0f} %")
+                                     for u, f in fills))
         res = t3["table"][configs[0]][payload][f"{UTILISATIONS[0]:.2f}"]["resolution_pct"]
         if res:
             lines.append(f"    one lost packet at 50 % of C = {res:.4f} %; '< 0.01 %' with >= 100 lost packets "
