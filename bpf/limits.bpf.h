@@ -155,6 +155,8 @@ static __always_inline int over_link(const struct mirror_session *s,
 	__s64 cap, need, cost = (__s64)bytes * 8 * 1000000000LL;
 	int over;
 
+	if (!(s->flags & MIRROR_SF_LINK)) /* no lookup for the others */
+		return 0;
 	l = link_refill(s->ifindex, &cap);
 	if (!l)
 		return 0;

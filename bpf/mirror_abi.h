@@ -107,6 +107,7 @@ enum mirror_tunnel {
 #define MIRROR_SF_SEQ 0x02 /* GRE: a sequence number follows (always for ERSPAN) */
 #define MIRROR_SF_PLATFORM 0x04 /* ERSPAN III: the platform sub-header (O bit) follows */
 #define MIRROR_SF_RESEGMENT 0x08 /* oversize: resegment: a GSO copy over the MTU gets smaller segments */
+#define MIRROR_SF_LINK 0x10 /* the egress device is a listed link (config links:): copies take from its bucket */
 
 /* outer headers of a copy, outer Ethernet included: at most this long */
 #define MIRROR_HDR_MAX 86
@@ -160,7 +161,7 @@ enum mirror_stat {
 	MS_RATE_LIMITED,  /* copy over the session's rate limit */
 	MS_PAUSED,	  /* packets passed while mirroring is paused */
 	MS_LOG_LOST,	  /* kernel log records lost: `events` was full */
-	MS_SHED,	  /* copy over the node's copy budget for its priority */
+	MS_SHED,	  /* copy over the copy budget or its link's room, for its priority */
 	MS_FRAGMENTS,	  /* outer fragments sent (copies over the egress MTU) */
 	MS_RING_FULL,	  /* copy not sent: `copies` was full (redirect_chain off) */
 	MS_GSO_SENT,	  /* GSO super-packets encapsulated whole (their segments count in MS_COPY_SENT) */
@@ -296,7 +297,7 @@ struct session_stats {
 	__u64 sampled_out;	/* not the 1 in `sample` */
 	__u64 rate_limited;	/* over the session's rate limit */
 	__u64 truncated;	/* copies sent cut to the session's snaplen */
-	__u64 shed;		/* over the node's copy budget for its priority */
+	__u64 shed;		/* over the copy budget or its link's room, for its priority */
 	__u64 fragments;	/* outer fragments sent for copies over the MTU */
 	__u64 ring_full;	/* `copies` full (redirect_chain off) */
 	__u64 gso;		/* GSO super-packets encapsulated whole (segments in `packets`) */
@@ -348,7 +349,7 @@ enum mirror_event {
 	MIRROR_EV_ENCAP_FAIL,		/* arg0: outer header length */
 	MIRROR_EV_RATE_LIMITED,		/* over the session's rate limit */
 	MIRROR_EV_VLAN_DEPTH,		/* more tags than MAX_VLAN_TAGS */
-	MIRROR_EV_SHED,			/* over the copy budget; arg0: priority */
+	MIRROR_EV_SHED,			/* over the copy budget or its link's room; arg0: priority */
 	MIRROR_EV_FRAG_FAIL,		/* arg0: fragment index, arg1: MTU */
 };
 

@@ -48,6 +48,7 @@ MIRROR_SF_KEY = 0x01
 MIRROR_SF_SEQ = 0x02
 MIRROR_SF_PLATFORM = 0x04
 MIRROR_SF_RESEGMENT = 0x08
+MIRROR_SF_LINK = 0x10
 MIRROR_HDR_MAX = 86
 # wire constants of the tunnels (bpf/tunnels.bpf.h and bpftap.tunnels use these)
 GENEVE_OPT_CLASS_BPFTAP = 0xFFFB

@@ -152,6 +152,9 @@ def format_status(data: dict[str, Any]) -> str:
     drops = ", ".join(f"{k} {v}" for k, v in data.get("queue_drops", {}).items() if v)
     if drops:
         lines.append(f"internal rings full, copies dropped: {drops}")
+    from bpftap.top import link_lines
+
+    lines += link_lines(data.get("links", []))
     return "\n".join(lines)
 
 

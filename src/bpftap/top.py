@@ -61,6 +61,14 @@ def human(value: float, unit: str) -> str:
     raise AssertionError("unreachable")
 
 
+def link_lines(links: list[dict[str, Any]]) -> list[str]:
+    """config links: one line each, as `bpftap status` reports them (rates over the last second)."""
+    return [f"link {x['name']}: capacity {human(x['capacity'], 'bit/s')}, originals {human(x['originals_bps'], 'bit/s')}, "
+            f"copies {human(x['copies_bps'], 'bit/s')}, copy budget {human(x['fill_bps'], 'bit/s')}, "
+            f"shed {x['shed']}" + (f", queue cut it {x['queue_cuts']} times" if x["queue_cuts"] else "")
+            for x in links]
+
+
 def _rate(cur: int, old: int | None, seconds: float) -> float | None:
     """Per-second rate; None without an earlier value. A counter that went down (reload: new rule slot) reads 0."""
     if old is None or seconds <= 0:
@@ -112,6 +120,8 @@ def render(prev: Sample | None, cur: Sample, interval: float) -> list[str]:
         if v or k == "seen"
     ]
     lines += ["", "counters: " + ", ".join(shown)]
+    if data.get("links"):
+        lines += ["", *link_lines(data["links"])]
     return lines
 
 

@@ -239,3 +239,19 @@ def test_a_metrics_address_that_cannot_be_bound_is_exit_2_before_anything_attach
         assert main(["run", "-c", str(config), "--metrics", f"127.0.0.1:{port}"]) == ExitStatus.USAGE
     assert made == []
     assert f"--metrics 127.0.0.1:{port}: cannot listen: Address already in use (EADDRINUSE)" in capsys.readouterr().err
+
+
+def test_links_by_link() -> None:
+    from dataclasses import replace
+
+    from bpftap.agent.links import LinkState
+
+    eth1 = LinkState("eth1", 3, 10_000_000_000, 5.0)
+    eth1.fill, eth1.counters.copies, eth1.counters.shed = 9_500_000_000, 12, 3
+    got = scrape(FakeSource(replace(LAYOUT, links=(eth1.to_json(),))))
+    link = (("link", "eth1"),)
+    assert got["bpftap_link_capacity_bits"] == {link: 1e10}
+    assert got["bpftap_link_copy_budget_bits"] == {link: 9.5e9}
+    assert got["bpftap_link_originals_bits"] == {link: 0} and got["bpftap_link_copies_bits"] == {link: 0}
+    assert got["bpftap_link_copies_total"] == {link: 12} and got["bpftap_link_shed_total"] == {link: 3}
+    assert "bpftap_link_shed_total" not in scrape(FakeSource())  # no links: no samples

@@ -113,3 +113,12 @@ def test_help_lists_top(capsys: pytest.CaptureFixture[str]) -> None:
         main(["top", "--help"])
     out = capsys.readouterr().out
     assert "--once" in out and "q or Ctrl-C quits" in out
+
+
+def test_links_show_capacity_rates_and_shed() -> None:
+    link = {"name": "eth1", "capacity": 100_000_000, "headroom_pct": 5.0, "originals_bps": 90_000_000,
+            "copies_bps": 4_900_000, "fill_bps": 95_000_000, "factor": 1.0, "queue_cuts": 2, "copies": 10, "shed": 7}
+    lines = top.render(None, top.Sample(1.0, {**STATUS, "links": [link]}), 1.0)
+    assert lines[-1] == ("link eth1: capacity 100.0 Mbit/s, originals 90.0 Mbit/s, copies 4.9 Mbit/s, "
+                         "copy budget 95.0 Mbit/s, shed 7, queue cut it 2 times")
+    assert not any(line.startswith("link ") for line in top.render(None, top.Sample(1.0, STATUS), 1.0))

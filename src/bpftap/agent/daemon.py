@@ -49,7 +49,7 @@ from bpftap.config import (
     IPAddress,
     Session,
 )
-from bpftap.errors import BpfError, ConfigError
+from bpftap.errors import BpfError, BpftapError, ConfigError
 from bpftap.netlink import (
     INTERNAL_A,
     INTERNAL_B,
@@ -74,8 +74,13 @@ def ensure_bpffs(path: str = "/sys/fs/bpf") -> bool:
     """Mount a bpffs at `path` if none is there (as under `ip netns exec`); True if this mounted it."""
     if os.path.ismount(path):
         return False
-    os.makedirs(path, exist_ok=True)
-    subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise BpftapError(f"no bpffs at {path}, and mounting one failed: {exc.stderr.strip() or exc}") from None
+    except OSError as exc:
+        raise BpftapError(f"no bpffs at {path}, and it cannot be made: {exc.strerror or exc}") from None
     log.info("mounted bpffs at %s", path)
     return True
 
@@ -304,9 +309,9 @@ class Agent:
                 log.warning("links[%d]: no interface matches %r; copies leaving elsewhere are not limited",
                             i, spec.interface)
             for name, ifindex in sorted(matched.items()):
-                capacity = spec.capacity or link_speed(name)
                 if ifindex in wanted:
                     continue  # the first entry that names it
+                capacity = spec.capacity or link_speed(name)
                 if not capacity:
                     if name not in self.unknown_capacity:
                         self.unknown_capacity.add(name)
@@ -315,6 +320,7 @@ class Agent:
                     continue
                 wanted[ifindex] = LinkState(name, ifindex, capacity, spec.headroom)
         self.governor.set_links(list(wanted.values()))
+        self.tables.links = set(wanted)
         for ifindex, link in wanted.items():
             if ifindex not in self.link_attachments:
                 # after the source programs on a shared hook (clsact: one priority further on)
@@ -390,11 +396,11 @@ class Agent:
         }
         plan = Plan(config, slots, rules, collectors)
         with self.lock:
+            self._sync_links(config)  # before the sessions: a session leaving by a listed link says so
             self._write_sessions(plan, force=True)
             self.active_slot = self.tables.write_rules(rules, self.encap_ifindex)
             self.tables.set_budget(*config.copy_budget)
             self.tables.set_redirect_chain(config.redirect_chain)
-            self._sync_links(config)
             self.plan, self.config = plan, config
             self._record()
         log.info(

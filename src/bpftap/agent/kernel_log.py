@@ -41,7 +41,8 @@ _TEXT = {
     abi.MirrorEvent.ENCAP_FAIL: "copy not sent: growing or writing its {a0}-byte header failed",
     abi.MirrorEvent.RATE_LIMITED: "copy not sent: over the session's rate limit",
     abi.MirrorEvent.VLAN_DEPTH: "copy not sent: more VLAN tags than bpftap parses",
-    abi.MirrorEvent.SHED: "copy not sent: over the node's copy budget for its priority ({a0}: 0 high, 2 low)",
+    abi.MirrorEvent.SHED: "copy not sent: no room for its priority ({a0}: 0 high, 2 low) under the node's copy budget "
+                          "or on its link",
     abi.MirrorEvent.FRAG_FAIL: "copy incomplete: cutting or sending its outer fragment {a0} (MTU {a1}) failed",
 }
 

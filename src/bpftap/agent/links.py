@@ -58,6 +58,7 @@ class LinkState:
     drops: int | None = None  # the root qdisc's drops at the last tick (None: no qdisc seen)
     backlog: int = 0
     cuts: int = 0  # times the queue halved the factor
+    failing: bool = False  # the last tick could not read it (logged once)
     samples: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=int(WINDOW / TICK) + 1))
     counters: abi.LinkState = field(default_factory=abi.LinkState)
 
@@ -116,7 +117,8 @@ class LinkGovernor:
             for ifindex, link in new.items():
                 old = self.links.get(ifindex)
                 if old is not None:  # keep what was learnt about it
-                    link.factor, link.drops, link.samples = old.factor, old.drops, old.samples
+                    link.factor, link.drops, link.samples, link.cuts = old.factor, old.drops, old.samples, old.cuts
+                    link.counters, link.failing = old.counters, old.failing
                 else:
                     self.state.update(ifindex, abi.LinkState())
                 self._set_fill(link)
@@ -152,12 +154,19 @@ class LinkGovernor:
     def _run(self) -> None:
         with IPRoute() as ipr:
             while not self.stop_event.wait(TICK):
-                try:
-                    with self.lock:
-                        for link in self.links.values():
+                with self.lock:
+                    for link in self.links.values():
+                        try:
                             self.tick(link, ipr)
-                except Exception:  # a vanished device, a netlink hiccup: the next tick tries again
-                    log.exception("links: adjusting the copy budget failed")
+                        except Exception as exc:  # noqa: BLE001 - a vanished device, a netlink error: try again
+                            if not link.failing:
+                                log.warning("link %s: cannot read its counters or queue (%s); its copy budget "
+                                            "stays at %d bit/s until it can", link.name, exc, link.fill)
+                            link.failing = True
+                        else:
+                            if link.failing:
+                                log.info("link %s: counters and queue readable again", link.name)
+                            link.failing = False
 
     def tick(self, link: LinkState, ipr: IPRoute) -> None:
         """Read the link's counters and queue; set its bucket's fill rate."""

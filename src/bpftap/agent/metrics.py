@@ -43,7 +43,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -112,6 +112,7 @@ class Layout:
     object: str
     attach_mode: str
     queue_drops: dict[str, int]  # the internal pair's rings: copies dropped when the kernel is behind
+    links: tuple[dict[str, Any], ...] = ()  # config links:, as status shows them
 
 
 class Source(Protocol):
@@ -154,7 +155,7 @@ class AgentSource:
         )
         modes = sorted({a.mode.value for a in self.agent.attachments})
         return Layout(rules, sessions, str(self.agent.object_path), ",".join(modes) or "none",
-                      self.agent.queue_drops())
+                      self.agent.queue_drops(), tuple(self.agent.governor.status()))
 
 
 class MirrorCollector(Collector):
@@ -195,6 +196,7 @@ class MirrorCollector(Collector):
         for queue, drops in layout.queue_drops.items():
             queues.add_metric([queue], drops)
         yield queues
+        yield from self._links(layout.links)
         info = InfoMetricFamily("bpftap_build", "bpftap's version, BPF object and attach mode.")
         info.add_metric([], {"version": self.version, "object": layout.object, "attach_mode": layout.attach_mode})
         yield info
@@ -251,6 +253,28 @@ class MirrorCollector(Collector):
                 lost.add_metric([*labels, reason], getattr(stats, reason))
             resolved.add_metric(labels, 1 if sess.resolved else 0)
         yield from (copies, octets, frags, gso, lost, resolved)
+
+
+    @staticmethod
+    def _links(links: tuple[dict[str, Any], ...]) -> Iterator[Metric]:
+        """config links: each link's capacity, rates and copies (names as in `bpftap status`)."""
+        families = [
+            (GaugeMetricFamily, "bpftap_link_capacity_bits", "capacity", "The link's capacity, bits per second."),
+            (GaugeMetricFamily, "bpftap_link_copy_budget_bits", "fill_bps",
+             "What copies may use on the link now, bits per second, before originals take theirs."),
+            (GaugeMetricFamily, "bpftap_link_originals_bits", "originals_bps",
+             "Originals leaving through the link, bits per second over the last second."),
+            (GaugeMetricFamily, "bpftap_link_copies_bits", "copies_bps",
+             "Copies leaving through the link, bits per second over the last second."),
+            (CounterMetricFamily, "bpftap_link_copies", "copies", "Copies the link had room for (wire frames)."),
+            (CounterMetricFamily, "bpftap_link_shed", "shed",
+             "Copies not sent: no room left on the link for their priority (wire frames)."),
+        ]
+        for kind, name, key, doc in families:
+            fam = kind(name, doc, labels=["link"])
+            for link in links:
+                fam.add_metric([link["name"]], link[key])
+            yield fam
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -111,6 +111,7 @@ class Tables:
         self._session_ids = _Ids(abi.RULE_SLOTS * abi.MAX_SESSIONS)  # session identity -> stats/seq key
         self._staged: set[object] = set()  # identities of the sessions staged for the next flip
         self._source_ids: dict[int, int] = {}  # ifindex -> source id, as written
+        self.links: set[int] = set()  # ifindexes of the listed links (config links:): sessions leaving by one say so
 
     def bookkeeping(self) -> dict[str, list[list[Any]]]:
         """The counter ids of rules and sessions and the source ids, JSON-able, for adopt() in the next agent."""
@@ -262,7 +263,8 @@ class Tables:
         """
         flags = (abi.MIRROR_SF_KEY if session.gre_key else 0) | (abi.MIRROR_SF_SEQ if session.gre_seq else 0) \
             | (abi.MIRROR_SF_PLATFORM if session.erspan_platform else 0) \
-            | (abi.MIRROR_SF_RESEGMENT if session.oversize == "resegment" else 0)
+            | (abi.MIRROR_SF_RESEGMENT if session.oversize == "resegment" else 0) \
+            | (abi.MIRROR_SF_LINK if hop is not None and hop.ifindex in self.links else 0)
         remote = session.members[member]
         identity = (member_name(session, member), session.tunnel, remote, session.tun_id)
         stats_id, new = self._session_ids.get(identity)

@@ -91,7 +91,7 @@ def tier3_lines(t3: dict[str, Any]) -> list[str]:
     for payload, cap in t3["capacity"].items():
         lines.append(f"  {payload} B payload: C = {cap['pps']:.0f} pps")
         configs = list(t3["table"])
-        lines.append(f"    {'% of C':<7}{'band':<8}" + "".join(f"{c:>18}" for c in configs)
+        lines.append(f"    {'% of C':<7}{'band':<8}" + "".join(f"{c:>20}" for c in configs)
                      + f"{'reference (not mirr. / mirr. / copies missing)':>48}")
         for util in UTILISATIONS:
             key = f"{util:.2f}"
@@ -103,7 +103,7 @@ def tier3_lines(t3: dict[str, Any]) -> list[str]:
                 cells.append(loss + ("" if c in ("none", "nomatch") or copies is None else f" / {copies:.1f}"))
             band = band_of(util)
             ref = " / ".join(REFERENCE[k][band] for k in ("not mirrored", "mirrored", "copies missing"))
-            lines.append(f"    {100 * util:<7.0f}{band:<8}" + "".join(f"{c:>18}" for c in cells) + f"{ref:>48}")
+            lines.append(f"    {100 * util:<7.0f}{band:<8}" + "".join(f"{c:>20}" for c in cells) + f"{ref:>48}")
         if "links" in t3["table"]:
             fills = [(u, t3["table"]["links"][payload][f"{u:.2f}"].get("room_fill_pct", {}).get("median"))
                      for u in UTILISATIONS]
