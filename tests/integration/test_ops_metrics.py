@@ -8,6 +8,7 @@ between (a status sandwiched between two identical scrapes).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,25 @@ def test_unusable_address_fails_the_run_before_attaching(lab: Lab, tmp_path: Pat
             in res.stderr)
     assert "attach" not in res.stderr and "detached" not in res.stderr
     assert hook_state(lab) == before
+
+
+def test_a_status_socket_in_use_fails_the_run_before_attaching(lab: Lab, tmp_path: Path) -> None:
+    """Another process holds the namespace's status socket (another agent would): `run` fails before making
+    or attaching anything, and says why."""
+    before = hook_state(lab)
+    holder = lab.popen(lab.tap, [sys.executable, "-c", "import socket, sys, time\n"
+                                 "s = socket.socket(socket.AF_UNIX); s.bind('\\0bpftap.status'); s.listen(1)\n"
+                                 "print('bound', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "bound\n"
+        path = tmp_path / "bpftap.yaml"
+        path.write_text(config(lab))
+        res = lab.run(lab.tap, [*BPFTAP, "run", "-c", str(path)], check=False, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.returncode == 1, res.stderr
+    assert "status socket: [Errno 98] Address already in use; is another agent running in this namespace?" \
+        in res.stderr
+    assert "attached" not in res.stderr
+    assert hook_state(lab) == before  # no bpftap0, no program, no qdisc left behind

@@ -72,3 +72,34 @@ def test_config_watch_sees_edits_and_configmap_swaps(tmp_path: Path) -> None:
     assert watch.changed()
     os.unlink(tmp_path / "..data")  # mid-swap: missing is not a change
     assert not watch.changed()
+
+
+class _Links:
+    """An IPRoute whose link lookups fail as told."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def link(self, *args: Any, **kw: Any) -> Any:
+        raise self.error
+
+
+def test_a_vanished_peer_is_no_host_side_but_a_bug_is_not_swallowed() -> None:
+    import errno
+
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from bpftap.agent.pods import host_side
+
+    assert host_side(3, 4, _Links(NetlinkError(errno.ENODEV, "No such device"))) is None  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        host_side(3, 4, _Links(TypeError("a bug")))  # type: ignore[arg-type]
+
+
+def test_no_bpffs_and_none_can_be_made_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    from bpftap.agent.daemon import ensure_bpffs
+    from bpftap.errors import BpftapError
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BpftapError, match=f"no bpffs at {tmp_path}/file/bpf, and it cannot be made: Not a directory"):
+        ensure_bpffs(str(tmp_path / "file" / "bpf"))

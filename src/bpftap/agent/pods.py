@@ -26,9 +26,10 @@ import os
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap import abi
 from bpftap.bpf import tc
@@ -85,7 +86,7 @@ def host_side(pod_ifindex: int, peer_ifindex: int, ipr: IPRoute) -> str | None:
     """The name of veth `peer_ifindex` here if its own peer is `pod_ifindex`, else None."""
     try:
         msg = ipr.link("get", index=peer_ifindex)[0]
-    except Exception:  # noqa: BLE001 - pyroute2 raises NetlinkError (ENODEV) for a missing index
+    except NetlinkError:  # ENODEV: no such index (any other error: not one we can read either)
         return None
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info else None
@@ -247,7 +248,7 @@ class PodFollower:
     def _exists(self, iface: HostIface) -> bool:
         try:
             msg = self.agent.ipr.link("get", index=iface.ifindex)[0]
-        except Exception:  # noqa: BLE001 - NetlinkError ENODEV: the interface is gone
+        except NetlinkError:  # ENODEV: the interface is gone
             return False
         return bool(msg.get_attr("IFLA_IFNAME") == iface.ifname)
 
@@ -262,12 +263,6 @@ class PodFollower:
             _, done = self.attached.popitem()
             self._drop(done, vanished=False, quiet=True)
 
-    def describe(self) -> list[dict[str, Any]]:
-        """The pods attached now, for status: pod, interface, ifindex, direction."""
-        return [
-            {"pod": a.iface.pod, "interface": a.iface.ifname, "ifindex": a.iface.ifindex, "direction": a.direction.name}
-            for a in self.attached.values()
-        ]
 
 
 

@@ -48,8 +48,17 @@ def run(
     # bound before anything is made or attached: a bad address is exit 2 with nothing to undo
     exporter = serve(metrics, source) if metrics is not None else None
     try:
+        # so is the status socket (it answers once the agent has started): one in use is another agent's
+        server = StatusServer({"status": lambda: agent.status(), "pause": lambda: agent.pause(),
+                               "resume": lambda: agent.resume()})
+    except BaseException:
+        if exporter is not None:
+            exporter.close()
+        raise
+    try:
         agent = Agent(config, mode, first, priority, object_path, upgrade)
     except BaseException:
+        server.close()
         if exporter is not None:
             exporter.close()
         raise
@@ -66,10 +75,10 @@ def run(
     try:
         agent.start()
     except BaseException:
+        server.close()
         if exporter is not None:
             exporter.close()
         raise
-    server = StatusServer({"status": agent.status, "pause": agent.pause, "resume": agent.resume})
     server.start()
     log.info(
         "mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C %s and exits",

@@ -62,7 +62,8 @@ class StatusServer(threading.Thread):
     def close(self) -> None:
         self.closing.set()
         self.sock.close()
-        self.join(timeout=2)
+        if self.ident is not None:  # started
+            self.join(timeout=2)
 
 
 def query_status(timeout: float = 3.0, command: str = "status") -> dict[str, Any]:
