@@ -2,8 +2,11 @@
 /*
  * parse.bpf.h: header parsing for the source programs.
  *
- * Contract: every read goes through bpf_skb_load_bytes, so a truncated
- * frame fails cleanly and the original skb is never pulled or written;
+ * Contract: the common case (an untagged IPv4 header without options, or
+ * IPv6 straight to TCP/UDP/SCTP, in the linear part) is read directly
+ * (parse_direct); everything else through bpf_skb_load_bytes, so a
+ * truncated or non-linear frame fails cleanly or is read where it is; the
+ * original skb is never pulled or written;
  * each step returns PARSE_OK, PARSE_NOT_IP or PARSE_MALFORMED; ports come
  * out in host order, addresses in network order.
  */
@@ -163,6 +166,66 @@ l4:
 	return parse_ports(skb, off, pkt);
 }
 
+/*
+ * The common case without a helper call: an untagged IPv4 header without
+ * options, or an IPv6 header followed directly by TCP, UDP or SCTP, all in
+ * the skb's linear part. Direct reads only (a direct write would make the
+ * verifier un-clone every cloned skb). Returns PARSE_OK, or -1 for
+ * anything else: parse_frame's helper-read path then parses it from the
+ * start.
+ */
+static __always_inline int parse_direct(struct __sk_buff *skb,
+					struct pkt_info *pkt)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 *l4;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+
+		if ((void *)(iph + 1) > end || iph->version != 4 || iph->ihl != 5)
+			return -1;
+		pkt->family = 4;
+		pkt->proto = iph->protocol;
+		pkt->src[0] = iph->saddr;
+		pkt->dst[0] = iph->daddr;
+		if (iph->frag_off & bpf_htons(IP_OFFSET_MASK))
+			return PARSE_OK;
+		l4 = (void *)(iph + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end || ip6->version != 6)
+			return -1;
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP &&
+		    ip6->nexthdr != IPPROTO_SCTP)
+			return -1;
+		pkt->family = 6;
+		pkt->proto = ip6->nexthdr;
+		__builtin_memcpy(pkt->src, &ip6->saddr, 16);
+		__builtin_memcpy(pkt->dst, &ip6->daddr, 16);
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return -1;
+	}
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP &&
+	    pkt->proto != IPPROTO_SCTP)
+		return PARSE_OK;
+	/* the ports; for TCP the flags byte too (offset 13) */
+	if ((void *)(l4 + (pkt->proto == IPPROTO_TCP ? 14 : 4)) > end)
+		return -1;
+	pkt->sport = (l4[0] << 8) | l4[1];
+	pkt->dport = (l4[2] << 8) | l4[3];
+	if (pkt->proto == IPPROTO_TCP)
+		pkt->flags = l4[13];
+	pkt->has_ports = 1;
+	return PARSE_OK;
+}
+
 /* Ethernet, in-frame 802.1Q/802.1ad tags (QinQ), then IPv4 or IPv6 */
 static __always_inline int parse_frame(struct __sk_buff *skb,
 				       struct pkt_info *pkt)
@@ -172,12 +235,14 @@ static __always_inline int parse_frame(struct __sk_buff *skb,
 	__u32 off = sizeof(eth);
 	__be16 proto;
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
-		return PARSE_MALFORMED;
-	proto = eth.h_proto;
 	pkt->flags = NOT_TCP;
 	/* the outer tag: accelerated (beside the frame) or the first in it */
 	pkt->vlan = skb->vlan_present ? skb->vlan_tci & 0xfff : VLAN_KEYS - 1;
+	if (parse_direct(skb, pkt) == PARSE_OK)
+		return PARSE_OK;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return PARSE_MALFORMED;
+	proto = eth.h_proto;
 #pragma unroll
 	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
 		if (proto != bpf_htons(ETH_P_8021Q) &&
