@@ -129,3 +129,12 @@ def test_tier3_reports_how_much_of_the_room_the_links_copies_filled() -> None:
           "table": {c: {"64": {f"{u:.2f}": row for u in stats.UTILISATIONS}} for c in ("none", "links")}}
     assert "links: copies filled the room originals left (link rate - originals): 50 % of C: 90 %" \
         in "\n".join(tier3_lines(t3))
+
+
+def test_tier1_shows_the_cost_of_an_original_on_a_listed_link_when_measured() -> None:
+    floor = [15.0, 16.0, 15.0]
+    rows = [_row(kind, fam, size, ns, floor) for fam in (4, 6) for size in (64, 1500)
+            for kind, ns in (("empty", floor), ("link", [24.0, 25, 24]))]
+    t1 = {"rows": rows, "rule_counts": [], "clipped": [], "max_rules": 256, "problems": {}, "match_totals": []}
+    assert f"  {'original on a listed link':<30}" + f"{'24 1.6x':>16}" * 4 in tier1_lines(t1)
+    assert not any("listed link" in line for line in tier1_lines({**t1, "rows": rows[::2]}))

@@ -153,13 +153,13 @@ class Worker:
         n = len(getattr(compiled, "rules", compiled))
         return int(slot * self.abi.MAX_RULES + n - 1)
 
-    def repeated(self, name: str, prog: Any, data: bytes) -> float:
+    def repeated(self, name: str, prog: Any, data: bytes, ctx: Any = None) -> float:
         """ns per run of `prog` on `data`, repeat calibrated once per case to ~target_ms."""
         if name not in self.repeat:
-            probe = prog.test_run(data, repeat=1000)
+            probe = prog.test_run(data, ctx=ctx, repeat=1000)
             per = max(probe.duration_ns, 1)
             self.repeat[name] = int(min(1_000_000, max(1000, self.target_ns / per)))
-        res = prog.test_run(data, repeat=self.repeat[name])
+        res = prog.test_run(data, ctx=ctx, repeat=self.repeat[name])
         if res.retval != self.abi.MIRROR_PASS:
             self.problems[name] = f"verdict {res.retval}, expected the neutral {self.abi.MIRROR_PASS}"
         return float(res.duration_ns)
@@ -185,6 +185,8 @@ class Worker:
                 for n in rule_counts:
                     out.append({**base, "kind": "nomatch", "stage": 1, "rules": n})
                     out.append({**base, "kind": "match", "stage": 1, "rules": n})
+                if hasattr(self.abi, "PROG_LINK"):  # an original leaving a listed link (config links:)
+                    out.append({**base, "kind": "link", "stage": 1})
                 out.append({**base, "kind": "empty1", "stage": 2})
                 for k in SESSION_COUNTS:
                     out.append({**base, "kind": "encap", "stage": 2, "sessions": k})
@@ -202,6 +204,13 @@ class Worker:
         if kind in ("nomatch", "match"):
             self.program(case["rules"], kind == "match", 1)
             return self.repeated(case["name"], self.obj.program(self.abi.PROG_INGRESS), data)
+        if kind == "link":
+            from bpftap.agent.links import LinkGovernor, LinkState
+            from bpftap.bpf.objects import SkBuff
+
+            LinkGovernor(self.obj.map(self.abi.MAP_LINK_RATES), self.obj.map(self.abi.MAP_LINK_STATE)).set_links(
+                [LinkState("k0", self.k0, 10**10, 5.0)])
+            return self.repeated(case["name"], self.obj.program(self.abi.PROG_LINK), data, SkBuff(ifindex=self.k0))
         key = self.program(1, True, case["sessions"])
         mark = self.abi.XFER_TAG | key
         return self.single(case["name"], self.obj.program(self.abi.PROG_ENCAP), data, mark, 7)  # TC_ACT_REDIRECT

@@ -45,6 +45,8 @@ def tier1_lines(t1: dict[str, Any]) -> list[str]:
         row(f"no match, {n} rules", ("nomatch", n, None))
     for n in t1["rule_counts"]:
         row(f"match (stage 1), {n} rules", ("match", n, None))
+    if any(r["kind"] == "link" for r in t1["rows"]):
+        row("original on a listed link", ("link", None, None))
     row("empty, repeat=1 (stage-2 floor)", ("empty1", None, None))
     for k in sorted({r["sessions"] for r in t1["rows"] if r["kind"] == "encap"}):
         row(f"encap (stage 2), {k} session{'s' * (k > 1)}", ("encap", None, k))
