@@ -284,6 +284,7 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 	struct copy_info *ci;
 	struct outer_buf b;
 	__u32 k = 0, hlen, seq = 0, nfrag = 0;
+	__u64 wlen;
 	int ret;
 
 	ci = bpf_map_lookup_elem(&copy_scratch, &k);
@@ -357,13 +358,16 @@ __noinline int encap_one(struct __sk_buff *skb, __u32 slot, __u32 grown,
 		goto fail;
 	/*
 	 * hlen was checked above, but Linux 6.1's verifier loses those bounds
-	 * where clang reloads hlen from the stack (then "invalid zero-sized
-	 * read"): check the very register the helper gets
+	 * where clang reloads hlen from the stack and checks a zero-extended
+	 * copy (then "invalid zero-sized read"): a 64-bit length, masked and
+	 * checked in the very register the helper gets
 	 */
-	barrier_var(hlen);
-	if (hlen < TUN_OFF4 || hlen > MIRROR_HDR_MAX)
+	wlen = hlen;
+	barrier_var(wlen);
+	wlen &= 0x7f; /* MIRROR_HDR_MAX < 128 */
+	if (wlen < TUN_OFF4 || wlen > MIRROR_HDR_MAX)
 		goto fail;
-	if (bpf_skb_store_bytes(skb, 0, b.bytes, hlen, 0))
+	if (bpf_skb_store_bytes(skb, 0, b.bytes, wlen, 0))
 		goto fail;
 	if (ci->ring) {
 		/* to the daemon: nothing is redirected a second time */
