@@ -34,11 +34,41 @@ examples:
   bpftap run -c bpftap.yaml --upgrade       replace the running programs with this build, maps kept
   bpftap detach                             remove everything of bpftap's, in every network namespace
   bpftap demo                               the whole path in a lab of network namespaces
+  bpftap version                            this bpftap and the build of its BPF object
+  bpftap completion bash > /etc/bash_completion.d/bpftap    shell completion (bash or zsh)
+
+Each command has its own --help, with examples; -v, --traceback and --log-format go before or after it.
 """
 
 
 # modules that add subcommands: each has register(subparsers)
 COMMAND_MODULES = ("bpftap.collector.cli", "bpftap.top", "bpftap.bench.cli")
+
+
+RUN_EPILOG = """\
+signals:
+  SIGHUP            reload the config file (a bad one is refused and the running rules stay)
+  SIGTERM, SIGINT   detach everything and exit 0 (--keep-attached: leave it attached, pinned)
+  SIGKILL           mirroring goes on from the pins; the next 'bpftap run' adopts them
+exit status:
+  0 stopped by a signal; 1 an error (BPF, netlink, permission); 2 a bad config or option
+  (e.g. --metrics on an address it cannot bind); 3 the kernel lacks what bpftap needs
+
+examples:
+  bpftap run -c /etc/bpftap/bpftap.yaml
+  bpftap run -c bpftap.yaml --metrics 127.0.0.1:9477 --log-format json
+  bpftap run -c bpftap.yaml --attach tc --priority 5      clsact, after filters of priority < 5
+  bpftap run -c bpftap.yaml --keep-attached               a restart without a gap: SIGTERM leaves it all
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and examples as written; a default shown only where there is one to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class ExitStatus(enum.IntEnum):
@@ -220,8 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log lines as text, or as JSON objects one a line (kernel records with their fields)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = sub.add_parser("run", help="attach and mirror in the foreground", formatter_class=fmt, epilog=None)
+    fmt = HelpFormatter
+    p = sub.add_parser("run", help="attach and mirror in the foreground", formatter_class=fmt, epilog=RUN_EPILOG,
+                       description="Load bpftap's programs, attach them to the config's sources and mirror "
+                       "until SIGTERM or Ctrl-C, which detach everything.\nThe config's keys: README "
+                       "\"bpftap run\", and examples/bpftap.yaml, a commented minimal config.")
     p.add_argument("-c", "--config", required=True, help="YAML config file")
     p.add_argument("--attach", choices=["auto", "tcx", "tc"], default="auto", help="tcx links or clsact filters")
     p.add_argument("--order", choices=["first", "last"], default="first", help="place among other tcx programs")
@@ -236,37 +269,144 @@ def build_parser() -> argparse.ArgumentParser:
                    "for the next run to adopt (a restart without a gap); 'bpftap detach' removes it")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="report kernel features and the attach mode", formatter_class=fmt)
+    p = sub.add_parser("check", help="report kernel features and the attach mode", formatter_class=fmt,
+                       description="What this kernel offers bpftap (tcx, clsact, the object loading) and the attach "
+                       "mode 'run' would pick,\nand the other TC programs on this namespace's interfaces.",
+                       epilog="exit status: 0 bpftap can run here; 3 it cannot (the reason is printed)\n\n"
+                       "examples:\n  bpftap check\n  bpftap check --json | jq .mode\n"
+                       "  ip netns exec ns1 bpftap check        another network namespace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("validate", help="check a config file as 'run' and a reload would, touching nothing",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       formatter_class=fmt,
+                       description="Parse and check a config file exactly as 'run' and a SIGHUP reload do, "
+                       "with no kernel and nothing attached.",
                        epilog="exit status: 0 the config is valid; 2 it is not (every mistake listed on stderr)\n\n"
                        "examples:\n  bpftap validate -c /etc/bpftap/bpftap.yaml && systemctl reload bpftap\n"
                        "  bpftap validate -c examples/bpftap.yaml")
     p.add_argument("-c", "--config", required=True, help="YAML config file")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("status", help="attachments and counters of the running agent", formatter_class=fmt)
+    p = sub.add_parser("status", help="attachments and counters of the running agent", formatter_class=fmt,
+                       description="Ask the agent of this network namespace for its attachments, rules, sessions, "
+                       "links and counters.",
+                       epilog="exit status: 0; 1 no agent runs in this network namespace (--json: an error object)"
+                       "\n\nexamples:\n  bpftap status\n  bpftap status --json | jq '.sessions[] | {name, packets}'"
+                       "\n  ip netns exec ns1 bpftap status       the agent of another network namespace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("pause", help="kill switch: stop all copying at once, without detaching")
+    p = sub.add_parser("pause", help="kill switch: stop all copying at once, without detaching", formatter_class=fmt,
+                       description="Stop every copy at once; everything stays attached and originals flow as "
+                       "before ('bpftap resume' copies again).",
+                       epilog="examples:\n  bpftap pause\n  bpftap pause && sleep 60 && bpftap resume")
     p.set_defaults(func=cmd_pause)
-    p = sub.add_parser("resume", help="copy again after 'bpftap pause'")
+    p = sub.add_parser("resume", help="copy again after 'bpftap pause'", formatter_class=fmt,
+                       description="Copy again after 'bpftap pause'.",
+                       epilog="examples:\n  bpftap resume\n  ip netns exec ns1 bpftap resume        the agent of "
+                       "another network namespace")
     p.set_defaults(func=cmd_pause)
 
-    p = sub.add_parser("detach", help="remove everything bpftap left attached or pinned, in every network namespace")
+    p = sub.add_parser("detach", help="remove everything bpftap left attached or pinned, in every network namespace",
+                       formatter_class=fmt,
+                       description="Detach bpftap's programs and remove its pins, internal devices and state in "
+                       "every network namespace\n(after a crash, or a run with --keep-attached). Mirroring "
+                       "stops; other programs are left alone.",
+                       epilog="examples:\n  bpftap detach\n  systemctl stop bpftap && bpftap detach")
     p.set_defaults(func=cmd_detach)
 
-    p = sub.add_parser("demo", help="run the whole path in a lab of network namespaces", formatter_class=fmt)
+    p = sub.add_parser("demo", help="run the whole path in a lab of network namespaces", formatter_class=fmt,
+                       description="Build a lab of network namespaces (source, tapped host, collector), mirror "
+                       "a flow with the agent,\nreceive the copies with 'bpftap collect', show them, and "
+                       "tear the lab down.",
+                       epilog="examples:\n  bpftap demo\n  bpftap demo --keep        keep the capture and logs "
+                       "(their folder is printed)")
     p.add_argument("--keep", action="store_true", help="keep the lab's output folder")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("version", help="bpftap's version and its BPF object's build", formatter_class=fmt,
+                       description="bpftap's version, and the BPF object it loads by default: path, size and "
+                       "SHA-256 (the build id).",
+                       epilog="examples:\n  bpftap version\n  bpftap version --json | jq -r .object.sha256")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("completion", help="a shell completion script for bash or zsh", formatter_class=fmt,
+                       description="Print a completion script for bpftap's commands and options.",
+                       epilog="examples:\n  bpftap completion bash > /etc/bash_completion.d/bpftap\n"
+                       "  source <(bpftap completion zsh)")
+    p.add_argument("shell", choices=["bash", "zsh"], help="the shell")
+    p.set_defaults(func=cmd_completion)
+
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    # the global options are taken after the command too: bpftap status --log-format json
+    for sp in sub.choices.values():
+        group = sp.add_argument_group("global options (also before the command)")
+        group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log")
+        group.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                           help="show the Python traceback of an error")
+        group.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                           help="log lines as text or JSON objects")
     return parser
+
+
+def object_build(path: Path) -> dict[str, Any]:
+    """The BPF object's path, and its size and SHA-256 (its build id) if it is there."""
+    import hashlib
+
+    if not path.exists():
+        return {"path": str(path), "exists": False}
+    data = path.read_bytes()
+    return {"path": str(path), "exists": True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    build = object_build(abi.object_path())
+    if args.json:
+        print(json.dumps({"version": __version__, "object": build}))
+    elif build["exists"]:
+        print(f"bpftap {__version__}\nobject {build['path']} ({build['bytes']:,} bytes, sha256 {build['sha256'][:16]})")
+    else:
+        print(f"bpftap {__version__}\nobject {build['path']}: missing (run 'make build')")
+    return ExitStatus.OK if build["exists"] else ExitStatus.ERROR
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(completion_script(build_parser(), args.shell))
+    return ExitStatus.OK
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """bash (or zsh, through bashcompinit) completion of commands and each command's options."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cases = []
+    for name, sp in sub.choices.items():
+        opts = sorted(o for a in sp._actions for o in a.option_strings)
+        cases.append(f"    {name}) opts=\"{' '.join(opts)}\" ;;")
+    top = sorted(o for a in parser._actions for o in a.option_strings)
+    script = "\n".join([
+        "# bpftap completion (bpftap completion bash|zsh)",
+        "_bpftap() {",
+        "  local cur=${COMP_WORDS[COMP_CWORD]} cmd='' opts='' i",
+        "  for ((i = 1; i < COMP_CWORD; i++)); do",
+        "    case ${COMP_WORDS[i]} in -*) ;; *) cmd=${COMP_WORDS[i]}; break ;; esac",
+        "  done",
+        "  if [[ -z $cmd ]]; then",
+        f"    COMPREPLY=($(compgen -W \"{' '.join(sub.choices)} {' '.join(top)}\" -- \"$cur\"))",
+        "    return",
+        "  fi",
+        "  case $cmd in",
+        *cases,
+        "  esac",
+        "  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); else COMPREPLY=($(compgen -f -- \"$cur\")); fi",
+        "}",
+        "complete -F _bpftap bpftap",
+    ])
+    if shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    return script
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,67 @@ def test_status_says_which_pins_it_adopted() -> None:
         format_status(data)
     )
     assert "adopted" not in format_status({**data, "adopted": None})
+
+
+def _subparsers() -> dict[str, Any]:
+    import argparse
+
+    from bpftap.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_command_has_a_description_and_two_examples_and_no_empty_defaults() -> None:
+    for name, sp in _subparsers().items():
+        text = sp.format_help()
+        examples = text.split("examples:\n", 1)[1] if "examples:\n" in text else ""
+        assert sp.description, f"bpftap {name}: no description"
+        assert sum(line.strip().startswith(("bpftap ", "ip netns exec", "systemctl", "source <(bpftap"))
+                   for line in examples.splitlines()) >= 2, f"bpftap {name} --help: fewer than two examples"
+        assert "(default: None)" not in text and "(default: False)" not in text, f"bpftap {name} --help"
+
+
+def test_run_help_lists_signals_and_exit_status() -> None:
+    text = _subparsers()["run"].format_help()
+    assert all(word in text for word in ("SIGHUP", "SIGTERM", "exit status:", "examples/bpftap.yaml"))
+
+
+@pytest.mark.parametrize("argv", [["-v", "--log-format", "json", "status"], ["status", "-v", "--log-format", "json"],
+                                  ["status", "--log-format=json", "--verbose"]])
+def test_global_options_before_or_after_the_command(argv: list[str]) -> None:
+    from bpftap.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.verbose, args.log_format, args.traceback) == ("status", 1, "json", False)
+
+
+def test_version_names_the_objects_build(capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+    import json
+
+    from bpftap import __version__, abi
+    from bpftap.cli import main
+
+    assert main(["version", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["version"] == __version__ and got["object"]["path"] == str(abi.object_path())
+    assert got["object"]["sha256"] == hashlib.sha256(abi.object_path().read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_script_knows_every_command_and_option(shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+    import subprocess
+
+    from bpftap.cli import main
+
+    assert main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    assert all(f"    {name}) opts=" in script for name in _subparsers())
+    assert "--keep-attached" in script and "--listen" in script
+    if shell == "bash" and shutil.which("bash"):
+        subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+        out = subprocess.run(["bash", "-c", script + "\nCOMP_WORDS=(bpftap ru); COMP_CWORD=1; _bpftap; "
+                              "echo ${COMPREPLY[@]}"], capture_output=True, text=True, check=True).stdout
+        assert out.split() == ["run"]
