@@ -138,3 +138,15 @@ def test_tier1_shows_the_cost_of_an_original_on_a_listed_link_when_measured() ->
     t1 = {"rows": rows, "rule_counts": [], "clipped": [], "max_rules": 256, "problems": {}, "match_totals": []}
     assert f"  {'original on a listed link':<30}" + f"{'24 1.6x':>16}" * 4 in tier1_lines(t1)
     assert not any("listed link" in line for line in tier1_lines({**t1, "rows": rows[::2]}))
+
+
+def test_tier1_plot_takes_every_kind_of_row(tmp_path: Path) -> None:
+    from bpftap.bench.plots import plot_tier1
+
+    floor = [15.0, 16.0, 15.0]
+    kinds = [("empty", {}), ("nomatch", {"rules": 10}), ("match", {"rules": 10}), ("link", {}), ("empty1", {}),
+             ("encap", {"sessions": 1})]
+    rows = [_row(kind, fam, size, [30.0, 31, 29], floor, **kw) for fam in (4, 6) for size in (64, 1500)
+            for kind, kw in kinds]
+    plot_tier1({"rows": rows}, tmp_path / "t1.png", "tier 1")
+    assert (tmp_path / "t1.png").stat().st_size > 0

@@ -56,7 +56,6 @@ class LinkState:
     factor: float = 1.0
     fill: int = 0  # the bucket's fill rate now, bits per second
     drops: int | None = None  # the root qdisc's drops at the last tick (None: no qdisc seen)
-    backlog: int = 0
     cuts: int = 0  # times the queue halved the factor
     failing: bool = False  # the last tick could not read it (logged once)
     samples: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=int(WINDOW / TICK) + 1))
@@ -173,7 +172,6 @@ class LinkGovernor:
         link.counters = self.state.lookup(link.ifindex, abi.LinkState)
         link.samples.append((time.monotonic(), link.counters.orig_bytes, link.counters.bytes))
         drops, backlog = root_queue(ipr, link.ifindex)
-        link.backlog = backlog
         congested = (drops is not None and link.drops is not None and drops > link.drops) or \
             backlog * 8 > link.capacity * BACKLOG_SECONDS
         link.drops = drops
