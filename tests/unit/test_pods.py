@@ -97,7 +97,7 @@ def test_a_vanished_peer_is_no_host_side_but_a_bug_is_not_swallowed() -> None:
 
 
 def test_no_bpffs_and_none_can_be_made_is_an_error_naming_the_path(tmp_path: Path) -> None:
-    from bpftap.agent.daemon import ensure_bpffs
+    from bpftap.bpf.pins import ensure_bpffs
     from bpftap.errors import BpftapError
 
     (tmp_path / "file").write_text("")

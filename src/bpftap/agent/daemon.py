@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -36,7 +35,7 @@ from bpftap.agent import state
 from bpftap.agent.copies import CopySender
 from bpftap.agent.detach import cleanup_leftovers
 from bpftap.agent.kernel_log import KernelLog
-from bpftap.agent.links import LinkGovernor, LinkState, link_speed
+from bpftap.agent.links import LinkGovernor, resolve_links
 from bpftap.agent.pods import PodFollower
 from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf import pins, tc
@@ -49,7 +48,7 @@ from bpftap.config import (
     IPAddress,
     Session,
 )
-from bpftap.errors import BpfError, BpftapError, ConfigError
+from bpftap.errors import BpfError, ConfigError
 from bpftap.netlink import (
     INTERNAL_A,
     INTERNAL_B,
@@ -68,21 +67,6 @@ from bpftap.rules import assign_session_slots
 
 log = logging.getLogger("bpftap.agent")
 REFRESH_SECONDS = 1.0
-
-
-def ensure_bpffs(path: str = "/sys/fs/bpf") -> bool:
-    """Mount a bpffs at `path` if none is there (as under `ip netns exec`); True if this mounted it."""
-    if os.path.ismount(path):
-        return False
-    try:
-        os.makedirs(path, exist_ok=True)
-        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        raise BpftapError(f"no bpffs at {path}, and mounting one failed: {exc.stderr.strip() or exc}") from None
-    except OSError as exc:
-        raise BpftapError(f"no bpffs at {path}, and it cannot be made: {exc.strerror or exc}") from None
-    log.info("mounted bpffs at %s", path)
-    return True
 
 
 @dataclass
@@ -159,7 +143,7 @@ class Agent:
             raise
 
     def _start(self) -> None:
-        if ensure_bpffs():
+        if pins.ensure_bpffs():
             log.warning("no bpffs at /sys/fs/bpf (as under 'ip netns exec'): mounted one of this process's own; "
                         "its pins vanish with the process, so a run after a crash cannot adopt them")
         leftover = state.claim()
@@ -302,23 +286,7 @@ class Agent:
 
     def _sync_links(self, config: Config) -> None:
         """Follow the links of `config`: each matching device gets a bucket and mirror_link on its egress."""
-        wanted: dict[int, LinkState] = {}
-        for i, spec in enumerate(config.links):
-            matched = match_interfaces([spec.interface], self.ipr)
-            if not matched:
-                log.warning("links[%d]: no interface matches %r; copies leaving elsewhere are not limited",
-                            i, spec.interface)
-            for name, ifindex in sorted(matched.items()):
-                if ifindex in wanted:
-                    continue  # the first entry that names it
-                capacity = spec.capacity or link_speed(name)
-                if not capacity:
-                    if name not in self.unknown_capacity:
-                        self.unknown_capacity.add(name)
-                        log.warning("link %s: its driver reports no speed, so its copies are not limited; "
-                                    "set its capacity in links[%d], e.g. capacity: 10G", name, i)
-                    continue
-                wanted[ifindex] = LinkState(name, ifindex, capacity, spec.headroom)
+        wanted = resolve_links(config.links, self.ipr, self.unknown_capacity)
         self.governor.set_links(list(wanted.values()))
         self.tables.links = set(wanted)
         for ifindex, link in wanted.items():

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from pyroute2 import IPRoute
 
 from bpftap import abi
 from bpftap.bpf.objects import Map
+from bpftap.config import Link
+from bpftap.netlink import match_interfaces
 
 log = logging.getLogger("bpftap.agent")
 
@@ -95,6 +98,32 @@ def link_speed(name: str) -> int:
     except (OSError, ValueError):
         return 0
     return mbit * 1_000_000 if mbit > 0 else 0
+
+
+def resolve_links(specs: Sequence[Link], ipr: IPRoute, named: set[str]) -> dict[int, LinkState]:
+    """The devices `specs` name here, by ifindex (the first entry naming one wins).
+
+    A pattern that matches nothing is logged; so is, once (its name goes
+    into `named`), a device without a capacity: its copies are not limited.
+    """
+    wanted: dict[int, LinkState] = {}
+    for i, spec in enumerate(specs):
+        matched = match_interfaces([spec.interface], ipr)
+        if not matched:
+            log.warning("links[%d]: no interface matches %r; copies leaving elsewhere are not limited",
+                        i, spec.interface)
+        for name, ifindex in sorted(matched.items()):
+            if ifindex in wanted:
+                continue
+            capacity = spec.capacity or link_speed(name)
+            if not capacity:
+                if name not in named:
+                    named.add(name)
+                    log.warning("link %s: its driver reports no speed, so its copies are not limited; "
+                                "set its capacity in links[%d], e.g. capacity: 10G", name, i)
+                continue
+            wanted[ifindex] = LinkState(name, ifindex, capacity, spec.headroom)
+    return wanted
 
 
 class LinkGovernor:

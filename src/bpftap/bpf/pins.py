@@ -17,11 +17,16 @@ that vanishes with it, and a killed agent's links and maps go with it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from bpftap.bpf.libbpf import BpfLinkInfo, BpfMapInfo, check, lib
+from bpftap.errors import BpftapError
+
+log = logging.getLogger("bpftap.agent")
 
 ROOT = Path(os.environ.get("BPFTAP_PIN_ROOT", "/sys/fs/bpf/bpftap"))
 
@@ -77,3 +82,18 @@ def remove(directory: Path) -> None:
         ROOT.rmdir()
     except OSError:
         pass  # other namespaces' pins are there, or it is gone already
+
+
+def ensure_bpffs(path: str = "/sys/fs/bpf") -> bool:
+    """Mount a bpffs at `path` if none is there (as under `ip netns exec`); True if this mounted it."""
+    if os.path.ismount(path):
+        return False
+    try:
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise BpftapError(f"no bpffs at {path}, and mounting one failed: {exc.stderr.strip() or exc}") from None
+    except OSError as exc:
+        raise BpftapError(f"no bpffs at {path}, and it cannot be made: {exc.strerror or exc}") from None
+    log.info("mounted bpffs at %s", path)
+    return True
