@@ -11,7 +11,7 @@ CLANG ?= clang
 # -disable-block-placement: clang otherwise lays a loop out so that its back edge is a fall-through,
 # which the verifier of Linux 6.1 refuses ("back-edge from insn"); see README "Kernel matrix"
 BPF_CFLAGS := $(shell cat bpf/cflags) -I/usr/include/$(ARCH)-linux-gnu
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping tshark iperf3 python3-venv linux-libc-dev libc6-dev tmux
+APT_PACKAGES := clang llvm libbpf-dev libpcap0.8 bpftool iproute2 ethtool iputils-ping tshark iperf3 python3-venv linux-libc-dev libc6-dev tmux
 BPF_OBJ := build/bpf/mirror_tc.bpf.o
 PKG_OBJ := src/bpftap/data/mirror_tc.bpf.o
 DEBUG_OBJ := build/bpf/mirror_tc.debug.bpf.o
