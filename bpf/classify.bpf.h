@@ -99,16 +99,18 @@ static __always_inline int narrow(__u64 *acc, const struct rule_bits *b)
 }
 
 /*
- * First rule of the live slot that matches; its `rules` key goes to *key.
+ * First rule of `slot` that matches; its `rules` key goes to *key.
  * Dimensions go cheapest first (arrays before the trie), and the summaries
  * are intersected as they come, so most non-matching packets stop early.
+ * `filtered`: the filter rules' verdicts (filter_bits), after the filters
+ * ran; NULL (a constant: no code) on the first pass.
  */
 static __always_inline struct mirror_rule *
 classify(const struct mirror_config *cfg, const struct pkt_info *p, __u8 dir,
-	 __u32 *key)
+	 __u32 slot, const struct rule_bits *filtered, __u32 *key)
 {
 	struct rule_bits *meta, *sport, *dport, *src, *dst, *vlan, *flags, *iface;
-	__u32 slot = cfg->active_slot & 1, k;
+	__u32 k;
 	__u64 acc[SUMMARY_WORDS];
 	__u32 nsum;
 
@@ -144,6 +146,8 @@ classify(const struct mirror_config *cfg, const struct pkt_info *p, __u8 dir,
 	if (!narrow(acc, dst))
 		return NULL;
 	src = addr_class(cfg, slot, MIRROR_DIM_SRC, p, p->src);
+	if (filtered && !narrow(acc, filtered))
+		return NULL;
 	if (!narrow(acc, src) || !meta || !dport || !sport || !dst || !vlan ||
 	    !flags || !iface)
 		return NULL;
@@ -163,6 +167,8 @@ classify(const struct mirror_config *cfg, const struct pkt_info *p, __u8 dir,
 			x = meta->words[w] & src->words[w] & dst->words[w] &
 			    sport->words[w] & dport->words[w] & vlan->words[w] &
 			    flags->words[w] & iface->words[w];
+			if (filtered)
+				x &= filtered->words[w];
 			if (x) {
 				*key = slot * MAX_RULES + w * 64 + lowest_bit(x);
 				return bpf_map_lookup_elem(&rules, key);

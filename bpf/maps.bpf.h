@@ -204,6 +204,22 @@ struct {
 	__type(value, struct csum_chunk);
 } csum_scratch SEC(".maps");
 
+/* rule filters (mirror_abi.h): each filter rule's verdict on this CPU's packet */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RULE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct rule_bits);
+} filter_bits SEC(".maps");
+
+/* the generated filter programs, and stage 1's resume entries */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, FILTER_PROGS);
+	__type(key, __u32);
+	__type(value, __u32);
+} filter_progs SEC(".maps");
+
 /*
  * Parsed headers pass through this per-CPU slot before classification:
  * values read back from a map are unknown to the verifier, so the

@@ -166,6 +166,8 @@ enum mirror_stat {
 	MS_RING_FULL,	  /* copy not sent: `copies` was full (redirect_chain off) */
 	MS_GSO_SENT,	  /* GSO super-packets encapsulated whole (their segments count in MS_COPY_SENT) */
 	MS_GSO_SLOW,	  /* GSO super-packets of a GSO session sent on to the per-segment path */
+	MS_FILTER_RUN,	  /* packets whose first candidate rule has a filter: filters evaluated */
+	MS_FILTER_FAIL,	  /* no filter program (or resume entry) to tail-call: passed */
 	MS__MAX,
 };
 
@@ -235,6 +237,25 @@ struct mirror_rule {
 
 /* mirror_rule.flags: a session of the rule is a collector group */
 #define MIRROR_RF_GROUP 0x01
+/* mirror_rule.flags: the rule has a pcap-filter expression (below) */
+#define MIRROR_RF_FILTER 0x02
+
+/*
+ * Rule filters (config `filter:`, pcap-filter expressions). The daemon
+ * translates a rule set's filters into one generated SCHED_CLS program per
+ * direction (src/bpftap/filter) and puts it in the PROG_ARRAY `filter_progs`
+ * at FILTER_PROG(slot, dir). When the first rule stage 1 finds for a packet
+ * has MIRROR_RF_FILTER, stage 1 tail-calls that program; it evaluates every
+ * filter of the slot, sets the bit of each filter rule whose expression
+ * accepts the packet in `filter_bits` (per CPU, key: slot; every other bit
+ * stays 1) and clears the others', then tail-calls stage 1's resume entry
+ * FILTER_RESUME + dir - 1, which classifies again with that bitmap as one
+ * more dimension. A packet whose first candidate has no filter costs nothing.
+ */
+#define MAX_FILTER_RULES 64
+#define FILTER_PROGS 8
+#define FILTER_PROG(slot, dir) ((slot) * 2 + (dir) - 1)
+#define FILTER_RESUME 4
 
 /*
  * map `sessions`, key rule slot * MAX_SESSIONS + session slot: one

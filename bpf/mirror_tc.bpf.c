@@ -55,43 +55,18 @@ __noinline int hand_over(struct __sk_buff *skb, __u32 encap_ifindex,
 	return 0;
 }
 
-static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
+/*
+ * What the first matching rule `r` (key `key`) does with the packet: count
+ * it, and hand the untouched original to stage 2 once per clone it needs.
+ */
+static __always_inline int act(struct __sk_buff *skb,
+			       const struct mirror_config *cfg,
+			       const struct mirror_rule *r, __u32 key, __u8 dir)
 {
-	struct pkt_info pkt = {}, *p;
-	struct mirror_config *cfg;
-	struct mirror_rule *r;
 	struct rule_stats *rs;
-	__u32 key = 0, mark, stats_id, ifindex, xfer, *sid;
+	__u32 mark, stats_id, ifindex, xfer, *sid;
 	__u64 gso;
-	int ret;
 
-	count(MS_SEEN);
-	/* loop guard: our own copies pass untouched */
-	if (skb->mark == MIRROR_COPY_MARK) {
-		count(MS_LOOP);
-		return MIRROR_PASS;
-	}
-	cfg = bpf_map_lookup_elem(&config, &key);
-	p = bpf_map_lookup_elem(&scratch, &key);
-	if (!cfg || !p)
-		return MIRROR_PASS;
-	/* the kill switch: nothing is copied, nothing else changes */
-	if (cfg->paused) {
-		count(MS_PAUSED);
-		return MIRROR_PASS;
-	}
-	ret = parse_frame(skb, &pkt);
-	pkt.ifindex = skb->ifindex;
-	if (ret != PARSE_OK) {
-		count(ret == PARSE_NOT_IP ? MS_NOT_IP : MS_MALFORMED);
-		return MIRROR_PASS;
-	}
-	*p = pkt;
-	r = classify(cfg, p, dir, &key);
-	if (!r) {
-		count(MS_NO_MATCH);
-		return MIRROR_PASS;
-	}
 	stats_id = r->stats_id;
 	rs = bpf_map_lookup_elem(&rule_stats, &stats_id);
 	if (rs) {
@@ -135,6 +110,81 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 	return MIRROR_PASS;
 }
 
+static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
+{
+	struct pkt_info pkt = {}, *p;
+	struct mirror_config *cfg;
+	struct mirror_rule *r;
+	__u32 key = 0;
+	int ret;
+
+	count(MS_SEEN);
+	/* loop guard: our own copies pass untouched */
+	if (skb->mark == MIRROR_COPY_MARK) {
+		count(MS_LOOP);
+		return MIRROR_PASS;
+	}
+	cfg = bpf_map_lookup_elem(&config, &key);
+	p = bpf_map_lookup_elem(&scratch, &key);
+	if (!cfg || !p)
+		return MIRROR_PASS;
+	/* the kill switch: nothing is copied, nothing else changes */
+	if (cfg->paused) {
+		count(MS_PAUSED);
+		return MIRROR_PASS;
+	}
+	ret = parse_frame(skb, &pkt);
+	pkt.ifindex = skb->ifindex;
+	if (ret != PARSE_OK) {
+		count(ret == PARSE_NOT_IP ? MS_NOT_IP : MS_MALFORMED);
+		return MIRROR_PASS;
+	}
+	pkt.slot = cfg->active_slot & 1;
+	*p = pkt;
+	r = classify(cfg, p, dir, p->slot & 1, NULL, &key);
+	if (!r) {
+		count(MS_NO_MATCH);
+		return MIRROR_PASS;
+	}
+	/* the first candidate has a filter: the slot's filters decide (p stays) */
+	if (r->flags & MIRROR_RF_FILTER) {
+		count(MS_FILTER_RUN);
+		bpf_tail_call(skb, &filter_progs, FILTER_PROG(p->slot & 1, dir));
+		count(MS_FILTER_FAIL);
+		return MIRROR_PASS;
+	}
+	return act(skb, cfg, r, key, dir);
+}
+
+/*
+ * Stage 1 after the generated filter program ran: the packet as the first
+ * pass parsed it (scratch, this CPU), classified against the same slot with
+ * the filter rules' verdicts as one more dimension.
+ */
+static __always_inline int mirror_filtered(struct __sk_buff *skb, __u8 dir)
+{
+	struct mirror_config *cfg;
+	struct rule_bits *verdicts;
+	struct mirror_rule *r;
+	struct pkt_info *p;
+	__u32 key = 0, slot;
+
+	cfg = bpf_map_lookup_elem(&config, &key);
+	p = bpf_map_lookup_elem(&scratch, &key);
+	if (!cfg || !p)
+		return MIRROR_PASS;
+	slot = p->slot & 1;
+	verdicts = bpf_map_lookup_elem(&filter_bits, &slot);
+	if (!verdicts)
+		return MIRROR_PASS;
+	r = classify(cfg, p, dir, slot, verdicts, &key);
+	if (!r) {
+		count(MS_NO_MATCH);
+		return MIRROR_PASS;
+	}
+	return act(skb, cfg, r, key, dir);
+}
+
 SEC("tc")
 int mirror_ingress(struct __sk_buff *skb)
 {
@@ -145,6 +195,18 @@ SEC("tc")
 int mirror_egress(struct __sk_buff *skb)
 {
 	return mirror(skb, MIRROR_DIR_EGRESS);
+}
+
+SEC("tc")
+int mirror_ingress_filtered(struct __sk_buff *skb)
+{
+	return mirror_filtered(skb, MIRROR_DIR_INGRESS);
+}
+
+SEC("tc")
+int mirror_egress_filtered(struct __sk_buff *skb)
+{
+	return mirror_filtered(skb, MIRROR_DIR_EGRESS);
 }
 
 SEC("tc")

@@ -43,7 +43,7 @@ struct pkt_info {
 	__u8 family;		/* 4 or 6 */
 	__u8 proto;		/* L4 protocol (last next-header for IPv6) */
 	__u8 has_ports;		/* TCP/UDP/SCTP and not a later fragment */
-	__u8 _pad;
+	__u8 slot;		/* the rule slot classified against (stage 1 sets it) */
 };
 
 struct vlan_tag {

@@ -64,7 +64,11 @@ PROG_ENCAP = "mirror_encap"
 PROG_GSO = "mirror_gso"
 PROG_NAPI = "mirror_napi"
 PROG_LINK = "mirror_link"
-PROGRAMS = frozenset({PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_GSO, PROG_NAPI, PROG_LINK})
+# stage 1 again, after a rule set's filters ran (FILTER_RESUME in filter_progs)
+PROG_INGRESS_FILTERED = "mirror_ingress_filtered"
+PROG_EGRESS_FILTERED = "mirror_egress_filtered"
+PROGRAMS = frozenset({PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_GSO, PROG_NAPI, PROG_LINK, PROG_INGRESS_FILTERED,
+                      PROG_EGRESS_FILTERED})
 MAP_CONFIG = "config"
 MAP_RULES = "rules"
 MAP_ADDR_CLASSES = "addr_classes"
@@ -89,6 +93,8 @@ MAP_SOURCE_IFINDEXES = "source_ifindexes"
 MAP_COPIES = "copies"
 MAP_LINK_RATES = "link_rates"
 MAP_LINK_STATE = "link_state"
+MAP_FILTER_BITS = "filter_bits"
+MAP_FILTER_PROGS = "filter_progs"
 
 OBJECT_NAME = "mirror_tc.bpf.o"
 
@@ -156,6 +162,8 @@ class MirrorStat(enum.IntEnum):
     RING_FULL = 20
     GSO_SENT = 21
     GSO_SLOW = 22
+    FILTER_RUN = 23
+    FILTER_FAIL = 24
 
 
 MS__MAX = len(MirrorStat)
@@ -218,6 +226,16 @@ class MirrorLog(ctypes.Structure):
         ("arg", ctypes.c_uint64 * 2),
     ]
 MIRROR_RF_GROUP = 0x01
+MIRROR_RF_FILTER = 0x02
+# rule filters (mirror_abi.h): per rule set, and the `filter_progs` layout
+MAX_FILTER_RULES = 64
+FILTER_PROGS = 8
+FILTER_RESUME = 4
+
+
+def filter_prog(slot: int, direction: int) -> int:
+    """FILTER_PROG(slot, dir): where the generated filter program of a slot and direction sits."""
+    return slot * 2 + direction - 1
 
 _be32x4 = ctypes.c_uint32 * 4  # network byte order words, built with bytes
 

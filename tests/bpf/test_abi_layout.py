@@ -88,7 +88,8 @@ def test_constants_match_header() -> None:
                  "XFER_SOURCE_SHIFT", "XFER_SOURCE_MASK", "MAX_SOURCES",
                  "FRAG_TAG", "FRAG_SLOT_SHIFT", "FRAG_SLOT_MASK", "FRAG_INDEX_MASK", "MAX_FRAGS", "MIRROR_SF_KEY", "MIRROR_SF_SEQ", "MIRROR_SF_PLATFORM", "MIRROR_SF_LINK", "MIRROR_HDR_MAX",
                  "GENEVE_OPT_CLASS_BPFTAP", "GENEVE_OPT_TYPE_SOURCE", "GENEVE_OPT_VERSION", "ERSPAN3_GRA_1588",
-                 "ERSPAN3_PLATFORM_ID", "MAX_LINKS", "LINK_BURST_NS"):
+                 "ERSPAN3_PLATFORM_ID", "MAX_LINKS", "LINK_BURST_NS", "MIRROR_RF_FILTER", "MAX_FILTER_RULES",
+                 "FILTER_PROGS", "FILTER_RESUME"):
         assert getattr(abi, name) == h[name], name
     for enum_type, prefix in ((abi.MirrorStat, "MS_"), (abi.MirrorDir, "MIRROR_DIR_"),
                               (abi.MirrorAction, "MIRROR_ACT_"), (abi.MirrorTunnel, "MIRROR_TUN_"),
@@ -110,5 +111,6 @@ def test_program_and_map_names_exist_in_object() -> None:
                   abi.MAP_VLAN_CLASSES, abi.MAP_FLAG_CLASSES, abi.MAP_IFACE_CLASSES,
                   abi.MAP_CONFIG, abi.MAP_RULES, abi.MAP_SESSIONS, abi.MAP_STATS, abi.MAP_RULE_STATS,
                   abi.MAP_SESSION_STATS, abi.MAP_SESSION_SEQS, abi.MAP_CLOCK,
-                  abi.MAP_SOURCE_IDS, abi.MAP_SOURCE_IFINDEXES, abi.MAP_LINK_RATES, abi.MAP_LINK_STATE):
+                  abi.MAP_SOURCE_IDS, abi.MAP_SOURCE_IFINDEXES, abi.MAP_LINK_RATES, abi.MAP_LINK_STATE,
+                  abi.MAP_FILTER_BITS, abi.MAP_FILTER_PROGS):
             assert obj.map(m).fd > 0

@@ -71,6 +71,8 @@ HEADLINE = {
     abi.MirrorStat.GSO_SENT: ("bpftap_gso_sent", "GSO super-packets whose copy was encapsulated whole "
                               "(its segments count in bpftap_copies_sent)."),
     abi.MirrorStat.GSO_SLOW: ("bpftap_gso_slow", "GSO super-packets of a GSO session copied per segment instead."),
+    abi.MirrorStat.FILTER_RUN: ("bpftap_filter_runs", "Packets whose first candidate rule has a filter: "
+                                "the rule set's filter expressions ran on them."),
 }
 SESSION_LABELS = ["session", "tunnel", "remote"]
 
