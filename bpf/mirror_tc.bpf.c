@@ -112,9 +112,9 @@ static __always_inline int act(struct __sk_buff *skb,
 
 static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 {
-	struct pkt_info pkt = {}, *p;
 	struct mirror_config *cfg;
 	struct mirror_rule *r;
+	struct pkt_info *p;
 	__u32 key = 0;
 	int ret;
 
@@ -133,14 +133,19 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		count(MS_PAUSED);
 		return MIRROR_PASS;
 	}
-	ret = parse_frame(skb, &pkt);
-	pkt.ifindex = skb->ifindex;
+	/*
+	 * parsed straight into the per-CPU slot: what the classifier reads
+	 * back from a map is unknown to the verifier, so its loops are
+	 * verified once, not once per parse path (maps.bpf.h, `scratch`)
+	 */
+	__builtin_memset(p, 0, sizeof(*p));
+	ret = parse_frame(skb, p);
 	if (ret != PARSE_OK) {
 		count(ret == PARSE_NOT_IP ? MS_NOT_IP : MS_MALFORMED);
 		return MIRROR_PASS;
 	}
-	pkt.slot = cfg->active_slot & 1;
-	*p = pkt;
+	p->ifindex = skb->ifindex;
+	p->slot = cfg->active_slot & 1;
 	r = classify(cfg, p, dir, p->slot & 1, NULL, &key);
 	if (!r) {
 		count(MS_NO_MATCH);
