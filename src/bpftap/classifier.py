@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from bpftap import abi
 from bpftap.config import ANY_PORTS, Action, Config, Direction, IPNetwork, Rule
-from bpftap.rules import PacketInfo
+from bpftap.rules import PacketInfo, filter_accepts
 
 _ACTIONS = {Action.MIRROR: abi.MirrorAction.MIRROR, Action.SKIP: abi.MirrorAction.SKIP}
 _ANY_NET = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
@@ -69,6 +69,7 @@ class CompiledRules:
     tcp_flags: list[int]
     iface: dict[int, int]  # ifindex (0: any other interface) -> class id
     ifindex: dict[str, int]  # the interface names the rules were compiled against
+    filters: list[tuple[int, str]] = field(default_factory=list)  # (position, pcap-filter expression)
     _index: dict[tuple[abi.MirrorDim, int], dict[int, dict[IPNetwork, int]]] = field(default_factory=dict, repr=False)
 
     @property
@@ -229,6 +230,8 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
                 raise ValueError(f"rule {rule.number}: session {name!r} has no slot (got {slot})")
             mask |= 1 << slot
         flags = abi.MIRROR_RF_GROUP if groups.intersection(rule.sessions) else 0
+        if rule.filter is not None:
+            flags |= abi.MIRROR_RF_FILTER
         snap = sum(1 << slots[s.name] for s in config.sessions if s.truncates and s.name in rule.sessions)
         # (a clone of its own each, carried like a truncating session's: slots below MAX_SESSIONS - 1)
         gso = sum(1 << slots[s.name] for s in config.sessions
@@ -243,7 +246,8 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
     flags = _flag_classes(rules, intern)
     ifindex = dict(ifindex or {})
     iface = _iface_classes(rules, ifindex, intern)
-    return CompiledRules(records, intern.classes, addr, ports, meta, vlan, flags, iface, ifindex)
+    filters = [(i, rule.filter) for i, rule in enumerate(rules) if rule.filter is not None]
+    return CompiledRules(records, intern.classes, addr, ports, meta, vlan, flags, iface, ifindex, filters)
 
 
 def rule_bits(bits: int, words: int) -> abi.RuleBits:
@@ -285,4 +289,8 @@ def match_compiled(compiled: CompiledRules, pkt: PacketInfo) -> int | None:
     bits &= compiled.classes[compiled.tcp_flags[abi.NOT_TCP if pkt.tcp_flags is None else pkt.tcp_flags]]
     index = compiled.ifindex.get(pkt.ifname or "", 0)
     bits &= compiled.classes[compiled.iface.get(index, compiled.iface[0])]
+    # a filter rule is a candidate only if its expression accepts the frame
+    for position, expression in compiled.filters:
+        if bits >> position & 1 and not filter_accepts(expression, pkt):
+            bits &= ~(1 << position)
     return (bits & -bits).bit_length() - 1 if bits else None

@@ -64,6 +64,7 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
     _cidr,
     _describe,
     _did_you_mean,
+    _filter,
     _integer,
     _interface,
     _Invalid,
@@ -157,6 +158,10 @@ def parse_config(data: object, filename: str) -> Config:
     sessions = [_session(report, f"sessions[{i}]", raw, names) for i, raw in enumerate(raw_sessions)]
     numbers: dict[int, str] = {}
     rules = [_rule(report, f"rules[{i}]", raw, names, numbers) for i, raw in enumerate(raw_rules)]
+    filtered = [r for r in rules if r is not None and r.filter is not None]
+    if len(filtered) > abi.MAX_FILTER_RULES:
+        report.append(("rules", f"{len(filtered)} rules have a filter; at most {abi.MAX_FILTER_RULES} "
+                                f"(MAX_FILTER_RULES): rule {filtered[abi.MAX_FILTER_RULES].number} is one too many"))
     collectors = sum(len(s.members) for s in sessions if s is not None)
     if collectors > abi.MAX_SESSIONS >= len(raw_sessions):
         report.append(("sessions", f"{collectors} collectors in all; at most {abi.MAX_SESSIONS} fit (MAX_SESSIONS)"))
@@ -367,6 +372,7 @@ def _rule(
     vlan = e.get("vlan", _invalid_on_value_error(rule_fields.vlan), None)
     tcp_flags = e.get("tcp_flags", _invalid_on_value_error(rule_fields.tcp_flags), None)
     interface = e.get("interface", _invalid_on_value_error(rule_fields.interface), None)
+    expression = e.get("filter", _filter, None)
     if tcp_flags is not None and protocol != IPPROTO_TCP and "protocol" not in e.bad:
         e.fail("tcp_flags", "tcp_flags needs protocol: tcp")
     e.claim("number", number, numbers)
@@ -411,7 +417,8 @@ def _rule(
             e.fail(f"sessions[{i}]", f"session {shown(name)} is listed twice")
     if not e.ok:
         return None
-    return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions, vlan, tcp_flags, interface)
+    return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions, vlan, tcp_flags, interface,
+                expression)
 
 
 _DIRECTIONS = {"ingress": Direction.INGRESS, "egress": Direction.EGRESS, "both": Direction.BOTH}

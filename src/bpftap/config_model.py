@@ -146,6 +146,7 @@ class Rule:
     vlan: int | None = None  # outer VLAN id, or rule_fields.VLAN_UNTAGGED
     tcp_flags: tuple[int, int] | None = None  # (mask, value)
     interface: str | None = None  # name or glob of the source interface
+    filter: str | None = None  # a pcap-filter expression (tcpdump syntax) the frame must match too
 
     @property
     def family(self) -> int | None:

@@ -111,6 +111,26 @@ def _interface(value: object) -> str:
     return name
 
 
+FILTER_MAX_CHARS = 4096
+
+
+def _filter(value: object) -> str:
+    """A pcap-filter expression that libpcap compiles and bpftap can run in the kernel."""
+    from bpftap.filter import check_expression
+    from bpftap.filter.pcap import FilterError
+
+    text = _string(value, "a pcap-filter expression such as 'udp port 53'")
+    if not text.strip():
+        raise _Invalid("is empty; give a pcap-filter expression such as 'udp port 53', or remove filter")
+    if len(text) > FILTER_MAX_CHARS:
+        raise _Invalid(f"has {len(text)} characters; at most {FILTER_MAX_CHARS}")
+    try:
+        check_expression(text)
+    except FilterError as e:
+        raise _Invalid(f"{shown(text)}: libpcap: {e.reason}") from None
+    return text
+
+
 def _session_name(value: object) -> str:
     name = _string(value, "a session name")
     if not _SESSION_NAME.fullmatch(name):

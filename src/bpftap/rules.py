@@ -79,6 +79,14 @@ class PacketInfo:
     vlan: int = VLAN_UNTAGGED  # outer VLAN id
     tcp_flags: int | None = None  # TCP packets only
     ifname: str | None = None  # the source interface it was seen on
+    frame: bytes | None = None  # the Ethernet frame as tcpdump sees it: what a rule's filter reads
+
+
+def filter_accepts(expression: str, pkt: PacketInfo) -> bool:
+    """libpcap's verdict on the packet's frame (a packet without one matches no filter)."""
+    from bpftap.filter.pcap import compile_filter
+
+    return pkt.frame is not None and compile_filter(expression).matches(pkt.frame)
 
 
 def reference_match(config: Config, pkt: PacketInfo) -> Rule | None:
@@ -111,6 +119,8 @@ def reference_match(config: Config, pkt: PacketInfo) -> Rule | None:
         if rule.tcp_flags is not None and (pkt.tcp_flags is None or pkt.tcp_flags & rule.tcp_flags[0] != rule.tcp_flags[1]):
             continue
         if rule.interface is not None and (pkt.ifname is None or not fnmatch.fnmatchcase(pkt.ifname, rule.interface)):
+            continue
+        if rule.filter is not None and not filter_accepts(rule.filter, pkt):
             continue
         return rule
     return None

@@ -10,6 +10,7 @@ import array
 import ctypes
 import hashlib
 import ipaddress
+import os
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from bpftap.errors import BpftapError
 from bpftap.netlink import NextHop
 from bpftap.rules import session_header_len
 
-_PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS, abi.MAP_SESSION_SAMPLES)
+_PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS, abi.MAP_SESSION_SAMPLES, abi.MAP_FILTER_BITS)
 _ALL = (
     abi.MAP_CONFIG,
     abi.MAP_RULES,
@@ -40,8 +41,10 @@ _ALL = (
     abi.MAP_CLOCK,
     abi.MAP_SOURCE_IDS,
     abi.MAP_SOURCE_IFINDEXES,
+    abi.MAP_FILTER_PROGS,
     *_PERCPU,
 )
+_DIRECTIONS = (abi.MirrorDir.INGRESS, abi.MirrorDir.EGRESS)
 
 
 def class_capacity(classes: int) -> int:
@@ -102,6 +105,9 @@ class Tables:
     def __init__(self, obj: BpfObject, class_capacity: int = abi.CLASS_CAPACITY) -> None:
         """`class_capacity` must be what `class_bits` was sized to (RULE_SLOTS times it) before load."""
         self.maps = {name: obj.map(name, percpu=name in _PERCPU) for name in _ALL}
+        # stage 1's entries after a rule set's filters ran (filter_progs, FILTER_RESUME + dir - 1)
+        self._resume = {abi.MirrorDir.INGRESS: obj.program(abi.PROG_INGRESS_FILTERED).fd,
+                        abi.MirrorDir.EGRESS: obj.program(abi.PROG_EGRESS_FILTERED).fd}
         self.ncpus = num_possible_cpus()
         self.class_capacity = class_capacity
         self._trie_keys: list[list[abi.AddrKey]] = [[], []]
@@ -217,6 +223,7 @@ class Tables:
             key.addr[:] = entry.network.network_address.packed.ljust(16, b"\0")
             trie.update_key(key, ctypes.c_uint32(entry.class_id))
             self._trie_keys[slot].append(key)
+        self._write_filters(slot, compiled.filters)
         cfg.encap_ifindex = encap_ifindex
         cfg.class_capacity = self.class_capacity
         cfg.rule_count[slot] = n
@@ -228,6 +235,33 @@ class Tables:
         self._session_ids.keep_only(self._staged)
         self._staged = set()
         return slot
+
+    def _write_filters(self, slot: int, filters: list[tuple[int, str]]) -> None:
+        """The slot's filter program for each direction in `filter_progs`, and its verdicts all 1 (mirror_abi.h).
+
+        Every bit of filter_bits[slot] starts at 1 on every CPU: a filter
+        program writes only its rules' bits, so a position that held a filter
+        rule in an earlier rule set must not stay 0. Raises BpfError (with
+        the verifier's log) if the kernel refuses a program.
+        """
+        ones = abi.RuleBits()
+        ctypes.memset(ctypes.addressof(ones), 0xFF, ctypes.sizeof(ones))
+        self._update_raw(abi.MAP_FILTER_BITS, slot, (abi.RuleBits * self.ncpus)(*([ones] * self.ncpus)))
+        progs = self.maps[abi.MAP_FILTER_PROGS]
+        if not filters:
+            for direction in _DIRECTIONS:
+                progs.delete_key(ctypes.c_uint32(abi.filter_prog(slot, direction)))
+            return
+        from bpftap.filter import program
+
+        bits_fd = self.maps[abi.MAP_FILTER_BITS].fd
+        for direction in _DIRECTIONS:
+            progs.update(abi.FILTER_RESUME + direction - 1, ctypes.c_uint32(self._resume[direction]))
+            fd = program.load(slot, direction, filters, bits_fd, progs.fd)
+            try:
+                progs.update(abi.filter_prog(slot, direction), ctypes.c_uint32(fd))
+            finally:
+                os.close(fd)
 
     def _stats_id(self, number: int) -> int:
         """The `rule_stats` key of rule `number`: the same across reloads; a new one starts at zero."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 from bpftap.errors import BpftapError
@@ -111,6 +111,7 @@ class CompiledFilter:
         return match
 
 
+@lru_cache(maxsize=4096)
 def compile_filter(expression: str, snaplen: int = SNAPLEN) -> CompiledFilter:
     """libpcap's classic BPF for `expression`; FilterError with libpcap's message if it refuses."""
     lib = _lib()
