@@ -125,10 +125,11 @@ def _port_classes(rules: list[Rule], dim: abi.MirrorDim, intern: _Interner) -> l
     edges: dict[int, int] = defaultdict(int)  # port -> bits toggled there
     full = 0
     for pos, rule in enumerate(rules):
-        lo, hi = getattr(rule, attr)
-        edges[lo] ^= 1 << pos
-        edges[hi + 1] ^= 1 << pos
-        if (lo, hi) == ANY_PORTS:
+        ranges = getattr(rule, attr)
+        for lo, hi in ranges:  # disjoint and not adjacent: each toggles the rule on, then off
+            edges[lo] ^= 1 << pos
+            edges[hi + 1] ^= 1 << pos
+        if ranges == ANY_PORTS:
             full |= 1 << pos
     table = [0] * abi.PORT_KEYS
     points = sorted(p for p in edges if p <= 0xFFFF) + [0x10000]

@@ -59,6 +59,7 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
     IPAddress,
     IPNetwork,
     PortRange,
+    Ports,
     _boolean,
     _choice,
     _cidr,

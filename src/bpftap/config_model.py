@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from bpftap import abi
-from bpftap.config_values import ANY_PORTS, IPAddress, IPNetwork, PortRange
+from bpftap.config_values import ANY_PORTS, IPAddress, IPNetwork, Ports
 from bpftap.pod_selector import PodSelector
 
 VXLAN_PORT = 4789
@@ -140,8 +140,8 @@ class Rule:
     protocol: int | None = None
     src: IPNetwork | None = None
     dst: IPNetwork | None = None
-    src_ports: PortRange = ANY_PORTS
-    dst_ports: PortRange = ANY_PORTS
+    src_ports: Ports = ANY_PORTS  # sorted, disjoint ranges
+    dst_ports: Ports = ANY_PORTS
     sessions: tuple[str, ...] = ()
     vlan: int | None = None  # outer VLAN id, or rule_fields.VLAN_UNTAGGED
     tcp_flags: tuple[int, int] | None = None  # (mask, value)

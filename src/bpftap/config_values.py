@@ -19,8 +19,10 @@ import yaml
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]
+Ports = tuple[PortRange, ...]  # sorted, disjoint, not adjacent: the ports a rule field allows
 
-ANY_PORTS: PortRange = (0, 65535)
+ANY_PORTS: Ports = ((0, 65535),)
+MAX_PORT_ITEMS = 256
 IFNAMSIZ = 16  # the kernel's limit includes the terminating NUL
 PROTOCOLS: dict[str, int | None] = {"any": None, "tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 
@@ -186,13 +188,14 @@ def _cidr(value: object) -> IPNetwork | None:
     raise _Invalid(f"{shown(text)} has host bits set; did you mean {loose}?")
 
 
-def _ports(value: object) -> PortRange:
+def _port_range(value: object) -> PortRange | None:
+    """One port or range a-b; None for 'any'."""
     if isinstance(value, int) and not isinstance(value, bool):
         lo = hi = value
     else:
-        text = _string(value, "a port, a range a-b or 'any'").strip()
+        text = _string(value, "a port, a range a-b, a list of them, or 'any'").strip()
         if text.lower() == "any":
-            return ANY_PORTS
+            return None
         m = _PORT.fullmatch(text)
         if not m:
             raise _Invalid(f"{shown(text)} is not a port, a range such as 1024-65535, or 'any'")
@@ -203,6 +206,37 @@ def _ports(value: object) -> PortRange:
     if lo > hi:
         raise _Invalid(f"range {lo}-{hi} is backwards; write {hi}-{lo}")
     return (lo, hi)
+
+
+def _ports(value: object) -> Ports:
+    """A port, a range a-b, 'any', or a list of ports and ranges (YAML, or one string with commas)."""
+    if isinstance(value, str) and "," in value:
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, list):
+        found = _port_range(value)
+        return ANY_PORTS if found is None else (found,)
+    if not value:
+        raise _Invalid("is an empty list; give ports such as [53, 5353, 8000-8080], or 'any'")
+    if len(value) > MAX_PORT_ITEMS:
+        raise _Invalid(f"has {len(value)} items; at most {MAX_PORT_ITEMS} (use ranges)")
+    ranges = []
+    for i, item in enumerate(value):
+        if isinstance(item, list):
+            raise _Invalid(f"item {i} is a list; give ports and ranges such as [53, 8000-8080]")
+        try:
+            found = _port_range(item)
+        except _Invalid as e:
+            raise _Invalid(f"item {i}: {e}") from None
+        if found is None:
+            return ANY_PORTS
+        ranges.append(found)
+    merged: list[PortRange] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return tuple(merged)
 
 
 def _protocol(value: object) -> int | None:

@@ -20,7 +20,7 @@ from bpftap.config import (
     Config,
     Direction,
     IPAddress,
-    PortRange,
+    Ports,
     Rule,
     Session,
 )
@@ -126,7 +126,7 @@ def reference_match(config: Config, pkt: PacketInfo) -> Rule | None:
     return None
 
 
-def _port_in(ports: PortRange, port: int | None) -> bool:
+def _port_in(ports: Ports, port: int | None) -> bool:
     if ports == ANY_PORTS:
         return True
-    return port is not None and ports[0] <= port <= ports[1]
+    return port is not None and any(lo <= port <= hi for lo, hi in ports)

@@ -43,9 +43,11 @@ def cidr(rng: random.Random, family: int) -> str:
     return str(ipaddress.ip_network(f"{host}/{plen}", strict=False))
 
 
-def ports(rng: random.Random) -> str | int:
-    lo, hi = sorted(rng.sample(PORTS, 2))
-    return rng.choice(["any", lo, f"{lo}-{hi}"])
+def ports(rng: random.Random) -> str | int | list[str | int]:
+    def one() -> str | int:
+        lo, hi = sorted(rng.sample(PORTS, 2))
+        return rng.choice([lo, f"{lo}-{hi}"])
+    return rng.choice(["any", one(), one(), [one() for _ in range(rng.randint(1, 4))]])
 
 
 def random_config(rng: random.Random) -> Config:

@@ -130,6 +130,9 @@ BAD = [
     ("rules.0.dst_ports", 70000, "rules[0].dst_ports: port 70000 is out of range 0-65535"),
     ("rules.0.dst_ports", "2000-1000", "rules[0].dst_ports: range 2000-1000 is backwards; write 1000-2000"),
     ("rules.0.dst_ports", "http", "rules[0].dst_ports: 'http' is not a port, a range such as 1024-65535"),
+    ("rules.0.dst_ports", [], "rules[0].dst_ports: is an empty list; give ports such as [53, 5353, 8000-8080]"),
+    ("rules.0.dst_ports", [53, 70000], "rules[0].dst_ports: item 1: port 70000 is out of range 0-65535"),
+    ("rules.0.dst_ports", [53, [54]], "rules[0].dst_ports: item 1 is a list"),
     ("rules.0.sessions", DELETE, "rules[0].sessions: a mirror rule needs at least one session"),
     ("rules.0.sessions", [], "rules[0].sessions: a mirror rule needs at least one session"),
     ("rules.0.sessions", "ids", "rules[0].sessions: expected a list of session names, got the string"),
@@ -268,8 +271,8 @@ def test_good_config_round_trip(tmp_path: Path) -> None:
                 200,
                 protocol=17,
                 src=v4("198.18.1.0/24"),
-                src_ports=(1024, 65535),
-                dst_ports=(53, 53),
+                src_ports=((1024, 65535),),
+                dst_ports=((53, 53),),
                 sessions=("ids",),
             ),
             Rule(300, protocol=47, src=v4("198.18.0.7/32"), sessions=("ids", "archive.v6")),
@@ -297,15 +300,17 @@ def test_defaults() -> None:
         None,
         None,
     )
-    assert rule.src_ports == rule.dst_ports == (0, 65535)
+    assert rule.src_ports == rule.dst_ports == ((0, 65535),)
     assert rule.family is None
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(53, (53, 53)), ("53", (53, 53)), ("1024 - 2048", (1024, 2048)), ("any", (0, 65535)), (0, (0, 0))],
+    [(53, ((53, 53),)), ("53", ((53, 53),)), ("1024 - 2048", ((1024, 2048),)), ("any", ((0, 65535),)), (0, ((0, 0),)),
+     ([53, "5353", "8000-8080"], ((53, 53), (5353, 5353), (8000, 8080))), ("53, 5353", ((53, 53), (5353, 5353))),
+     ([100, "90-100", 101, 200], ((90, 101), (200, 200))), ([53, "any"], ((0, 65535),))],
 )
-def test_port_spellings(value: object, expected: tuple[int, int]) -> None:
+def test_port_spellings(value: object, expected: tuple[tuple[int, int], ...]) -> None:
     assert parse_config(config_with("rules.0.dst_ports", value), "x").rules[0].dst_ports == expected
 
 

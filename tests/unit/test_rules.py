@@ -72,8 +72,8 @@ def test_address_classes_nest_and_cover_both_families() -> None:
 
 
 def test_port_intervals_and_the_no_ports_class() -> None:
-    dns = Rule(1, protocol=17, dst_ports=(53, 53), sessions=("s",))
-    high = Rule(2, protocol=17, dst_ports=(1024, 65535), sessions=("s",))
+    dns = Rule(1, protocol=17, dst_ports=((53, 53),), sessions=("s",))
+    high = Rule(2, protocol=17, dst_ports=((1024, 65535),), sessions=("s",))
     anyport = Rule(3, protocol=17, sessions=("s",))
     compiled = compile_rules(config(dns, high, anyport), {"s": 0})
     dport = [compiled.classes[c] for c in compiled.ports[abi.MirrorDim.DPORT]]
@@ -91,7 +91,7 @@ def test_rule_bits_layout() -> None:
 
 def test_ten_thousand_rules_compile_quickly() -> None:
     rules = [
-        Rule(i + 1, protocol=17, src=net(f"198.18.{i // 256 % 256}.{i % 256}/32"), dst_ports=(i % 5000, i % 5000 + 10),
+        Rule(i + 1, protocol=17, src=net(f"198.18.{i // 256 % 256}.{i % 256}/32"), dst_ports=((i % 5000, i % 5000 + 10),),
              sessions=("s",))
         for i in range(10_000)
     ]
@@ -116,7 +116,7 @@ def packet(
 
 
 def test_reference_semantics_by_example() -> None:
-    ports = Rule(10, protocol=17, dst_ports=(53, 53), sessions=("s",))
+    ports = Rule(10, protocol=17, dst_ports=((53, 53),), sessions=("s",))
     catch_all = Rule(20, Direction.EGRESS, sessions=("s",))
     cfg = config(ports, catch_all)
     compiled = compile_rules(cfg, {"s": 0})
@@ -159,6 +159,9 @@ port_specs = st.one_of(
     st.just("any"),
     st.sampled_from(PORTS),
     st.lists(st.sampled_from(PORTS), min_size=2, max_size=2).map(lambda p: f"{min(p)}-{max(p)}"),
+    # port lists: ports and ranges, overlapping, adjacent or apart
+    st.lists(st.one_of(st.sampled_from(PORTS), st.lists(st.sampled_from(PORTS), min_size=2, max_size=2).map(
+        lambda p: f"{min(p)}-{max(p)}")), min_size=1, max_size=4),
 )
 
 
