@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -121,23 +122,28 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise InvalidConfigError([f"{name}: cannot read: {e.strerror or e}{code}"]) from e
     except UnicodeDecodeError as e:
         raise InvalidConfigError([f"{name}: byte {e.start}: not UTF-8 text"]) from e
+    loader = _UniqueKeyLoader(text)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         raise InvalidConfigError([f"{name}: {where}: {e.problem or e.context}"]) from e
     except yaml.YAMLError as e:
         raise InvalidConfigError([f"{name}: YAML: {e}"]) from e
-    return parse_config(data, name)
+    finally:
+        loader.dispose()
+    return parse_config(data, name, getattr(loader, "lines", None))
 
 
-def parse_config(data: object, filename: str) -> Config:
+def parse_config(data: object, filename: str, lines: Mapping[str, int] | None = None) -> Config:
     """Validate parsed YAML `data` and build a Config named `filename`.
 
     Raises InvalidConfigError listing every mistake found; see the module
     docstring for the message shape and the test table in
-    tests/unit/test_config.py for each kind of mistake.
+    tests/unit/test_config.py for each kind of mistake. `lines` (path ->
+    line, from the YAML loader) adds the line to each message, and a rule's
+    mistakes name its number too.
     """
     report: _Report = []
     if not isinstance(data, Mapping):
@@ -185,7 +191,8 @@ def parse_config(data: object, filename: str) -> Config:
     links = [_link(report, f"links[{i}]", raw, link_names)
              for i, raw in enumerate(_entries(report, "links", data.get("links"), abi.MAX_LINKS))]
     if report:
-        raise InvalidConfigError(f"{filename}: {where}: {what}" for where, what in report)
+        raise InvalidConfigError(f"{filename}: {where}: {what}{_context(where, lines, raw_rules)}"
+                                 for where, what in report)
     return Config(
         path=filename,
         sources=tuple(s for s in sources if s is not None),
@@ -198,6 +205,24 @@ def parse_config(data: object, filename: str) -> Config:
 
 
 _Report = list[tuple[str, str]]  # (location, message) in the order found
+
+
+def _context(where: str, lines: Mapping[str, int] | None, raw_rules: list[object]) -> str:
+    """' (line 14, rule 200)': where a mistake is in the file, and which rule it is in."""
+    parts = []
+    path = where
+    while lines and path:
+        if path in lines:
+            parts.append(f"line {lines[path]}")
+            break
+        path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path) if re.search(r"(\.[^.\[]*|\[\d+\])$", path) else ""
+    m = re.match(r"rules\[(\d+)\]", where)
+    if m and int(m[1]) < len(raw_rules):
+        raw = raw_rules[int(m[1])]
+        number = raw.get("number") if isinstance(raw, Mapping) else None
+        if isinstance(number, int) and not isinstance(number, bool):
+            parts.append(f"rule {number}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 class _Entry:

@@ -296,6 +296,28 @@ def _expanded_nodes(node: yaml.Node, sizes: dict[int, int]) -> int:
     return size
 
 
+def node_lines(node: yaml.Node, path: str = "", depth: int = 4) -> dict[str, int]:
+    """The line (1-based) of each entry and field down to `depth` levels, by its path in error messages.
+
+    Paths are spelled as the validator reports them: `rules[1].dst_ports`.
+    """
+    out: dict[str, int] = {}
+    if depth == 0:
+        return out
+    if isinstance(node, yaml.MappingNode):
+        children = [(f"{path}.{k.value}" if path else str(k.value), k, v) for k, v in node.value
+                    if isinstance(k, yaml.ScalarNode)]
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(f"{path}[{i}]", v, v) for i, v in enumerate(node.value)]
+    else:
+        return out
+    for where, at, value in children:
+        out.setdefault(where, at.start_mark.line + 1)
+        for key, line in node_lines(value, where, depth - 1).items():
+            out.setdefault(key, line)
+    return out
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last), and a document
     whose aliases expand to more than MAX_YAML_NODES nodes (billion laughs) before building anything."""
@@ -307,6 +329,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         # the composed graph shares aliased nodes, so this walk is linear in the file's size;
         # (a recursive alias cycles; PyYAML's composer refuses those already)
         _expanded_nodes(node, {})
+        self.lines = node_lines(node)
         return self.construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -192,7 +192,35 @@ def test_duplicates_name_the_first_use() -> None:
         "bpftap.yaml: sources[1].interface: 'eth0' is already used by sources[0]; "
         "list each interface once (direction: both covers both ways)",
         "bpftap.yaml: sessions[1].name: 'ids' is already used by sessions[0]",
-        "bpftap.yaml: rules[1].number: 100 is already used by rules[0]",
+        "bpftap.yaml: rules[1].number: 100 is already used by rules[0] (rule 100)",
+    ]
+
+
+def test_a_files_mistakes_give_their_line_and_rule_number(tmp_path: Path) -> None:
+    path = tmp_path / "bpftap.yaml"
+    path.write_text("""\
+sources:
+  - interface: eth0
+sessions:
+  - name: ids
+    remote: 198.18.2.2
+rules:
+  - number: 10
+    sessions: [ids]
+  - number: 20
+    protocol: udp
+
+    dst_ports: 70000
+    sessions: [ids]
+  - {number: 30, src: 198.18.0.0/33, sessions: [nope]}
+""")
+    with pytest.raises(InvalidConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [
+        f"{path}: sessions[0]: missing required field 'vni' (line 4)",
+        f"{path}: rules[1].dst_ports: port 70000 is out of range 0-65535 (line 12, rule 20)",
+        f"{path}: rules[2].src: '198.18.0.0/33' is not a CIDR (line 14, rule 30)",
+        f"{path}: rules[2].sessions[0]: unknown session 'nope' (line 14, rule 30)",
     ]
 
 
