@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,16 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     return script
 
 
+def _error(as_json: bool, kind: str, messages: list[str], text: str) -> None:
+    """The error that ends a command, on stderr: `text` with each message, or (--log-format json) an object each."""
+    for message in messages:
+        if as_json:
+            print(json.dumps({"ts": round(time.time(), 6), "level": "error", "logger": "bpftap", "kind": kind,
+                              "message": message}), file=sys.stderr)
+        else:
+            print(text.format(message), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run one command, map bpftap's errors to exit codes."""
     parser = build_parser()
@@ -419,22 +430,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, handlers=[handler])
     if args.verbose < 2:
         logging.getLogger("bpftap.libbpf").setLevel(logging.WARNING)
+    as_json = args.log_format == "json"
     try:
         return int(args.func(args))
     except ConfigError as exc:
         if args.traceback:
             raise
-        print(str(exc), file=sys.stderr)
+        _error(as_json, "config", getattr(exc, "errors", None) or [str(exc)], "{}")
         return ExitStatus.USAGE
     except NotSupportedError as exc:
         if args.traceback:
             raise
-        print(f"bpftap: not supported: {exc}", file=sys.stderr)
+        _error(as_json, "not_supported", [str(exc)], "bpftap: not supported: {}")
         return ExitStatus.NOT_SUPPORTED
     except (BpfError, BpftapError, PermissionError) as exc:
         if args.traceback:
             raise
-        print(f"bpftap: {exc}", file=sys.stderr)
+        _error(as_json, "error", [str(exc)], "bpftap: {}")
         return ExitStatus.ERROR
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED

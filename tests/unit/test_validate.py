@@ -38,3 +38,15 @@ def test_status_json_without_an_agent_prints_an_error_object(
     assert main(["status", "--json"]) == ExitStatus.ERROR
     assert json.loads(capsys.readouterr().out) == {
         "error": "no bpftap agent runs in this network namespace (start one with 'bpftap run')"}
+
+
+def test_log_format_json_makes_each_config_mistake_a_json_object(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(EXAMPLE.read_text().replace("vni: 42", "vni: -1").replace("dst_ports: 53", "dst_port: 53"))
+    assert main(["validate", "-c", str(path), "--log-format", "json"]) == ExitStatus.USAGE
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(records) == 2 and {r["level"] for r in records} == {"error"} and {r["kind"] for r in records} == {"config"}
+    assert records[0]["message"].startswith(f"{path}: sessions[0].vni:")
