@@ -354,6 +354,10 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
     port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
+    raw_name = e.raw.get("name")
+    if "name" in e.bad and isinstance(raw_name, str) and raw_name:
+        # one root cause, one message: rules naming it are not told it is unknown
+        names.setdefault(raw_name, where)
     if "tunnel" not in e.bad:
         _check_tunnel_fields(e, tunnel)
     if not e.ok:

@@ -417,3 +417,21 @@ def test_bad_links_are_named(links: object, message: str) -> None:
     with pytest.raises(InvalidConfigError) as info:
         parse_config({**BASE, "links": links}, "x")
     assert info.value.errors == [message]
+
+
+def test_a_bad_session_name_is_one_message_not_one_per_rule(tmp_path: Path) -> None:
+    path = tmp_path / "bpftap.yaml"
+    path.write_text('sources: [{interface: eth0}]\n'
+                    'sessions: [{name: "bad name", remote: 198.18.2.2, vni: 1}]\n'
+                    'rules:\n  - {number: 1, sessions: ["bad name"]}\n  - {number: 2, sessions: ["bad name"]}\n')
+    with pytest.raises(InvalidConfigError) as info:
+        load_config(path)
+    assert len(info.value.errors) == 1 and "sessions[0].name: 'bad name' is not a session name" in info.value.errors[0]
+
+
+def test_libyamls_parser_reads_the_config_where_pyyaml_has_it() -> None:
+    import yaml
+
+    from bpftap.config_values import _UniqueKeyLoader
+
+    assert issubclass(_UniqueKeyLoader, yaml.CSafeLoader) == bool(yaml.__with_libyaml__)
