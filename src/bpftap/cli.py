@@ -158,8 +158,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     return ExitStatus.OK if features.object_loads and (features.tcx or features.clsact) else ExitStatus.NOT_SUPPORTED
 
 
-def format_status(data: dict[str, Any]) -> str:
-    """The human form of `bpftap status`."""
+def format_status(data: dict[str, Any], raw_bytes: bool = False) -> str:
+    """The human form of `bpftap status` (bytes with units unless `raw_bytes`)."""
+    from bpftap.textfmt import size, table
+
     paused = ", PAUSED (bpftap resume to copy again)" if data.get("paused") else ""
     lines = [f"agent pid {data['pid']}, config {data['config']}{paused}"]
     adopted = data.get("adopted")
@@ -168,16 +170,17 @@ def format_status(data: dict[str, Any]) -> str:
                      f"{adopted['maps']} maps, {adopted['attachments']} attachments, programs {adopted['programs']}")
     lines.append("attached:")
     lines += [f"  {a}" for a in data["attachments"]]
-    lines.append(f"{'rule':>8} {'action':<7} {'packets':>10} {'bytes':>12}  sessions")
-    for r in data["rules"]:
-        lines.append(f"{r['number']:>8} {r['action']:<7} {r['packets']:>10} {r['bytes']:>12}  {','.join(r['sessions'])}")
-    lines.append(f"{'session':<12} {'tunnel, remote, id':<38} {'copies':>10} {'bytes':>12}  not sent")
+    lines += table(("rule", "action", "packets", "bytes", " sessions"),
+                   [(r["number"], r["action"], r["packets"], size(r["bytes"], raw_bytes), " " + ",".join(r["sessions"]))
+                    for r in data["rules"]], right=(0, 2, 3))
+    rows: list[tuple[object, ...]] = []
     for s in data["sessions"]:
         where = f"{s['tunnel']} {s['remote']}" + (f" {s['id_field']} {s['id']}" if s["id"] is not None else "")
         not_sent = ", ".join(f"{k} {s[k]}" for k in abi.SESSION_NOT_SENT if s.get(k)) or "0"
-        lines.append(f"{s['name']:<12} {where:<38} {s['packets']:>10} {s['bytes']:>12}  {not_sent}")
+        rows.append((s["name"], where, s["packets"], size(s["bytes"], raw_bytes), " " + not_sent))
         if s.get("problem"):
-            lines.append(f"{'':<12} ! {s['problem']}")
+            rows.append(("", "", "", "", f"! {s['problem']}"))
+    lines += table(("session", "tunnel, remote, id", "copies", "bytes", " not sent"), rows, right=(2, 3))
     counters = ", ".join(f"{k} {v}" for k, v in data["counters"].items() if v)
     lines.append(f"counters: {counters or 'all zero'}")
     drops = ", ".join(f"{k} {v}" for k, v in data.get("queue_drops", {}).items() if v)
@@ -200,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         # scripts parse stdout: an object with the error, never nothing
         print(json.dumps({"error": str(exc)}, indent=2))
         return ExitStatus.ERROR
-    print(json.dumps(data, indent=2) if args.json else format_status(data))
+    print(json.dumps(data, indent=2) if args.json else format_status(data, args.bytes))
     return ExitStatus.OK
 
 
@@ -296,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "\n\nexamples:\n  bpftap status\n  bpftap status --json | jq '.sessions[] | {name, packets}'"
                        "\n  ip netns exec ns1 bpftap status       the agent of another network namespace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--bytes", action="store_true", help="byte counts as plain numbers, not with units")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("pause", help="kill switch: stop all copying at once, without detaching", formatter_class=fmt,

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from bpftap import abi
 from bpftap.agent.status import query_status
+from bpftap.textfmt import size, table
 
 EXAMPLES = """\
 examples:
@@ -80,7 +81,7 @@ def _fmt_rate(rate: float | None, unit: str) -> str:
     return "-" if rate is None else human(rate, unit)
 
 
-def render(prev: Sample | None, cur: Sample, interval: float) -> list[str]:
+def render(prev: Sample | None, cur: Sample, interval: float, raw_bytes: bool = False) -> list[str]:
     """The screen for `cur`, with rates against `prev` ('-' where there is no earlier value)."""
     data, dt = cur.data, (cur.at - prev.at if prev else 0.0)
     old_rules = {r["number"]: r for r in prev.data["rules"]} if prev else {}
@@ -89,29 +90,28 @@ def render(prev: Sample | None, cur: Sample, interval: float) -> list[str]:
         f"bpftap top (q quits) - agent pid {data['pid']}, every {interval:g} s, {data['config']}",
         f"attached: {len(data['attachments'])} hooks",
         "",
-        f"{'RULE':>6} {'ACTION':<7} {'PKT/S':>10} {'BYTES/S':>12} {'PACKETS':>12} {'BYTES':>14}  SESSIONS",
     ]
+    rows: list[tuple[object, ...]] = []
     for r in data["rules"]:
         old = old_rules.get(r["number"], {})
         pps = _rate(r["packets"], old.get("packets"), dt)
         bps = _rate(r["bytes"], old.get("bytes"), dt)
-        lines.append(
-            f"{r['number']:>6} {r['action']:<7} {_fmt_rate(pps, 'p/s'):>10} {_fmt_rate(bps, 'B/s'):>12} "
-            f"{r['packets']:>12} {r['bytes']:>14}  {','.join(r['sessions']) or '-'}"
-        )
-    lines += ["", f"{'SESSION':<12} {'REMOTE':<28} {'COPIES/S':>10} {'BYTES/S':>12} {'COPIES':>12} {'BYTES':>14}  NOT SENT"]
+        rows.append((r["number"], r["action"], _fmt_rate(pps, "p/s"), _fmt_rate(bps, "B/s"), r["packets"],
+                     size(r["bytes"], raw_bytes), " " + (",".join(r["sessions"]) or "-")))
+    lines += table(("RULE", "ACTION", "PKT/S", "BYTES/S", "PACKETS", "BYTES", " SESSIONS"), rows, right=(0, 2, 3, 4, 5))
+    rows = []
     for s in data["sessions"]:
         old = old_sessions.get(s["name"], {})
         cps = _rate(s["packets"], old.get("packets"), dt)
         bps = _rate(s["bytes"], old.get("bytes"), dt)
         lost = ", ".join(f"{k} {s[k]}" for k in abi.SESSION_NOT_SENT if s.get(k)) or "0"
         where = f"{s['tunnel']} {s['remote']}" + (f" {s['id_field']} {s['id']}" if s.get("id") is not None else "")
-        lines.append(
-            f"{s['name']:<12} {where:<28} {_fmt_rate(cps, 'p/s'):>10} {_fmt_rate(bps, 'B/s'):>12} "
-            f"{s['packets']:>12} {s['bytes']:>14}  {lost}"
-        )
+        rows.append((s["name"], where, _fmt_rate(cps, "p/s"), _fmt_rate(bps, "B/s"), s["packets"],
+                     size(s["bytes"], raw_bytes), " " + lost))
         if s.get("problem"):
-            lines.append(f"{'':<12} ! {s['problem']}")
+            rows.append(("", "", "", "", "", "", f"! {s['problem']}"))
+    lines += ["", *table(("SESSION", "REMOTE", "COPIES/S", "BYTES/S", "COPIES", "BYTES", " NOT SENT"), rows,
+                         right=(2, 3, 4, 5))]
     counters = data["counters"]
     old_counters = prev.data["counters"] if prev else {}
     shown = [
@@ -174,7 +174,7 @@ def run_top(args: argparse.Namespace) -> int:
     first = Sample(time.monotonic(), query_status())
     if args.once:
         time.sleep(args.interval)
-        out.write("\n".join(render(first, Sample(time.monotonic(), query_status()), args.interval)) + "\n")
+        out.write("\n".join(render(first, Sample(time.monotonic(), query_status()), args.interval, args.bytes)) + "\n")
         return 0
     prev: Sample | None = None
     cur = first
@@ -182,7 +182,7 @@ def run_top(args: argparse.Namespace) -> int:
         with _screen(out, sys.stdin) as wait:
             while True:
                 width, height = _size(out)
-                lines = [line[:width] for line in render(prev, cur, args.interval)[: max(height - 1, 1)]]
+                lines = [line[:width] for line in render(prev, cur, args.interval, args.bytes)[: max(height - 1, 1)]]
                 out.write(CLEAR + "\n".join(lines))
                 out.flush()
                 deadline = cur.at + args.interval
@@ -218,4 +218,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="seconds between samples (default: %(default)s)")
     p.add_argument("--once", action="store_true",
                    help="print one sample (rates over --interval) as plain text and exit")
+    p.add_argument("--bytes", action="store_true", help="byte counts as plain numbers, not with units")
     p.set_defaults(func=run_top)

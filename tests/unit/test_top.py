@@ -86,7 +86,7 @@ def test_once_prints_plain_text(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     monkeypatch.setattr(top.time, "sleep", lambda s: None)
     clock = iter([100.0, 101.0])
     monkeypatch.setattr(top.time, "monotonic", lambda: next(clock))
-    assert top.run_top(argparse.Namespace(once=True, interval=1.0)) == 0
+    assert top.run_top(argparse.Namespace(once=True, interval=1.0, bytes=False)) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out, "--once is for scripts: no escape sequences"
     assert re.search(r"^\s+20 mirror\s+200 p/s\s+300.0 kB/s", out, re.MULTILINE), out
@@ -122,3 +122,25 @@ def test_links_show_capacity_rates_and_shed() -> None:
     assert lines[-1] == ("link eth1: capacity 100.0 Mbit/s, originals 90.0 Mbit/s, copies 4.9 Mbit/s, "
                          "copy budget 95.0 Mbit/s, shed 7, queue cut it 2 times")
     assert not any(line.startswith("link ") for line in top.render(None, top.Sample(1.0, STATUS), 1.0))
+
+
+def test_columns_fit_group_members_and_big_counts_and_bytes_have_units() -> None:
+    """A group member's name and an 11-digit count keep every column aligned; --bytes gives plain numbers."""
+    from bpftap.cli import format_status
+
+    big = 12_345_678_901
+    session = {"name": "ids-farm@198.18.2.1", "tunnel": "vxlan", "remote": "198.18.2.1", "id_field": "vni", "id": 43,
+               "packets": big, "bytes": 3 * 2**40}
+    data = {"pid": 9, "config": "b.yaml", "attachments": [], "counters": {},
+            "rules": [{"number": 100, "action": "mirror", "packets": big, "bytes": 1536, "sessions": ["ids-farm"]}],
+            "sessions": [session, {**session, "name": "a", "packets": 1, "bytes": 10}]}
+    for lines in (format_status(data).splitlines(),
+                  top.render(None, top.Sample(0.0, data), 1.0)):
+        header = next(i for i, line in enumerate(lines) if line.lower().startswith("session"))
+        rows = lines[header:header + 3]
+        # right-aligned columns end where their header ends, in every row
+        end = rows[0].lower().rindex("bytes") + len("bytes")
+        assert "ids-farm@198.18.2.1" in rows[1] and str(big) in rows[1]
+        assert rows[1].index("3.0 TiB") + len("3.0 TiB") == rows[2].index("10 B") + len("10 B") == end
+    assert "1536" in format_status(data, raw_bytes=True) and "1.5 KiB" in format_status(data)
+    assert "3298534883328" in "\n".join(top.render(None, top.Sample(0.0, data), 1.0, raw_bytes=True))
