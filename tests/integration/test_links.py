@@ -144,3 +144,40 @@ def test_copies_keep_to_the_room_originals_leave_as_their_load_steps(lab: Lab) -
     assert run.copy_pps(1.0, 2.4) >= 0.9 * a_pps, (run.copies, a_pps)
     assert run.copy_pps(3.5, 4.4) * COPY * 8 <= 0.10 * RATE, run.copies
     assert run.copy_pps(5.6, 6.8) >= 0.9 * a_pps, run.copies
+
+
+def test_a_link_slower_than_its_capacity_cuts_copies_on_its_queues_signal(lab: Lab) -> None:
+    """`capacity` twice the tbf's real rate: the kernel's bucket lets too many copies through, the agent sees
+    the root qdisc drop or back up and cuts the bucket's fill; originals keep almost all that copies without
+    the link's feedback would cost them."""
+
+    def one_flow(agent: Agent | None) -> tuple[int, int]:
+        server = lab.popen(lab.dst, ["iperf3", "-s", "-1", "-p", str(PORTS[0])], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        rate = int(pps(0.60) * PAYLOAD * 8)
+        out = lab.run(lab.src, ["iperf3", "-c", str(lab.dst.ip4), "-p", str(PORTS[0]), "-u", "-l", str(PAYLOAD),
+                                "-b", str(rate), "-t", "5", "-J"], timeout=30).stdout
+        server.wait(timeout=10)
+        s = json.loads(out)["end"]["sum"]
+        return int(s["lost_packets"]), int(s["packets"])
+
+    unlisted = CONFIG.split("links:")[0]
+    with busy_cpu():
+        baseline = one_flow(None)
+        agent = Agent(lab, unlisted.format(remote=lab.dst.ip4))
+        try:
+            blind = one_flow(agent)
+        finally:
+            assert agent.stop() == 0, agent.output()
+        agent = Agent(lab, CONFIG.format(remote=lab.dst.ip4, rate=2 * RATE))
+        try:
+            governed = one_flow(agent)
+            link = agent.status()["links"][0]
+        finally:
+            assert agent.stop() == 0, agent.output()
+    print(f"lost/sent: without bpftap {baseline}, copies unlisted {blind}, link at 2x capacity {governed}; {link}")
+    assert link["capacity"] == 2 * RATE and link["queue_cuts"] > 0, link
+    # unlisted, 60 % originals + 60 % copies overflow the link: originals lose about a sixth
+    assert blind[0] > blind[1] // 20, blind
+    # listed with a wrong capacity, the queue's signal keeps the originals' loss to a small part of that
+    assert governed[0] - baseline[0] <= blind[0] // 10, (governed, blind, baseline)
