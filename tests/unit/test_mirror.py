@@ -62,10 +62,12 @@ def test_filter_goes_on_the_rule() -> None:
 
 @pytest.mark.parametrize("argv,message", [
     (["eth0", "--to", "198.18.2.1", "--vni", "99999999"], "bpftap mirror: --vni: 99999999 is out of range 0-16777215"),
-    (["eth0", "--to", "198.18.2.1", "--tunnel", "erspan2", "--vni", "2000"], "bpftap mirror: --vni: 2000 is out of range 0-1023"),
+    (["eth0", "--to", "198.18.2.1", "--tunnel", "erspan2", "--vni", "2000"],
+     "bpftap mirror: --vni: 2000 is out of range 0-1023"),
     (["eth0", "--to", "collector"], "bpftap mirror: --to: 'collector' is not an IP address"),
     (["eth0", "--to", "198.18.2.1", "--snaplen", "3"], "bpftap mirror: --snaplen: 3 is out of range 14-65535"),
-    (["no-such-if0", "--to", "198.18.2.1"], "bpftap mirror: IFACE: 'no-such-if0' matches no interface in this network namespace"),
+    (["no-such-if0", "--to", "198.18.2.1"],
+     "bpftap mirror: IFACE: 'no-such-if0' matches no interface in this network namespace"),
     (["x" * 16, "--to", "198.18.2.1"], "bpftap mirror: IFACE: "),
 ])
 def test_bad_options_exit_2_naming_the_option(argv: list[str], message: str,

@@ -1,7 +1,8 @@
 """`bpftap run` (and `bpftap mirror`): the agent in the foreground, until SIGTERM or SIGINT.
 
 `run` reads a config file, `mirror` builds its config from the command
-line (`bpftap.mirror`); both serve through `run_config`. SIGHUP, or a change of the config file (a ConfigMap update), reloads; every
+line (`bpftap.mirror`); both serve through `run_config`. SIGHUP, or a
+change of the config file (a ConfigMap update), reloads; every
 REFRESH_SECONDS the sessions' next hops are refreshed and pod sources
 synced. The status socket and, if asked, the metrics endpoint serve from
 here; `bpftap.agent.daemon.Agent` does the work.
