@@ -150,11 +150,13 @@ class LiveLine:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = out.isatty()
-        self.start = time.monotonic()
+        self.start: float | None = None  # the first show(): mirroring began
         self.prev: tuple[float, int, int] | None = None  # (when, copies, bytes)
         self.drawn = False
 
     def line(self, status: dict[str, Any], now: float) -> str:
+        if self.start is None:
+            self.start = now
         copies = sum(s["packets"] for s in status["sessions"])
         nbytes = sum(s["bytes"] for s in status["sessions"])
         rate = ""
@@ -209,7 +211,6 @@ def run_mirror(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
           + (f" {TUNNEL_ID_FIELDS[session.tunnel]} {ident}" if ident is not None else "")
           + (f", for {args.duration:g} s" if args.duration else "") + "; Ctrl-C stops", file=err, flush=True)
     live = LiveLine(err)
-    started = time.monotonic()
     # the agent's step-by-step log is for -v; warnings and errors still show
     quiet = logging.getLogger("bpftap")
     level = quiet.level
@@ -218,7 +219,8 @@ def run_mirror(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
 
     def done(status: dict[str, Any]) -> None:
         live.end()
-        print(format_summary(status, time.monotonic() - started), file=out, flush=True)
+        now = time.monotonic()
+        print(format_summary(status, now - (live.start or now)), file=out, flush=True)
 
     try:
         return run_config(config, duration=args.duration, tick=lambda agent: live.show(agent.status()), done=done)

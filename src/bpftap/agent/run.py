@@ -66,11 +66,11 @@ def run_config(
     tick: Callable[[Agent], None] | None = None,
     done: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
-    """The agent for a validated `config`, until SIGTERM/SIGINT or `duration` seconds; returns 0.
+    """The agent for a validated `config`, until SIGTERM/SIGINT or `duration` seconds of mirroring; returns 0.
 
     `run` passes `config_path`: SIGHUP and a change of that file reload it.
     Without one (`bpftap mirror`) there is nothing to reload. `tick(agent)`
-    runs about every REFRESH_SECONDS while mirroring; `done(status)` gets
+    runs once attached, then about every REFRESH_SECONDS; `done(status)` gets
     the agent's last status before it detaches. Raises what `Agent.start`
     raises, with nothing left attached.
     """
@@ -96,7 +96,6 @@ def run_config(
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
     # a ConfigMap update reloads like SIGHUP
     config_watch = ConfigWatch(config_path) if config_path is not None else None
-    deadline = None if duration is None else time.monotonic() + duration
 
     def on_signal(event: threading.Event) -> Callable[..., None]:
         return lambda *_: (event.set(), wake.set())
@@ -112,12 +111,15 @@ def run_config(
             exporter.close()
         raise
     server.start()
+    deadline = None if duration is None else time.monotonic() + duration  # mirroring from now on
     log.info(
         "mirroring; %sSIGTERM or Ctrl-C %s and exits",
         f"SIGHUP reloads {config_path}, " if config_path is not None else "",
         f"leaves it attached, pinned at {agent.pin_dir}," if keep_attached else "detaches",
     )
     try:
+        if tick is not None:
+            tick(agent)
         while not stop.is_set():
             # a signal ends the wait at once; otherwise refresh every second
             left = None if deadline is None else deadline - time.monotonic()
