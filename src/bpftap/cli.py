@@ -27,6 +27,7 @@ examples:
   bpftap validate -c bpftap.yaml            check a config without running it (exit 0, or 2 with every mistake)
   bpftap run -c bpftap.yaml                 mirror as the config says, in the foreground
   bpftap run -c bpftap.yaml --attach tc     force clsact instead of tcx
+  bpftap mirror eth0 --to 198.18.2.1        mirror eth0 now, no config file, until Ctrl-C (VXLAN VNI 42)
   bpftap status                             attachments and counters of the running agent
   bpftap run -c bpftap.yaml --metrics 127.0.0.1:9477   also serve Prometheus metrics
   bpftap top                                live rule and session rates of the running agent
@@ -43,7 +44,7 @@ Each command has its own --help, with examples; -v, --traceback and --log-format
 
 
 # modules that add subcommands: each has register(subparsers)
-COMMAND_MODULES = ("bpftap.collector.cli", "bpftap.top", "bpftap.bench.cli")
+COMMAND_MODULES = ("bpftap.mirror", "bpftap.collector.cli", "bpftap.top", "bpftap.bench.cli")
 
 
 RUN_EPILOG = """\

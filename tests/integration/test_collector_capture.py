@@ -37,6 +37,7 @@ from scapy.packet import Raw
 from bpftap.collector import cli
 from bpftap.collector.pcapng import read_pcapng
 from bpftap.collector.server import Collector
+from bpftap.filter.pcap import CompiledFilter, compile_filter
 from bpftap.tunnels import vxlan
 
 from ..netns import inside_new_netns
@@ -143,9 +144,9 @@ class Recorder:
 
 
 def collect(out: Path, sender_ns: str, *, host: str = "", datagrams: Sequence[bytes] = (),
-            frames: Sequence[bytes] = ()) -> tuple[Collector, Recorder]:
+            frames: Sequence[bytes] = (), inner_filter: CompiledFilter | None = None) -> tuple[Collector, Recorder]:
     """Serve on rx0 while the sender sends; stop once rx0 has been quiet for a moment."""
-    collector = Collector("0.0.0.0", 4789, out, interface="rx0")
+    collector = Collector("0.0.0.0", 4789, out, interface="rx0", inner_filter=inner_filter)
     collector.bind()
     recorder = Recorder()
     stop = threading.Event()
@@ -203,6 +204,19 @@ def test_kernel_fragments_are_reassembled(host: str, mtu: int, sender_ns: str, t
     assert cli.run_collect(args, stdout=out, stderr=io.StringIO()) == 0
     assert [f for _, f, _ in read_pcapng(tmp_path / "r.pcapng")] == frames
     assert f"{stats.reassembly['reassembled']} datagrams reassembled, 0 pending" in out.getvalue()
+
+
+@pytest.mark.parametrize("host", [RX4, RX6])
+def test_interface_filter_sees_reassembled_inner_frames(host: str, sender_ns: str, tmp_path: Path) -> None:
+    """--interface with --filter: fragments reassembled first, then libpcap's matcher on each whole inner frame."""
+    set_mtu(sender_ns, 1280)
+    frames = [inner(i, size) for i, size in enumerate([60, 3000, 9000, 60, 3000])]
+    collector, _ = collect(tmp_path / "f.pcapng", sender_ns, host=host, datagrams=[vxlan.encode(42, f) for f in frames],
+                           inner_filter=compile_filter("udp src port 1001 or greater 8000"))
+    assert [f for _, f, _ in read_pcapng(tmp_path / "f.pcapng")] == frames[1:3]
+    stats = collector.stats
+    assert (stats.received, stats.written, stats.filtered, stats.malformed) == (5, 2, 3, {})
+    assert stats.reassembly is not None and stats.reassembly["reassembled"] == 3
 
 
 def argparse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,6 +1,8 @@
-"""`bpftap run`: the agent in the foreground, until SIGTERM or SIGINT.
+"""`bpftap run` (and `bpftap mirror`): the agent in the foreground, until SIGTERM or SIGINT.
 
-SIGHUP, or a change of the config file (a ConfigMap update), reloads; every
+`run` reads a config file, `mirror` builds its config from the command
+line (`bpftap.mirror`); both serve through `run_config`. SIGHUP, or a
+change of the config file (a ConfigMap update), reloads; every
 REFRESH_SECONDS the sessions' next hops are refreshed and pod sources
 synced. The status socket and, if asked, the metrics endpoint serve from
 here; `bpftap.agent.daemon.Agent` does the work.
@@ -11,15 +13,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bpftap.agent.configwatch import ConfigWatch
 from bpftap.agent.daemon import REFRESH_SECONDS, Agent
 from bpftap.agent.metrics import AgentSource, serve
 from bpftap.agent.status import StatusServer
 from bpftap.bpf import tc
-from bpftap.config import load_config
+from bpftap.config import Config, load_config
 from bpftap.errors import BpftapError
 
 log = logging.getLogger("bpftap.agent")
@@ -43,7 +47,33 @@ def run(
     ConfigError before anything is attached. With `keep_attached`, SIGTERM leaves everything attached and
     pinned for the next run to adopt.
     """
-    config = load_config(config_path)
+    return run_config(load_config(config_path), mode, first, priority, object_path, metrics=metrics, upgrade=upgrade,
+                 keep_attached=keep_attached, config_path=config_path)
+
+
+def run_config(
+    config: Config,
+    mode: tc.Mode = tc.Mode.AUTO,
+    first: bool = True,
+    priority: int = 1,
+    object_path: Path | None = None,
+    *,
+    metrics: tuple[str, int] | None = None,
+    upgrade: bool = False,
+    keep_attached: bool = False,
+    config_path: str | None = None,
+    duration: float | None = None,
+    tick: Callable[[Agent], None] | None = None,
+    done: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """The agent for a validated `config`, until SIGTERM/SIGINT or `duration` seconds of mirroring; returns 0.
+
+    `run` passes `config_path`: SIGHUP and a change of that file reload it.
+    Without one (`bpftap mirror`) there is nothing to reload. `tick(agent)`
+    runs once attached, then about every REFRESH_SECONDS; `done(status)` gets
+    the agent's last status before it detaches. Raises what `Agent.start`
+    raises, with nothing left attached.
+    """
     source = AgentSource()
     # bound before anything is made or attached: a bad address is exit 2 with nothing to undo
     exporter = serve(metrics, source) if metrics is not None else None
@@ -64,7 +94,8 @@ def run(
         raise
     source.agent = agent
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
-    config_watch = ConfigWatch(config_path)  # a ConfigMap update reloads like SIGHUP
+    # a ConfigMap update reloads like SIGHUP
+    config_watch = ConfigWatch(config_path) if config_path is not None else None
 
     def on_signal(event: threading.Event) -> Callable[..., None]:
         return lambda *_: (event.set(), wake.set())
@@ -80,36 +111,51 @@ def run(
             exporter.close()
         raise
     server.start()
+    deadline = None if duration is None else time.monotonic() + duration  # mirroring from now on
     log.info(
-        "mirroring; SIGHUP reloads %s, SIGTERM or Ctrl-C %s and exits",
-        config_path,
+        "mirroring; %sSIGTERM or Ctrl-C %s and exits",
+        f"SIGHUP reloads {config_path}, " if config_path is not None else "",
         f"leaves it attached, pinned at {agent.pin_dir}," if keep_attached else "detaches",
     )
     try:
+        if tick is not None:
+            tick(agent)
         while not stop.is_set():
             # a signal ends the wait at once; otherwise refresh every second
-            wake.wait(REFRESH_SECONDS)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            wake.wait(REFRESH_SECONDS if left is None else min(left, REFRESH_SECONDS))
             wake.clear()
             if stop.is_set():
                 break
-            if config_watch.changed():
+            if config_watch is not None and config_watch.changed():
                 log.info("%s changed; reloading", config_path)
                 reload.set()
             if reload.is_set():
                 reload.clear()
-                try:
-                    agent.apply(load_config(config_path))
-                except BpftapError as exc:
-                    log.error("reload refused, the running rules stay: %s", exc)
+                if config_path is None:
+                    log.info("SIGHUP: no config file to reload")
+                else:
+                    try:
+                        agent.apply(load_config(config_path))
+                    except BpftapError as exc:
+                        log.error("reload refused, the running rules stay: %s", exc)
             agent.refresh_sessions()
             if agent.pods is not None:
                 agent.pods.sync()
+            if tick is not None:
+                tick(agent)
     finally:
         if exporter is not None:
             exporter.close()
         server.close()
-        agent.keep = keep_attached
-        agent.stop()
+        try:
+            if done is not None:
+                done(agent.status())
+        finally:  # whatever the report does, detach
+            agent.keep = keep_attached
+            agent.stop()
         if keep_attached:
             log.info("left attached and pinned at %s for the next run; bye", agent.pin_dir)
         else:

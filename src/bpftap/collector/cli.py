@@ -31,6 +31,8 @@ from bpftap.collector.server import (
     format_summary,
     parse_listen,
 )
+from bpftap.errors import BpftapError
+from bpftap.filter.pcap import CompiledFilter, FilterError, compile_filter
 from bpftap.tunnels import TUNNELS
 from bpftap.tunnels.geneve import GENEVE_PORT
 from bpftap.tunnels.vxlan import VNI_MAX, VXLAN_PORT
@@ -60,6 +62,9 @@ examples:
       the same, only VXLAN copies sent to 198.18.2.254
   bpftap collect --out - | tshark -r -
       stream pcapng to another tool; the summary and log go to stderr
+  bpftap collect --filter 'port 53' --out dns.pcapng
+      keep only the inner frames that match a pcap-filter expression (as tcpdump's);
+      the summary counts the others as filtered
   tcpdump -i eth1 -w underlay.pcap 'udp or ip proto gre or ip6'
   bpftap collect --read underlay.pcap --out inner.pcapng
       decapsulate a capture of the underlay (classic pcap of Ethernet frames)
@@ -80,9 +85,9 @@ signals:
   malformed per reason, files).
 
 exit status:
-  0 done; 2 bad option, bad or busy --listen address, unknown --interface,
-  unreadable or non-pcap --read file, unwritable --out, or --out naming the
-  --read file; 1 writing the capture failed while running (disk full, ...) or
+  0 done; 2 bad option, a --filter expression libpcap refuses, bad or busy
+  --listen address, unknown --interface, unreadable or non-pcap --read file,
+  unwritable --out, or --out naming the --read file; 1 writing the capture failed while running (disk full, ...) or
   the --read file is cut short (inside a record header or frame).
 """
 
@@ -177,6 +182,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--vni", metavar="N", type=_vni_arg, action="append",
                    help="keep only this VXLAN/GENEVE VNI (repeatable); others are counted "
                    "as malformed 'vni' and dropped")
+    p.add_argument("--filter", metavar="EXPR",
+                   help="keep only the inner (decapsulated) frames that match this pcap-filter "
+                   "expression, e.g. 'port 53' or 'icmp or arp' (libpcap's own matcher, as tcpdump's); "
+                   "the summary counts the others as filtered")
     p.set_defaults(func=run_collect)
 
 
@@ -234,6 +243,16 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     stop = stop if stop is not None else threading.Event()
+    inner_filter: CompiledFilter | None = None
+    if args.filter is not None:  # before anything is opened
+        try:
+            inner_filter = compile_filter(args.filter)
+        except FilterError as exc:
+            print(f"bpftap collect: error: --filter: {exc}", file=err)
+            return EXIT_USAGE
+        except BpftapError as exc:  # no libpcap
+            print(f"bpftap collect: error: --filter: {exc}", file=err)
+            return EXIT_FAILURE
     try:
         addr, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -248,7 +267,8 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
     rotate = None if args.rotate_mb is None else max(1, int(args.rotate_mb * MB))
     limits = Limits(args.reasm_timeout, int(args.reasm_max_bytes), int(args.reasm_max_datagrams))
     collector = Collector(addr, port, Path(args.out), rotate, args.vni, tunnels=args.tunnel,
-                          geneve_port=args.geneve_port, interface=args.interface, read=args.read, limits=limits)
+                          geneve_port=args.geneve_port, interface=args.interface, read=args.read, limits=limits,
+                          inner_filter=inner_filter)
     try:
         collector.bind()
     except CollectorError as exc:
@@ -257,6 +277,7 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
     with _stop_on_signals(stop):
         rotating = f", new file every {args.rotate_mb:g} MB" if rotate else ""
         vnis = f", VNIs {','.join(map(str, sorted(set(args.vni))))}" if args.vni else ""
+        vnis += f", frames matching {args.filter!r}" if inner_filter is not None else ""
         for warning in collector.warnings:
             print(f"bpftap collect: warning: {warning}", file=err)
         verb = "reading" if args.read is not None else "listening on"

@@ -10,7 +10,9 @@ comment). Each frame's comment carries the tunnel metadata and sender, e.g.
 ``tunnel=erspan3 session=7 seq=12 dir=egress if=3 ts=... from=198.18.2.254``,
 and its pcapng flags the direction where the tunnel says it.
 
-Every datagram is counted: ``received == written + sum(malformed.values())``.
+Every datagram is counted: ``received == written + filtered +
+sum(malformed.values())``, ``filtered`` being the inner frames a
+``--filter`` expression (libpcap's matcher, bpftap.filter.pcap) left out.
 Reasons in ``malformed`` are ``<tunnel>:<reason>`` from the decoders (and
 ``ip:<reason>`` for a bad IPv4 header on the raw socket), ``"vni"`` (a
 VXLAN/GENEVE frame for a VNI outside ``--vni``), ``"tunnel"`` (a GRE-based
@@ -63,6 +65,7 @@ from bpftap.collector.sockets import (
     sender,
 )
 from bpftap.collector.underlay import PcapReader, Underlay, underlay_for
+from bpftap.filter.pcap import CompiledFilter
 from bpftap.tunnels import DECODERS, TUNNELS, DecapError, Meta, decode_gre, geneve, raw
 
 __all__ = ["Collector", "CollectorError", "CollectorStats", "format_endpoint", "format_summary", "parse_listen"]
@@ -92,10 +95,14 @@ class CollectorStats:
     they were read), ``ignored``, ``reassembly`` and ``pending`` (datagrams and bytes still
     in reassembly when the collector stopped) belong to the capture inputs;
     ``reassembly`` is None for sockets (the kernel reassembles).
+    ``filtered`` counts inner frames that did not match ``filter`` (the
+    expression, None without one).
     """
 
     received: int = 0
     written: int = 0
+    filtered: int = 0
+    filter: str | None = None
     malformed: dict[str, int] = field(default_factory=dict)
     per_session: dict[str, int] = field(default_factory=dict)
     per_sender: dict[str, int] = field(default_factory=dict)
@@ -130,8 +137,9 @@ class Collector:
     VXLAN/GENEVE VNIs. ``interface`` reads that interface's frames instead
     of opening sockets, ``read`` a pcap file (see collector.underlay;
     ``addr`` then filters on the outer destination, any if unspecified, and
-    ``limits`` bounds reassembly). Use ``bind()`` (or let ``serve()`` do it), then
-    ``serve()`` once. Raises ValueError from the constructor for an
+    ``limits`` bounds reassembly). ``inner_filter`` keeps only the inner
+    frames it matches (their sequence numbers still count). Use ``bind()``
+    (or let ``serve()`` do it), then ``serve()`` once. Raises ValueError from the constructor for an
     address that is not an IP literal, a port out of range or an unknown
     tunnel type.
     """
@@ -149,6 +157,7 @@ class Collector:
         interface: str | None = None,
         read: Path | None = None,
         limits: Limits | None = None,
+        inner_filter: CompiledFilter | None = None,
     ) -> None:
         self.addr = str(ipaddress.ip_address(addr))
         for p in (port, geneve_port):
@@ -168,6 +177,8 @@ class Collector:
         self.listeners: list[Listener] = []
         self.warnings: list[str] = []
         self._seqs = SequenceFollower(self.stats.lost, self.stats.reordered)
+        self._match = inner_filter.matcher() if inner_filter is not None else None
+        self.stats.filter = inner_filter.expression if inner_filter is not None else None
         self._writer: PcapngWriter | None = None
         self._closed = False
         self.interface, self.read = interface, read
@@ -384,7 +395,7 @@ class Collector:
         self._accept(lst.kind, meta, inner, kernel_ts(anc) or time.time_ns(), host, port)
 
     def _accept(self, kind: str, meta: Meta, inner: bytes, ts_ns: int, host: str, port: int) -> None:
-        """Filter a decoded frame by tunnel type and VNI, follow its sequence number, write it."""
+        """Filter a decoded frame by tunnel type and VNI, follow its sequence number, match --filter, write it."""
         stats = self.stats
         if meta.tunnel not in self.tunnels:
             _bump(stats.malformed, "tunnel")
@@ -393,8 +404,11 @@ class Collector:
             _bump(stats.malformed, "vni")
             return
         label = session_label(meta)
-        if meta.seq is not None:
+        if meta.seq is not None:  # before --filter: a frame left out is no copy lost
             self._seqs.follow(host, label, meta.seq)
+        if self._match is not None and not self._match(inner):
+            stats.filtered += 1
+            return
         where = format_endpoint(host, port) if kind in UDP_TUNNELS else host
         assert self._writer is not None
         try:
@@ -452,6 +466,7 @@ def format_summary(stats: CollectorStats) -> str:
         f"lost:       {_counts(stats.lost)} (sequence gaps)",
         f"reordered:  {_counts(stats.reordered)}",
         f"malformed:  {_counts(stats.malformed)}",
+        *([f"filtered:   {stats.filtered} frames did not match --filter {stats.filter!r}"] if stats.filter else []),
         *_capture_lines(stats),
         f"files:      {files}",
     ])
