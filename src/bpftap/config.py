@@ -41,6 +41,7 @@ from bpftap.config_model import (  # noqa: F401 (re-exported: the model is the c
     RULE_NUMBER_MAX,
     TUNNEL_ID_FIELDS,
     TUNNELS,
+    TYPES,
     UDP_TUNNELS,
     VNI_MAX,
     VXLAN_PORT,
@@ -351,7 +352,7 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     priority = e.get("priority", _choice("priority", {p: p for p in PRIORITIES}), "normal")
     oversize = e.get("oversize", _choice("oversize", {o: o for o in OVERSIZE}), "resegment")
     gso = e.get("gso", _boolean, True)
-    default_port = GENEVE_PORT if tunnel == "geneve" else VXLAN_PORT if tunnel == "vxlan" else 0
+    default_port = TYPES[tunnel].udp_port if tunnel in TYPES else 0
     port = e.get("port", _integer(1, 65535), default_port)
     e.claim("name", name, names)
     raw_name = e.raw.get("name")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from bpftap import abi
 from bpftap.config_values import ANY_PORTS, IPAddress, IPNetwork, Ports
 from bpftap.pod_selector import PodSelector
+from bpftap.tunnels import TUNNEL_ID_FIELDS, TUNNELS, TYPES, UDP_PORTS, UDP_TUNNELS  # noqa: F401 (re-exported)
 
-VXLAN_PORT = 4789
-GENEVE_PORT = 6081
+VXLAN_PORT, GENEVE_PORT = UDP_PORTS["vxlan"], UDP_PORTS["geneve"]
 VNI_MAX = 2**24 - 1
 GRE_KEY_MAX = 2**32 - 1
 ERSPAN_SESSION_MAX = 1023
@@ -25,10 +25,6 @@ ETH_HLEN = 14
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
 ONE_FAMILY_PROTOCOLS = {IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 6}  # protocol -> the only family it exists in
-TUNNELS = ("vxlan", "geneve", "gre", "erspan2", "erspan3")
-UDP_TUNNELS = ("vxlan", "geneve")
-# the field that identifies a session's copies, per tunnel type; gre's is optional
-TUNNEL_ID_FIELDS = {"vxlan": "vni", "geneve": "vni", "gre": "key", "erspan2": "session_id", "erspan3": "session_id"}
 
 
 class Direction(enum.IntFlag):
@@ -101,7 +97,7 @@ class Session:
         or rate limit (they count wire frames). Over IPv6 the segments' UDP
         checksum is zero (RFC 6935); `gso: false` keeps the per-segment path.
         """
-        return self.gso and self.tunnel in ("vxlan", "geneve", "gre") and not self.gre_seq and not self.truncates and self.sample == 1 \
+        return self.gso and TYPES[self.tunnel].gso and not self.gre_seq and not self.truncates and self.sample == 1 \
             and self.rate_limit == (0, 0)
 
     @property

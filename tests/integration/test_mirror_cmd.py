@@ -13,7 +13,6 @@ naming the option.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -29,7 +28,6 @@ import pytest
 
 from bpftap import abi
 from bpftap.demo import wait_for_agent
-from bpftap.errors import ConfigError
 from bpftap.lab import Lab
 
 from .agent_lab import BPFTAP, TIME_SCALE, PinScope, hook_state, in_tap
@@ -233,24 +231,7 @@ def test_bad_options_exit_2_naming_the_option(lab: Lab, pins: PinScope, args: li
     assert hook_state(lab) == before
 
 
-def _filters_merged() -> bool:
-    """Whether this tree's config takes a rule's `filter:` (the lead adds it on main, issue 15)."""
-    from bpftap.mirror import build_config
-
-    args = argparse.Namespace(interfaces=["eth0"], to="198.18.2.1", tunnel="vxlan", vni=None, direction="both",
-                              filter="udp", snaplen=None, duration=None)
-    try:
-        build_config(args)
-    except ConfigError as exc:
-        if "unknown field 'filter'" in str(exc):
-            return False
-        raise
-    return True
-
-
 def test_filter_mirrors_only_what_matches(lab: Lab, pins: PinScope) -> None:
-    if not _filters_merged():
-        pytest.skip("rule filters not merged yet")
     count = 5
     got, rows, _, out, err = mirrored(lab, pins, count, (7000, 7001), "--filter", "udp dst port 7000")
     want = Counter({k: n for k, n in expected(count, (7000,)).items() if k[0] == "udp"})

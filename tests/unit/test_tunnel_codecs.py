@@ -247,3 +247,16 @@ def test_unknown_tunnel_or_family() -> None:
         erspan.encode2(1024, INNER, seq=1)
     with pytest.raises(ValueError):
         geneve.encode(1 << 24, INNER)
+
+
+def test_the_tunnel_registry_is_the_kernels_list() -> None:
+    """One list of tunnel types (bpftap.tunnels.TYPES): the same names as enum mirror_tunnel, and every other list
+    (config, collector) derived from it."""
+    from bpftap import abi, config_model, tunnels
+    from bpftap.collector import server
+
+    assert [t.upper() for t in tunnels.TUNNELS] == [m.name for m in abi.MirrorTunnel]
+    assert config_model.TUNNELS is tunnels.TUNNELS and server.UDP_TUNNELS is tunnels.UDP_TUNNELS
+    assert set(tunnels.UDP_TUNNELS) | set(tunnels.GRE_TUNNELS) == set(tunnels.TUNNELS)
+    assert not set(tunnels.UDP_TUNNELS) & set(tunnels.GRE_TUNNELS)
+    assert (config_model.VXLAN_PORT, config_model.GENEVE_PORT) == (4789, 6081)

@@ -20,10 +20,10 @@ import yaml
 from bpftap.demo import wait_for_agent
 from bpftap.errors import BpftapError
 from bpftap.lab import Host, Lab
+from bpftap.tunnels.vxlan import VXLAN_PORT
 
 BPFTAP = [sys.executable, "-m", "bpftap.cli"]
 VNI = 42
-VXLAN_PORT = 4789
 IPERF_PORT = 5201
 
 

@@ -66,7 +66,7 @@ from bpftap.collector.sockets import (
 )
 from bpftap.collector.underlay import PcapReader, Underlay, underlay_for
 from bpftap.filter.pcap import CompiledFilter
-from bpftap.tunnels import DECODERS, TUNNELS, DecapError, Meta, decode_gre, geneve, raw
+from bpftap.tunnels import DECODERS, GRE_TUNNELS, TUNNELS, UDP_TUNNELS, DecapError, Meta, decode_gre, geneve, raw
 
 __all__ = ["Collector", "CollectorError", "CollectorStats", "format_endpoint", "format_summary", "parse_listen"]
 
@@ -74,8 +74,6 @@ POLL_INTERVAL = 0.2
 MAX_DATAGRAM = 65535
 #: a frame read from an interface: the largest IP datagram, Ethernet and two VLAN tags
 MAX_FRAME = MAX_DATAGRAM + 22
-GRE_TUNNELS = ("gre", "erspan2", "erspan3")
-UDP_TUNNELS = ("vxlan", "geneve")
 #: pcapng epb_flags direction bits by MirrorDir value: 1 inbound, 2 outbound
 EPB_DIRECTION = {1: 0b01, 2: 0b10}
 

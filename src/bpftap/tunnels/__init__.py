@@ -12,24 +12,45 @@ Decoders return ``(Meta, inner frame)`` and raise only DecapError, whose
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from bpftap.tunnels import erspan, geneve, gre, raw, vxlan
 from bpftap.tunnels.common import DecapError, Meta
 
-#: Tunnel types as the config and the collector's --tunnel spell them.
-TUNNELS: Final = ("vxlan", "geneve", "gre", "erspan2", "erspan3")
-#: Those carried over GRE (a raw socket for IP protocol 47), by GRE protocol type.
-GRE_PROTOCOLS: Final = {gre.PROTO_TEB: "gre", erspan.PROTO_TYPE2: "erspan2", erspan.PROTO_TYPE3: "erspan3"}
-UDP_PORTS: Final = {"vxlan": vxlan.VXLAN_PORT, "geneve": geneve.GENEVE_PORT}
+@dataclass(frozen=True)
+class TunnelType:
+    """One tunnel type bpftap sends: the one place that says what it is (config, agent, collector derive from it).
 
-DECODERS: Final[dict[str, Callable[[bytes], tuple[Meta, bytes]]]] = {
-    "vxlan": vxlan.decode,
-    "geneve": geneve.decode,
-    "gre": gre.decode,
-    "erspan2": erspan.decode2,
-    "erspan3": erspan.decode3,
-}
+    Its kernel code is `abi.MirrorTunnel[name.upper()]` (enum mirror_tunnel);
+    tests/unit/test_tunnel_codecs.py checks the two lists agree.
+    """
+
+    name: str  # as the config and the collector's --tunnel spell it
+    id_field: str  # the session field that identifies its copies (gre's key is optional)
+    decode: Callable[[bytes], tuple[Meta, bytes]]
+    udp_port: int = 0  # its default UDP destination port; 0: carried over GRE (IP protocol 47)
+    gre_proto: int = 0  # its GRE protocol type, for those over GRE
+    gso: bool = False  # a super-packet's copy can be encapsulated whole (no per-packet sequence number)
+
+
+#: Every tunnel type, in the order the config and --help list them.
+TYPES: Final = {t.name: t for t in (
+    TunnelType("vxlan", "vni", vxlan.decode, udp_port=vxlan.VXLAN_PORT, gso=True),
+    TunnelType("geneve", "vni", geneve.decode, udp_port=geneve.GENEVE_PORT, gso=True),
+    TunnelType("gre", "key", gre.decode, gre_proto=gre.PROTO_TEB, gso=True),
+    TunnelType("erspan2", "session_id", erspan.decode2, gre_proto=erspan.PROTO_TYPE2),
+    TunnelType("erspan3", "session_id", erspan.decode3, gre_proto=erspan.PROTO_TYPE3),
+)}
+TUNNELS: Final = tuple(TYPES)
+UDP_TUNNELS: Final = tuple(t.name for t in TYPES.values() if t.udp_port)
+GRE_TUNNELS: Final = tuple(t.name for t in TYPES.values() if t.gre_proto)
+#: Those carried over GRE (a raw socket for IP protocol 47), by GRE protocol type.
+GRE_PROTOCOLS: Final = {t.gre_proto: t.name for t in TYPES.values() if t.gre_proto}
+UDP_PORTS: Final = {t.name: t.udp_port for t in TYPES.values() if t.udp_port}
+#: The field that identifies a session's copies, per tunnel type.
+TUNNEL_ID_FIELDS: Final = {t.name: t.id_field for t in TYPES.values()}
+DECODERS: Final[dict[str, Callable[[bytes], tuple[Meta, bytes]]]] = {t.name: t.decode for t in TYPES.values()}
 
 
 def decode_gre(packet: bytes) -> tuple[Meta, bytes]:
@@ -47,5 +68,5 @@ def decode_gre(packet: bytes) -> tuple[Meta, bytes]:
     return DECODERS[tunnel](packet)
 
 
-__all__ = ["DECODERS", "GRE_PROTOCOLS", "TUNNELS", "UDP_PORTS", "DecapError", "Meta", "decode_gre", "erspan",
-           "geneve", "gre", "raw", "vxlan"]
+__all__ = ["DECODERS", "GRE_PROTOCOLS", "GRE_TUNNELS", "TUNNELS", "TUNNEL_ID_FIELDS", "TYPES", "UDP_PORTS",
+           "UDP_TUNNELS", "DecapError", "Meta", "TunnelType", "decode_gre", "erspan", "geneve", "gre", "raw", "vxlan"]
