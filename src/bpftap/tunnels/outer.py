@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from bpftap import tunnels
 from bpftap.tunnels import erspan, geneve, gre, vxlan
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -32,7 +33,6 @@ UDP_SPORT_MASK: Final = 0x3FFF
 TTL: Final = 64
 IPPROTO_UDP: Final = 17
 IPPROTO_GRE: Final = 47
-UDP_TUNNELS: Final = ("vxlan", "geneve")
 
 
 def tunnel_len(tunnel: str, *, key: bool = False, seq: bool = False, platform: bool = True) -> int:
@@ -125,7 +125,7 @@ def encapsulate(outer: Outer, inner: bytes, *, hash: int = 0, seq: int = 0, dire
     payload = tunnel_payload(outer, inner, seq=seq, direction=direction, ifindex=ifindex,
                              timestamp_ns=timestamp_ns)
     v6 = outer.family == 6
-    if outer.tunnel in UDP_TUNNELS:
+    if outer.tunnel in tunnels.UDP_TUNNELS:
         sport = UDP_SPORT_BASE + (hash & UDP_SPORT_MASK)
         length = UDP_HLEN + len(payload)
         check = 0
