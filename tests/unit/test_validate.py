@@ -51,3 +51,12 @@ def test_log_format_json_makes_each_config_mistake_a_json_object(
     assert len(records) >= 2 and {r["level"] for r in records} == {"error"} and {r["kind"] for r in records} == {"config"}
     assert records[0]["message"].startswith(f"{path}: sessions[0].vni:")
     assert all(r["message"].startswith(f"{path}: ") for r in records)
+
+
+def test_log_format_json_covers_collects_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["collect", "--read", str(tmp_path / "missing.pcap"), "--out", str(tmp_path / "o.pcapng"),
+                 "--log-format", "json"]) == ExitStatus.USAGE
+    record = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert record["level"] == "error" and record["logger"] == "bpftap.collect" and "missing.pcap" in record["message"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -231,6 +233,17 @@ def _out_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _say(args: argparse.Namespace, err: TextIO, level: str, message: str) -> None:
+    """A line on stderr: `bpftap collect: error: ...`, or with --log-format json a JSON object."""
+    if getattr(args, "log_format", "text") == "json":
+        print(json.dumps({"ts": round(time.time(), 6), "level": level, "logger": "bpftap.collect",
+                          "message": message}), file=err, flush=True)
+    elif level == "info":
+        print(message, file=err, flush=True)
+    else:
+        print(f"bpftap collect: {level}: {message}", file=err, flush=True)
+
+
 def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
                 stderr: TextIO | None = None, stop: threading.Event | None = None) -> int:
     """Run ``bpftap collect`` with parsed ``args``; return the exit status.
@@ -248,19 +261,19 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
         try:
             inner_filter = compile_filter(args.filter)
         except FilterError as exc:
-            print(f"bpftap collect: error: --filter: {exc}", file=err)
+            _say(args, err, "error", f"--filter: {exc}")
             return EXIT_USAGE
         except BpftapError as exc:  # no libpcap
-            print(f"bpftap collect: error: --filter: {exc}", file=err)
+            _say(args, err, "error", f"--filter: {exc}")
             return EXIT_FAILURE
     try:
         addr, port = parse_listen(args.listen)
     except ValueError as exc:
-        print(f"bpftap collect: error: {exc}", file=err)
+        _say(args, err, "error", f"{exc}")
         return EXIT_USAGE
     problem = _out_problem(args)
     if problem:
-        print(f"bpftap collect: error: {problem}", file=err)
+        _say(args, err, "error", f"{problem}")
         return EXIT_USAGE
     if _is_stdout(args.out):
         out = err  # the capture is the stream: the summary must not land in it
@@ -272,21 +285,20 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
     try:
         collector.bind()
     except CollectorError as exc:
-        print(f"bpftap collect: error: {exc}", file=err)
+        _say(args, err, "error", f"{exc}")
         return EXIT_USAGE
     with _stop_on_signals(stop):
         rotating = f", new file every {args.rotate_mb:g} MB" if rotate else ""
         vnis = f", VNIs {','.join(map(str, sorted(set(args.vni))))}" if args.vni else ""
         vnis += f", frames matching {args.filter!r}" if inner_filter is not None else ""
         for warning in collector.warnings:
-            print(f"bpftap collect: warning: {warning}", file=err)
+            _say(args, err, "warning", f"{warning}")
         verb = "reading" if args.read is not None else "listening on"
-        print(f"{verb} {collector.describe()}, writing {args.out}{rotating}{vnis}",
-              file=err, flush=True)
+        _say(args, err, "info", f"{verb} {collector.describe()}, writing {args.out}{rotating}{vnis}")
         try:
             stats = collector.serve(stop, max_packets=args.count, duration=args.duration)
         except CollectorError as exc:
-            print(f"bpftap collect: error: {exc}", file=err)
+            _say(args, err, "error", f"{exc}")
             print(format_summary(collector.stats), file=out)
             return EXIT_FAILURE
     print(format_summary(stats), file=out)
