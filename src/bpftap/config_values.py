@@ -120,6 +120,7 @@ def _filter(value: object) -> str:
     """A pcap-filter expression that libpcap compiles and bpftap can run in the kernel."""
     from bpftap.filter import check_expression
     from bpftap.filter.pcap import FilterError
+    from bpftap.filter.translate import UnsupportedFilter
 
     text = _string(value, "a pcap-filter expression such as 'udp port 53'")
     if not text.strip():
@@ -128,6 +129,8 @@ def _filter(value: object) -> str:
         raise _Invalid(f"has {len(text)} characters; at most {FILTER_MAX_CHARS}")
     try:
         check_expression(text)
+    except UnsupportedFilter as e:
+        raise _Invalid(f"{shown(text)}: {e.reason}") from None
     except FilterError as e:
         raise _Invalid(f"{shown(text)}: libpcap: {e.reason}") from None
     return text

@@ -154,6 +154,33 @@ class BpfLinkInfo(ctypes.Structure):
     ]
 
 
+class BpfProgLoadOpts(ctypes.Structure):
+    """struct bpf_prog_load_opts (libbpf 1.1, up to log_buf)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("attempts", ctypes.c_int),
+        ("expected_attach_type", ctypes.c_int),
+        ("prog_btf_fd", c_u32),
+        ("prog_flags", c_u32),
+        ("prog_ifindex", c_u32),
+        ("kern_version", c_u32),
+        ("attach_btf_id", c_u32),
+        ("attach_prog_fd", c_u32),
+        ("attach_btf_obj_fd", c_u32),
+        ("fd_array", c_void_p),
+        ("func_info", c_void_p),
+        ("func_info_cnt", c_u32),
+        ("func_info_rec_size", c_u32),
+        ("line_info", c_void_p),
+        ("line_info_cnt", c_u32),
+        ("line_info_rec_size", c_u32),
+        ("log_level", c_u32),
+        ("log_size", c_u32),
+        ("log_buf", c_void_p),
+    ]
+
+
 def sized(struct_type: type[ctypes.Structure], **fields: Any) -> Any:
     """An opts struct with `sz` set, as libbpf's LIBBPF_OPTS does."""
     value = struct_type(**fields)
@@ -196,6 +223,10 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "bpf_obj_pin": ([ctypes.c_int, ctypes.c_char_p], ctypes.c_int),
     "bpf_obj_get": ([ctypes.c_char_p], ctypes.c_int),
     "bpf_link_update": ([ctypes.c_int, ctypes.c_int, c_void_p], ctypes.c_int),
+    "bpf_prog_load": (
+        [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, c_void_p, c_size_t, ctypes.POINTER(BpfProgLoadOpts)],
+        ctypes.c_int,
+    ),
     "bpf_prog_test_run_opts": ([ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)], ctypes.c_int),
     "bpf_tc_hook_create": ([ctypes.POINTER(BpfTcHook)], ctypes.c_int),
     "bpf_tc_hook_destroy": ([ctypes.POINTER(BpfTcHook)], ctypes.c_int),
