@@ -34,13 +34,15 @@ def plot_tier1(t1: dict[str, Any], path: Path, title: str) -> None:
         for r in rows:
             label = {"empty": "empty", "empty1": "empty r=1", "nomatch": f"no match {r.get('rules')}",
                      "match": f"match {r.get('rules')}", "encap": f"encap {r.get('sessions')} sess",
-                     "link": "original, listed link"}[r["kind"]]
+                     "link": "original, listed link", "nomatch-filters": f"no match {r.get('rules')}, filters",
+                     "filter": f"filters run {r.get('rules')}"}[r["kind"]]
             med, err = _err(r["ns"])
             labels.append(label)
             vals.append(med)
             errs.append(err)
             colours.append({"empty": "tab:gray", "empty1": "tab:gray", "nomatch": "tab:blue", "match": "tab:green",
-                            "encap": "tab:orange", "link": "tab:purple"}[r["kind"]] if not r.get("problem") else "tab:red")
+                            "encap": "tab:orange", "link": "tab:purple", "nomatch-filters": "tab:cyan",
+                            "filter": "tab:brown"}[r["kind"]] if not r.get("problem") else "tab:red")
         x = range(len(vals))
         ax.bar(x, vals, yerr=list(zip(*errs)) if errs else None, color=colours, capsize=2)
         ax.set_xticks(list(x), labels, fontsize=7, rotation=60, ha="right")

@@ -74,16 +74,31 @@ def frame(family: int, size: int, dport: int = 5201) -> bytes:
     return eth + hdr + udp
 
 
-def rule_config(n_rules: int, match: bool, sessions: int) -> dict[str, Any]:
+FILTER_RULES = 8
+FILTER = "udp port 53 or tcp[tcpflags] & tcp-syn != 0"
+"""The issue's example expression: the bench packet (UDP to 5201) is not one it takes."""
+
+
+def rule_config(n_rules: int, match: bool, sessions: int, filters: str = "") -> dict[str, Any]:
     """`n_rules` rules; every one but a matching last one is checked to its last field and fails.
 
     The non-matching rules are UDP rules for destination ports 6000.. (the
     test packet goes to 5201): family, protocol and addresses match, the
-    port does not, so each costs a full rule check.
+    port does not, so each costs a full rule check. `filters`: the first
+    FILTER_RULES rules get FILTER as well; "other": they are TCP rules, never
+    a candidate for the UDP packet (what filter rules cost the rest of the
+    traffic); "candidate": the first of them takes every UDP packet but for
+    its filter (one evaluation of the slot's filters, then no match).
     """
     names = [f"s{i}" for i in range(max(SESSION_COUNTS))]
     rules: list[dict[str, Any]] = [{"number": 1 + i, "protocol": "udp", "dst_ports": NOMATCH_PORT + i, "sessions": ["s0"]}
                                    for i in range(n_rules - (1 if match else 0))]
+    for i, rule in enumerate(rules[:FILTER_RULES] if filters else ()):
+        rule["filter"] = FILTER
+        if filters == "other":
+            rule["protocol"] = "tcp"
+        elif i == 0:
+            del rule["dst_ports"]
     if match:
         rules.append({"number": n_rules + 1, "sessions": names[:sessions]})
     return {"sources": [{"interface": "k0"}],
@@ -121,10 +136,10 @@ class Worker:
         self.problems: dict[str, str] = {}
         self._last: dict[str, int] = {}
 
-    _compiled: dict[tuple[int, bool, int], Any] = {}
+    _compiled: dict[tuple[int, bool, int, str], Any] = {}
 
     @classmethod
-    def compile(cls, n_rules: int, match: bool, sessions: int) -> Any:
+    def compile(cls, n_rules: int, match: bool, sessions: int, filters: str = "") -> Any:
         """(config, slots, compiled rules) of a bench rule set, with whichever compiler this tree has."""
         from bpftap.config import parse_config
         from bpftap.rules import assign_session_slots
@@ -133,9 +148,9 @@ class Worker:
             from bpftap.classifier import compile_rules  # type: ignore[attr-defined]
         except ImportError:
             from bpftap.rules import compile_rules  # type: ignore[attr-defined,no-redef]
-        key = (n_rules, match, sessions)
+        key = (n_rules, match, sessions, filters)
         if key not in cls._compiled:
-            cfg = parse_config(rule_config(n_rules, match, sessions), "bench.yaml")
+            cfg = parse_config(rule_config(n_rules, match, sessions, filters), "bench.yaml")
             slots = assign_session_slots(cfg.sessions)
             cls._compiled[key] = (cfg, slots, compile_rules(cfg, slots))
         return cls._compiled[key]
@@ -144,9 +159,9 @@ class Worker:
     def _classes(cls, n_rules: int, match: bool, sessions: int) -> int:
         return len(getattr(cls.compile(n_rules, match, sessions)[2], "classes", ()))
 
-    def program(self, n_rules: int, match: bool, sessions: int) -> int:
+    def program(self, n_rules: int, match: bool, sessions: int, filters: str = "") -> int:
         """Write a rule set into the maps as the agent would; returns the last rule's `rules` map key."""
-        cfg, slots, compiled = self.compile(n_rules, match, sessions)
+        cfg, slots, compiled = self.compile(n_rules, match, sessions, filters)
         for sess in cfg.sessions:
             self.tables.write_session(slots[sess.name], sess, self.hop)
         slot = self.tables.write_rules(compiled, self.k0)
@@ -185,6 +200,10 @@ class Worker:
                 for n in rule_counts:
                     out.append({**base, "kind": "nomatch", "stage": 1, "rules": n})
                     out.append({**base, "kind": "match", "stage": 1, "rules": n})
+                if hasattr(self.abi, "MAX_FILTER_RULES"):  # rule filters (config filter:)
+                    for n in (min(rule_counts), max(rule_counts)):
+                        out.append({**base, "kind": "nomatch-filters", "stage": 1, "rules": n})
+                        out.append({**base, "kind": "filter", "stage": 1, "rules": n})
                 if hasattr(self.abi, "PROG_LINK"):  # an original leaving a listed link (config links:)
                     out.append({**base, "kind": "link", "stage": 1})
                 out.append({**base, "kind": "empty1", "stage": 2})
@@ -201,8 +220,9 @@ class Worker:
             return self.repeated(case["name"], self.empty_obj.program(EMPTY_PROG), data)
         if kind == "empty1":
             return self.single(case["name"], self.empty_obj.program(EMPTY_PROG), data, 0, self.abi.MIRROR_PASS)
-        if kind in ("nomatch", "match"):
-            self.program(case["rules"], kind == "match", 1)
+        if kind in ("nomatch", "match", "nomatch-filters", "filter"):
+            filters = {"nomatch-filters": "other", "filter": "candidate"}.get(kind, "")
+            self.program(case["rules"], kind == "match", 1, filters)
             return self.repeated(case["name"], self.obj.program(self.abi.PROG_INGRESS), data)
         if kind == "link":
             from bpftap.agent.links import LinkGovernor, LinkState

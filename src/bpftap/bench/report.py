@@ -45,6 +45,10 @@ def tier1_lines(t1: dict[str, Any]) -> list[str]:
         row(f"no match, {n} rules", ("nomatch", n, None))
     for n in t1["rule_counts"]:
         row(f"match (stage 1), {n} rules", ("match", n, None))
+    for n in sorted({r["rules"] for r in t1["rows"] if r["kind"] == "nomatch-filters"}):
+        row(f"no match, filters, {n} r", ("nomatch-filters", n, None))
+    for n in sorted({r["rules"] for r in t1["rows"] if r["kind"] == "filter"}):
+        row(f"8 filters run, {n} r", ("filter", n, None))
     if any(r["kind"] == "link" for r in t1["rows"]):
         row("original on a listed link", ("link", None, None))
     row("empty, repeat=1 (stage-2 floor)", ("empty1", None, None))

@@ -4,9 +4,10 @@ The approach follows cloudflare/cbpfc (BSD-3-Clause): A and X live in
 callee-saved registers, scratch memory M[] on the stack, every packet load
 is bounds-checked and an out-of-bounds load rejects the packet (as libpcap's
 interpreter returns 0), and each classic jump becomes a labelled eBPF jump.
-Unlike cbpfc, loads go through bpf_skb_load_bytes (bytes past the linear
-part of a GSO packet are read too; no direct packet access, so the verifier
-never adds its un-cloning prologue) and the filter sees the frame as tcpdump
+Loads read the linear part directly and go through bpf_skb_load_bytes
+beyond it (bytes past the linear part of a GSO packet); nothing is ever
+written to the packet, so the verifier never adds its un-cloning prologue.
+The filter sees the frame as tcpdump
 on the interface would: an outer VLAN tag the kernel holds beside the frame
 (skb->vlan_present) is put back at offset 12 (the `virtual frame`).
 
@@ -37,6 +38,7 @@ STACK_MEM = -88
 STACK_VHEAD = -112
 VHEAD_LEN = 20  # virtual bytes [0, 20): the MAC addresses, the tag, the 4 frame bytes after them
 MEMWORDS = 16
+SKB_DATA, SKB_DATA_END = 76, 80  # struct __sk_buff
 SKF_AD_OFF = 0xFFFFF000  # classic BPF's ancillary loads (Linux extensions) start here
 
 _SIZES = {E.W: 4, E.H: 2, E.B: 1}
@@ -50,7 +52,7 @@ class UnsupportedFilter(FilterError):
 
 def _load(dst: int, size: int, reject: str, tag: str) -> list[Item]:
     """dst = the `size` bytes of the virtual frame at offset R1 (a u64), big-endian; out of bounds: `reject`."""
-    shifted, phys, done = f"{tag}_shifted", f"{tag}_phys", f"{tag}_done"
+    shifted, phys, helper, swap, done = (f"{tag}_{x}" for x in ("shifted", "phys", "helper", "swap", "done"))
     code: list[Item] = [
         E.ldx(E.DW, E.R2, E.R10, STACK_TAG),
         E.jmp_imm(E.JEQ, E.R2, 0, phys),
@@ -71,7 +73,18 @@ def _load(dst: int, size: int, reject: str, tag: str) -> list[Item]:
         Label(shifted),
         E.alu64_imm(E.SUB, E.R1, 4),
         Label(phys),
-        # offsets of 2^31 and more are in no frame (and would wrap in the helper's u32)
+        # in the linear part: a direct read (no write ever: that would make the verifier un-clone every skb)
+        E.jmp_imm(E.JGT, E.R1, 0xFFFF, helper),
+        E.ldx(E.W, E.R2, E.R6, SKB_DATA),
+        E.ldx(E.W, E.R3, E.R6, SKB_DATA_END),
+        E.alu64(E.ADD, E.R2, E.R1),
+        E.mov64(E.R4, E.R2),
+        E.alu64_imm(E.ADD, E.R4, size),
+        E.jmp(E.JGT, E.R4, helper, E.R3),
+        E.ldx(_size_code(size), dst, E.R2, 0),
+        E.ja(swap),
+        Label(helper),
+        # beyond it, bpf_skb_load_bytes; offsets of 2^31 and more are in no frame (and would wrap in its u32)
         E.mov64(E.R2, E.R1),
         E.alu64_imm(E.RSH, E.R2, 31),
         E.jmp_imm(E.JNE, E.R2, 0, reject),
@@ -83,6 +96,7 @@ def _load(dst: int, size: int, reject: str, tag: str) -> list[Item]:
         E.call(E.FUNC_SKB_LOAD_BYTES),
         E.jmp_imm(E.JNE, E.R0, 0, reject),
         E.ldx(_size_code(size), dst, E.R10, STACK_LOADBUF),
+        Label(swap),
     ]
     if size > 1:
         code.append(E.to_be(dst, 8 * size))
