@@ -47,7 +47,8 @@ PRIMITIVES = [
     "ip[2:2] - 20 < 0", "-ip[8] & 0xff == 192", "tcp[0:2] + tcp[2:2] > 6000", "udp[4:2] > 100",
     "tcp[((tcp[12] & 0xf0) >> 2):4] == 0x47455420", "tcp[(tcp[12]>>2):2] == 0x1603",
     "len <= 100", "len > 1000", "greater 500", "less 64", "len == 60", "len - 14 > 1480",
-    "ip[4:2] / ip[8] > 3", "ip[4:2] % (ip[8] & 3) == 1",
+    "ip[4:2] / ip[8] > 3", "ip[4:2] % (ip[8] & 3) == 1", "ether[len - 1] & 1 == 1", "ether[len - 4:4] != 0",
+    "ip[len - 40:2] > 0x8000",
     # link layer
     "ether host 02:b7:00:00:01:00", "ether src 02:b7:00:00:02:00", "ether broadcast", "ether multicast",
     "broadcast", "multicast", "ip broadcast", "ip multicast", "ip6 multicast", "ether proto 0x88cc",

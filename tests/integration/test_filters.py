@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -165,3 +166,28 @@ def test_filters_see_the_vlan_tag_the_kernel_holds_beside_the_frame(lab: Lab) ->
     assert copies == want
     rule_packets = {r["number"]: r["packets"] for r in status["rules"]}
     assert rule_packets[10] == tagged and rule_packets[30] >= 5 and rule_packets[20] >= 10
+
+
+def test_filters_read_a_super_packets_payload_past_its_linear_part(lab: Lab) -> None:
+    """GSO super-packets from src's TCP stack reach tap's eth0 whole, their payload in pages: a filter reading
+    their last bytes (bpf_skb_load_bytes) decides as libpcap does on the same frames, as a sniffer saw them."""
+    expression = "tcp dst port 5201 and len > 3000 and ether[len - 7] & 1 == 1"
+    rules = f'  - {{number: 10, action: skip, filter: "{expression}"}}'
+    lab.run(lab.src, ["ethtool", "-K", "eth0", "tx", "on"])  # TSO needs it: super-packets again
+    server = lab.popen(lab.dst, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    agent = Agent(lab, CONFIG.format(col4=lab.col.ip4, rules=rules))
+    try:
+        time.sleep(0.5)
+        with busy_cpu(), sniffing(lab, [(lab.tap, "eth0")], seconds=6) as seen:
+            lab.run(lab.src, ["iperf3", "-c", str(lab.dst.ip4), "-b", "20M", "-t", "2", "-M", "1400"], timeout=30)
+        status = agent.status()
+    finally:
+        assert agent.stop() == 0
+        server.wait(timeout=10)
+        lab.run(lab.src, ["ethtool", "-K", "eth0", "tx", "off"])
+    frames = [f for out, f in seen["tap.eth0"] if not out]
+    big = [f for f in frames if len(f) > 3000]
+    want = sum(compile_filter(expression).matcher()(f) for f in frames)
+    assert len(big) >= 20, f"only {len(big)} super-packets: the test needs TSO on src"
+    assert 0 < want < len(big)
+    assert {r["number"]: r["packets"] for r in status["rules"]}[10] == want

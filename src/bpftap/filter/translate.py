@@ -74,7 +74,8 @@ def _load(dst: int, size: int, reject: str, tag: str) -> list[Item]:
         E.alu64_imm(E.SUB, E.R1, 4),
         Label(phys),
         # in the linear part: a direct read (no write ever: that would make the verifier un-clone every skb)
-        E.jmp_imm(E.JGT, E.R1, 0xFFFF, helper),
+        # (the verifier bounds a packet pointer only while offset + size stays within 0xffff)
+        E.jmp_imm(E.JGT, E.R1, 0xFFFF - 4, helper),
         E.ldx(E.W, E.R2, E.R6, SKB_DATA),
         E.ldx(E.W, E.R3, E.R6, SKB_DATA_END),
         E.alu64(E.ADD, E.R2, E.R1),
