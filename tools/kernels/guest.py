@@ -32,6 +32,8 @@ SELECTION = [
     "tests/integration/test_mirror_e2e.py::test_check_reports_features_and_mode",
     "tests/integration/test_mirror_e2e.py::test_auto_attach_takes_tcx_where_the_kernel_has_it_else_clsact",
     "tests/integration/test_coexist.py",  # beside another vendor's program, both attach modes
+    # rule filters end to end: the generated program, the tail calls, a VLAN tag held beside the frame
+    "tests/integration/test_filters.py::test_filters_see_the_vlan_tag_the_kernel_holds_beside_the_frame",
     "tests/integration/test_tunnels_e2e.py::test_kernel_receiver_decapsulates",  # GENEVE, GRE, ERSPAN receivers
     # which path a super-packet's copy takes on this kernel (its counters: gso.json)
     "tests/integration/test_big_packets.py::test_a_super_packets_copy_is_encapsulated_whole",
