@@ -76,7 +76,9 @@ def unit() -> configparser.ConfigParser:
 def test_systemd_unit_restarts_on_failure_and_reloads_with_sighup() -> None:
     service = unit()["Service"]
     assert service["Restart"] == "on-failure"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # validated first: a bad config fails the reload and never reaches the agent
+    assert service["ExecReload"] == ("/bin/sh -c '/usr/local/bin/bpftap validate -c /etc/bpftap/bpftap.yaml "
+                                     "&& exec /bin/kill -HUP ${MAINPID}'")
     assert set(service["RestartPreventExitStatus"].split()) == {"2", "3"}  # bad config, kernel lacks features
     argv = shlex.split(service["ExecStart"])
     assert Path(argv[0]).name == "bpftap"

@@ -16,6 +16,23 @@ def test_the_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
     assert capsys.readouterr().out == f"{EXAMPLE}: ok: 1 sources, 1 sessions, 2 rules\n"
 
 
+def test_the_full_example_is_valid_and_uses_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import fields
+
+    from bpftap.config import load_config
+    from bpftap.config_model import Link, Rule, Source
+
+    full = EXAMPLE.with_name("bpftap-full.yaml")
+    assert main(["validate", "-c", str(full)]) == ExitStatus.OK
+    text = full.read_text()
+    for model in (Source, Rule, Link):
+        for f in fields(model):
+            assert f"{f.name}:" in text, f"{model.__name__}.{f.name}"
+    assert {t.tunnel for t in load_config(full).sessions} >= {"vxlan", "erspan3", "gre"}
+    assert all(f"{k}:" in text for k in ("copy_budget", "links", "redirect_chain", "remotes", "sample", "rate_limit",
+                                          "snaplen", "oversize", "gso", "priority", "platform_subheader", "sequence"))
+
+
 def test_a_bad_config_is_exit_2_with_every_mistake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(EXAMPLE.read_text().replace("vni: 42", "vni: -1").replace("dst_ports: 53", "dst_port: 53"))
