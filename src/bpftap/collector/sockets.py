@@ -220,36 +220,21 @@ PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
 #: a capture socket's buffer: frames of a burst of fragments wait here, not in Python
 CAPTURE_RCVBUF_BYTES = 32 << 20
-#: classic BPF run by the kernel on every frame of the interface before it is queued: keep IPv4
-#: UDP and GRE (fragments included: every one carries the protocol), IPv6 whose first header is
-#: UDP, GRE, a fragment header or an extension header that may lead to them, and 802.1Q/802.1ad-
-#: tagged frames (sorted in Python). (code, jt, jf, k); a jump goes to its index + 1 + jt or jf.
-_ACCEPT, _REJECT = (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0)
-CAPTURE_FILTER = (
-    (0x28, 0, 0, 12),  # 0: ldh [12] (EtherType)
-    (0x15, 3, 0, 0x0800),  # 1: IPv4 -> 5
-    (0x15, 5, 0, 0x86DD),  # 2: IPv6 -> 8
-    (0x15, 11, 0, 0x8100),  # 3: 802.1Q -> accept
-    (0x15, 10, 11, 0x88A8),  # 4: 802.1ad -> accept, else reject
-    (0x30, 0, 0, 23),  # 5: ldb [23] (IPv4 protocol)
-    (0x15, 8, 0, 17),  # 6: UDP -> accept
-    (0x15, 7, 8, 47),  # 7: GRE -> accept, else reject
-    (0x30, 0, 0, 20),  # 8: ldb [20] (IPv6 next header)
-    (0x15, 5, 0, 17),  # 9: UDP
-    (0x15, 4, 0, 47),  # 10: GRE
-    (0x15, 3, 0, 44),  # 11: fragment header
-    (0x15, 2, 0, 0),  # 12: hop-by-hop options
-    (0x15, 1, 0, 43),  # 13: routing header
-    (0x15, 0, 1, 60),  # 14: destination options -> accept, else reject
-    _ACCEPT,  # 15
-    _REJECT,  # 16
-)
+#: run by the kernel (classic BPF, compiled by libpcap) on every frame of the interface before it is
+#: queued: IPv4 UDP and GRE (fragments included: every one carries the protocol), IPv6 whose first
+#: header is UDP, GRE, a fragment header or an extension header that may lead to them, and
+#: 802.1Q/802.1ad-tagged frames (sorted in Python)
+CAPTURE_FILTER = ("ip proto 17 or ip proto 47 or (ip6 and (ip6[6] == 17 or ip6[6] == 47 or ip6[6] == 44 "
+                  "or ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 60)) or ether proto 0x8100 or ether proto 0x88a8")
 
 
 def _attach_filter(sock: socket.socket) -> None:
     """Attach CAPTURE_FILTER (SO_ATTACH_FILTER copies the program; the buffer may go afterwards)."""
-    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in CAPTURE_FILTER))
-    fprog = struct.pack("HL", len(CAPTURE_FILTER), ctypes.addressof(program))
+    from bpftap.filter.pcap import compile_filter
+
+    insns = compile_filter(CAPTURE_FILTER).insns
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in insns))
+    fprog = struct.pack("HL", len(insns), ctypes.addressof(program))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
