@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw

@@ -16,7 +16,16 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from bpftap.bpf import pins
-from bpftap.bpf.libbpf import BpfTestRunOpts, check, check_ptr, lib, num_possible_cpus, sized
+from bpftap.bpf.libbpf import (
+    BPF_PROG_TYPE_SCHED_CLS,
+    BpfProgLoadOpts,
+    BpfTestRunOpts,
+    check,
+    check_ptr,
+    lib,
+    num_possible_cpus,
+    sized,
+)
 from bpftap.errors import BpfError, BpftapError
 
 T = TypeVar("T", bound=ctypes.Structure)
@@ -265,3 +274,23 @@ class BpfObject:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def load_raw_program(name: str, insns: bytes, license: bytes, what: str) -> int:
+    """Load a SCHED_CLS program from raw struct bpf_insn bytes; returns its fd (the caller closes it).
+
+    Raises BpfError naming `what`, with the verifier's last lines (the load is
+    tried again with a log only when the first one fails).
+    """
+    count = len(insns) // 8
+    fd = lib.bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, name.encode(), license, insns, count, sized(BpfProgLoadOpts))
+    if fd >= 0:
+        return int(fd)
+    size = 1 << 22
+    log = ctypes.create_string_buffer(size)
+    opts = sized(BpfProgLoadOpts, log_level=1, log_size=size, log_buf=ctypes.cast(log, ctypes.c_void_p))
+    fd = lib.bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, name.encode(), license, insns, count, opts)
+    if fd >= 0:
+        return int(fd)
+    tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
+    raise BpfError(f"load {what} ({count} instructions)", errno=ctypes.get_errno() or -fd, hint=f"verifier: {tail}")

@@ -12,16 +12,20 @@ writes the packet.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 
 from bpftap import abi
-from bpftap.bpf.libbpf import BPF_PROG_TYPE_SCHED_CLS, BpfProgLoadOpts, lib, sized
-from bpftap.errors import BpfError
+from bpftap.bpf.objects import load_raw_program
 from bpftap.filter import ebpf as E
 from bpftap.filter.ebpf import Item, Label
-from bpftap.filter.pcap import CompiledFilter
-from bpftap.filter.translate import STACK_MEM, STACK_TAG, STACK_VHEAD, STACK_VLEN, translate
+from bpftap.filter.pcap import CompiledFilter, compile_filter
+from bpftap.filter.translate import (
+    STACK_MEM,
+    STACK_TAG,
+    STACK_VHEAD,
+    STACK_VLEN,
+    translate,
+)
 
 LICENSE = b"BSD-2-Clause"
 # struct __sk_buff offsets (include/uapi/linux/bpf.h)
@@ -94,25 +98,10 @@ def build(slot: int, direction: int, filters: Sequence[tuple[int, CompiledFilter
 def load(slot: int, direction: int, filters: Sequence[tuple[int, CompiledFilter | str]], bits_fd: int,
          progs_fd: int) -> int:
     """Load the program; returns its fd (the caller closes it). Raises BpfError with the verifier's last words."""
-    from bpftap.filter.pcap import compile_filter
-
     compiled = [(pos, f if isinstance(f, CompiledFilter) else compile_filter(f)) for pos, f in filters]
-    insns = E.assemble(build(slot, direction, compiled, bits_fd, progs_fd))
-    raw = E.encode(insns)
-    name = f"bpftap_filt_{slot}{'ie'[direction - 1]}".encode()
-    fd = lib.bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, name, LICENSE, raw, len(raw) // 8, sized(BpfProgLoadOpts))
-    if fd >= 0:
-        return int(fd)
-    size = 1 << 22
-    log = ctypes.create_string_buffer(size)
-    opts = sized(BpfProgLoadOpts, log_level=1, log_size=size, log_buf=ctypes.cast(log, ctypes.c_void_p))
-    fd = lib.bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, name, LICENSE, raw, len(raw) // 8, opts)
-    if fd >= 0:
-        return int(fd)
-    tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
-    err = ctypes.get_errno() or -fd
-    raise BpfError(f"load the filter program of rule slot {slot} ({len(filters)} filters, {len(raw) // 8} "
-                   "instructions)", errno=err, hint=f"verifier: {tail}")
+    raw = E.encode(E.assemble(build(slot, direction, compiled, bits_fd, progs_fd)))
+    return load_raw_program(f"bpftap_filt_{slot}{'ie'[direction - 1]}", raw, LICENSE,
+                            f"the filter program of rule slot {slot} ({len(filters)} filters)")
 
 
 __all__ = ["build", "load"]
