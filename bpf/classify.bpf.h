@@ -114,6 +114,9 @@ classify(const struct mirror_config *cfg, const struct pkt_info *p, __u8 dir,
 	__u64 acc[SUMMARY_WORDS];
 	__u32 nsum;
 
+	/* the bound again: Linux 6.1 forgets it across the stack (the resume
+	 * path passes slot's address to a lookup) and rule_count[slot] needs it */
+	slot &= 1;
 	/* each summary word covers 64 words, i.e. 4096 rules */
 	nsum = (cfg->rule_count[slot] + 4095) / 4096;
 #pragma unroll
