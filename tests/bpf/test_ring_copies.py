@@ -48,7 +48,7 @@ class Records(RingReader):
         super().__init__(obj.map(abi.MAP_COPIES), "test-copies")
         self.got: list[tuple[int, bytes]] = []
 
-    def _sample(self, _ctx: int, data: int, size: int) -> int:
+    def _sample(self, data: int, size: int) -> int:
         ifindex, length = struct.unpack("=II", ctypes.string_at(data, abi.COPY_HDR_LEN))
         assert size == abi.COPY_HDR_LEN + length
         self.got.append((ifindex, ctypes.string_at(data + abi.COPY_HDR_LEN, length)))

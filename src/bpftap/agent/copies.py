@@ -38,7 +38,7 @@ class CopySender(RingReader):
         self._errors: dict[str, int] = {}
         self._names: dict[int, str] = {}
 
-    def _sample(self, _ctx: int, data: int, size: int) -> int:
+    def _sample(self, data: int, size: int) -> int:
         ifindex, length = (ctypes.c_uint32 * 2).from_address(data)
         if length + abi.COPY_HDR_LEN > size:
             self._failed(f"a {size}-byte record for a {length}-byte copy (object from another build?)")

@@ -20,9 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bpftap import abi
-from bpftap.bpf.libbpf import RING_SAMPLE_FN, lib
-from bpftap.bpf.objects import Map
-from bpftap.errors import BpfError
+from bpftap.bpf.objects import Map, RingBuffer
 
 log = logging.getLogger("bpftap.kernel")
 
@@ -121,12 +119,9 @@ class RingReader(threading.Thread):
     def __init__(self, ring: Map, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.closing = threading.Event()
-        self._callback = RING_SAMPLE_FN(self._sample)  # kept alive as long as the ring buffer
-        self._rb = lib.ring_buffer__new(ring.fd, self._callback, None, None)
-        if not self._rb:
-            raise BpfError("open ring buffer", ring.name, ctypes.get_errno())
+        self._ring = RingBuffer(ring, self._sample)
 
-    def _sample(self, _ctx: int, data: int, size: int) -> int:
+    def _sample(self, data: int, size: int) -> int:
         raise NotImplementedError
 
     def report(self) -> None:
@@ -135,14 +130,14 @@ class RingReader(threading.Thread):
     def run(self) -> None:
         last = time.monotonic()
         while not self.closing.is_set():
-            lib.ring_buffer__poll(self._rb, 200)
+            self._ring.poll(200)
             if time.monotonic() - last >= REPORT_SECONDS:
                 self.report()
                 last = time.monotonic()
 
     def drain(self) -> None:
         """Hand every record the ring buffer holds now to `_sample`."""
-        lib.ring_buffer__poll(self._rb, 0)
+        self._ring.poll(0)
 
     def close(self) -> None:
         """Stop, drain what is left, report, free the ring buffer."""
@@ -151,7 +146,7 @@ class RingReader(threading.Thread):
             self.join(timeout=2)
         self.drain()
         self.report()
-        lib.ring_buffer__free(self._rb)
+        self._ring.free()
 
 
 class KernelLog(RingReader):
@@ -164,7 +159,7 @@ class KernelLog(RingReader):
         self.received = 0
         self._reported_lost = 0
 
-    def _sample(self, _ctx: int, data: int, size: int) -> int:
+    def _sample(self, data: int, size: int) -> int:
         self.received += 1
         rec = Record.decode(ctypes.string_at(data, size))
         if rec is None:

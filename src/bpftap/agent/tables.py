@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from bpftap import abi
-from bpftap.bpf.libbpf import check, lib, num_possible_cpus
+from bpftap.bpf.libbpf import num_possible_cpus
 from bpftap.bpf.objects import U64, BpfObject
 from bpftap.classifier import PORT_DIMS, CompiledRules, rule_bits
 from bpftap.config import ETH_HLEN, Session
@@ -396,9 +396,7 @@ class Tables:
         return 0 if key is None else int(self.maps[abi.MAP_SESSION_SEQS].lookup(key, abi.SessionSeq).seq)
 
     def _update_raw(self, name: str, index: int, values: ctypes.Array[Any]) -> None:
-        key = ctypes.c_uint32(index)
-        ret = lib.bpf_map_update_elem(self.maps[name].fd, ctypes.byref(key), ctypes.byref(values), 0)
-        check(ret, f"update map {name}[{index}]")
+        self.maps[name].update_percpu(index, values)
 
     def rule_stats(self, number: int) -> abi.RuleStats:
         """First matches of rule `number` since it appeared (zero for an unknown rule)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from bpftap.bpf import pins
 from bpftap.bpf.libbpf import (
     BPF_PROG_TYPE_SCHED_CLS,
+    RING_SAMPLE_FN,
     BpfProgLoadOpts,
     BpfTestRunOpts,
     check,
@@ -116,6 +118,12 @@ class Map:
         key = ctypes.c_uint32(index)
         ret = lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0)
         check(ret, f"update map {self.name}[{index}]")
+
+    def update_percpu(self, index: int, values: ctypes.Array[Any]) -> None:
+        """Write one element of a per-CPU map: `values` holds one value per possible CPU."""
+        key = ctypes.c_uint32(index)
+        check(lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(values), 0),
+              f"update map {self.name}[{index}]")
 
     def update_batch(self, first: int, values: ctypes.Array[Any]) -> None:
         """Write len(values) consecutive elements from index `first` in one call (array maps)."""
@@ -274,6 +282,25 @@ class BpfObject:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class RingBuffer:
+    """libbpf's reader of a BPF ring buffer map: `callback(data_address, size)` for each record, on poll()."""
+
+    def __init__(self, ring: Map, callback: Callable[[int, int], int]) -> None:
+        self._callback = RING_SAMPLE_FN(lambda _ctx, data, size: callback(data, size))  # alive with the reader
+        self._rb = lib.ring_buffer__new(ring.fd, self._callback, None, None)
+        if not self._rb:
+            raise BpfError("open ring buffer", ring.name, ctypes.get_errno())
+
+    def poll(self, timeout_ms: int) -> None:
+        """Hand what the ring holds to the callback, waiting up to `timeout_ms` for a first record."""
+        lib.ring_buffer__poll(self._rb, timeout_ms)
+
+    def free(self) -> None:
+        if self._rb:
+            lib.ring_buffer__free(self._rb)
+            self._rb = None
 
 
 def load_raw_program(name: str, insns: bytes, license: bytes, what: str) -> int:
