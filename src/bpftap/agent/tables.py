@@ -15,8 +15,7 @@ import time
 from typing import Any
 
 from bpftap import abi
-from bpftap.bpf.libbpf import num_possible_cpus
-from bpftap.bpf.objects import U64, BpfObject
+from bpftap.bpf.objects import U64, BpfObject, num_possible_cpus
 from bpftap.classifier import PORT_DIMS, CompiledRules, rule_bits
 from bpftap.config import ETH_HLEN, Session
 from bpftap.errors import BpftapError
