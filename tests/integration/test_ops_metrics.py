@@ -21,6 +21,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from bpftap import __version__, abi
+from bpftap.agent import metrics
 from bpftap.lab import Lab
 
 from .agent_lab import BPFTAP, Agent, hook_state, send_frames
@@ -32,9 +33,8 @@ pytestmark = [
     pytest.mark.skipif(not abi.object_path().exists(), reason="no BPF object: run 'make build'"),
 ]
 
-HEADLINE = {"seen": "bpftap_packets_seen_total", "matched": "bpftap_packets_matched_total",
-            "copy_sent": "bpftap_copies_sent_total", "fragments": "bpftap_fragments_sent_total",
-            "gso_sent": "bpftap_gso_sent_total", "gso_slow": "bpftap_gso_slow_total"}
+# the global counters with families of their own (agent/metrics.py), by their status name
+HEADLINE = {stat.name.lower(): f"{name}_total" for stat, (name, _) in metrics.HEADLINE.items()}
 Scrape = dict[str, dict[frozenset[tuple[str, str]], float]]
 
 
