@@ -301,8 +301,3 @@ def encode(insns: Iterable[Insn]) -> bytes:
             raise AsmError(f"instruction {insn} does not fit (off s16, imm s32)")
         parts.append(struct.pack("<BBhi", insn.code, insn.src << 4 | insn.dst, insn.off, insn.imm))
     return b"".join(parts)
-
-
-def slot_count(insns: Iterable[Insn]) -> int:
-    """The program's size in struct bpf_insn slots (what the kernel counts)."""
-    return sum(i.slots for i in insns)
