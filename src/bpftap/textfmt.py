@@ -11,7 +11,7 @@ def size(n: int, raw: bool = False) -> str:
         return str(n)
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "PiB":
+        if abs(value) < 1024:
             return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} PiB"

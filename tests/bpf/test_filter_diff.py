@@ -99,3 +99,10 @@ def test_classic_bpf_it_cannot_run_is_refused_by_name() -> None:
         translate(ancillary, "f_", "yes", "no")
     with pytest.raises(UnsupportedFilter, match="instruction 0xff"):
         translate(CompiledFilter("(made up)", (Insn(0xFF, 0, 0, 0),)), "f_", "yes", "no")
+
+
+def test_the_translators_context_offsets_are_the_sk_buffs() -> None:
+    from bpftap.bpf.objects import SkBuff
+    from bpftap.filter import translate as T
+
+    assert (T.SKB_DATA, T.SKB_DATA_END) == (SkBuff.data.offset, SkBuff.data_end.offset)

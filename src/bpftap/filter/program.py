@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bpftap import abi
-from bpftap.bpf.objects import load_raw_program
+from bpftap.bpf.objects import SkBuff, load_raw_program
 from bpftap.filter import ebpf as E
 from bpftap.filter.ebpf import Item, Label
 from bpftap.filter.pcap import CompiledFilter, compile_filter
@@ -28,8 +28,6 @@ from bpftap.filter.translate import (
 )
 
 LICENSE = b"BSD-2-Clause"
-# struct __sk_buff offsets (include/uapi/linux/bpf.h)
-SKB_LEN, SKB_VLAN_PRESENT, SKB_VLAN_TCI, SKB_VLAN_PROTO = 0, 20, 24, 28
 WORDS_OFF = 8 * abi.SUMMARY_WORDS  # struct rule_bits: words[] after summary[]
 
 
@@ -46,10 +44,10 @@ def build(slot: int, direction: int, filters: Sequence[tuple[int, CompiledFilter
     # the stack it reads: zeroed (M[] is written before it is read, the verifier wants to know)
     code += [E.st(E.DW, E.R10, off, 0) for off in range(STACK_VHEAD, 0, 8)]
     code += [
-        E.ldx(E.W, E.R2, E.R6, SKB_VLAN_PRESENT),
+        E.ldx(E.W, E.R2, E.R6, SkBuff.vlan_present.offset),
         E.alu64_imm(E.LSH, E.R2, 2),
         E.stx(E.DW, E.R10, STACK_TAG, E.R2),
-        E.ldx(E.W, E.R3, E.R6, SKB_LEN),
+        E.ldx(E.W, E.R3, E.R6, SkBuff.len.offset),
         E.alu64(E.ADD, E.R3, E.R2),
         E.stx(E.DW, E.R10, STACK_VLEN, E.R3),
         E.jmp_imm(E.JEQ, E.R2, 0, "untagged"),
@@ -57,9 +55,9 @@ def build(slot: int, direction: int, filters: Sequence[tuple[int, CompiledFilter
         *_skb_bytes(0, STACK_VHEAD, 12),
         *_skb_bytes(12, STACK_VHEAD + 16, 2),
         *_skb_bytes(14, STACK_VHEAD + 18, 2),
-        E.ldx(E.W, E.R2, E.R6, SKB_VLAN_PROTO),  # __be16 as it was on the wire
+        E.ldx(E.W, E.R2, E.R6, SkBuff.vlan_proto.offset),  # __be16 as it was on the wire
         E.stx(E.H, E.R10, STACK_VHEAD + 12, E.R2),
-        E.ldx(E.W, E.R2, E.R6, SKB_VLAN_TCI),  # host order
+        E.ldx(E.W, E.R2, E.R6, SkBuff.vlan_tci.offset),  # host order
         E.to_be(E.R2, 16),
         E.stx(E.H, E.R10, STACK_VHEAD + 14, E.R2),
         Label("untagged"),

@@ -38,7 +38,9 @@ STACK_MEM = -88
 STACK_VHEAD = -112
 VHEAD_LEN = 20  # virtual bytes [0, 20): the MAC addresses, the tag, the 4 frame bytes after them
 MEMWORDS = 16
-SKB_DATA, SKB_DATA_END = 76, 80  # struct __sk_buff
+# struct __sk_buff's data and data_end (bpf.objects.SkBuff; a test ties them): here, so that validating a
+# config translates without loading libbpf
+SKB_DATA, SKB_DATA_END = 76, 80
 SKF_AD_OFF = 0xFFFFF000  # classic BPF's ancillary loads (Linux extensions) start here
 
 _SIZES = {E.W: 4, E.H: 2, E.B: 1}
@@ -82,7 +84,7 @@ def _load(dst: int, size: int, reject: str, tag: str) -> list[Item]:
         E.mov64(E.R4, E.R2),
         E.alu64_imm(E.ADD, E.R4, size),
         E.jmp(E.JGT, E.R4, helper, E.R3),
-        E.ldx(_size_code(size), dst, E.R2, 0),
+        E.ldx(E.BYTES_SIZE[size], dst, E.R2, 0),
         E.ja(swap),
         Label(helper),
         # beyond it, bpf_skb_load_bytes; offsets of 2^31 and more are in no frame (and would wrap in its u32)
@@ -96,16 +98,13 @@ def _load(dst: int, size: int, reject: str, tag: str) -> list[Item]:
         E.mov64_imm(E.R4, size),
         E.call(E.FUNC_SKB_LOAD_BYTES),
         E.jmp_imm(E.JNE, E.R0, 0, reject),
-        E.ldx(_size_code(size), dst, E.R10, STACK_LOADBUF),
+        E.ldx(E.BYTES_SIZE[size], dst, E.R10, STACK_LOADBUF),
         Label(swap),
     ]
     if size > 1:
         code.append(E.to_be(dst, 8 * size))
     return [*code, Label(done)]
 
-
-def _size_code(size: int) -> int:
-    return E.BYTES_SIZE[size]
 
 
 def _mem(k: int, expression: str) -> int:
