@@ -25,9 +25,10 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 from bpftap.errors import BpftapError
 

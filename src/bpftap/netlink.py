@@ -30,10 +30,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Union
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError

@@ -97,7 +97,7 @@ def test_constants_match_header() -> None:
                               (abi.MirrorLevel, "MIRROR_LOG_"), (abi.MirrorPriority, "MIRROR_PRIO_")):
         in_header = {k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix) and not k.endswith("__MAX")}
         assert {m.name: m.value for m in enum_type} == in_header, enum_type.__name__
-    assert abi.MS__MAX == h["MS__MAX"]
+    assert h["MS__MAX"] == abi.MS__MAX
 
 
 def test_program_and_map_names_exist_in_object() -> None:

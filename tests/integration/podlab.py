@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 BRIDGE4, BRIDGE6 = "198.18.10.254", "2001:db8:10::fe"
 COL4, NODE_COL4 = "198.18.11.1", "198.18.11.254"

@@ -151,8 +151,8 @@ def test_sockets_filter_inner_frames(all_frames: list[bytes], tmp_path: Path) ->
                 s.sendto(encode(42, frame), ("127.0.0.1", collector.port))
         wait_for(lambda: collector.stats.received == len(all_frames))
     stats = result["stats"]
-    want = [f for f in all_frames if headers(f)["etype"] == 0x0806 or headers(f).get("proto") == 1
-            and headers(f)["family"] == 4]
+    want = [f for f in all_frames
+            if headers(f)["etype"] == 0x0806 or (headers(f).get("proto") == 1 and headers(f)["family"] == 4)]
     assert [f for _, f, _ in read_pcapng(out)] == want and len(want) == 9
     assert (stats.written, stats.filtered, stats.malformed) == (9, 31, {})  # type: ignore[attr-defined]
     assert stats.received == stats.written + stats.filtered  # type: ignore[attr-defined]

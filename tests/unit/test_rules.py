@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import ipaddress
+import time
 from typing import Any
 
 import pytest
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpftap import abi
-from bpftap.config import Action, Config, Direction, Rule, Session, Source, parse_config
 from bpftap.classifier import compile_rules, match_compiled, rule_bits
+from bpftap.config import Action, Config, Direction, Rule, Session, Source, parse_config
 from bpftap.rules import PacketInfo, assign_session_slots, reference_match
 
 ip = ipaddress.ip_address

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bpftap.bench import labkit as K
 from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, settled, summarize

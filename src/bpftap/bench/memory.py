@@ -12,8 +12,9 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bpftap.bench import labkit as K
 from bpftap.lab import Lab
