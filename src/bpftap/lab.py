@@ -140,7 +140,7 @@ def _plan(prefix: str) -> dict[str, Host]:
 def _ip(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """Run ``ip ARGS``; raises LabCommandError on failure."""
     cmd = ["ip", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     if res.returncode:
         raise LabCommandError(res.returncode, cmd, res.stdout, res.stderr)
     return res
@@ -335,7 +335,7 @@ class Lab:
         opts: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 120, **kw}
         check = opts.pop("check", True)
         full = ["ip", "netns", "exec", self.ns(host), *cmd]
-        res = subprocess.run(full, **opts)
+        res = subprocess.run(full, check=False, **opts)
         if check and res.returncode:
             raise LabCommandError(res.returncode, full, res.stdout, res.stderr)
         return res
@@ -370,7 +370,7 @@ class Lab:
                     stream.close()
         self._procs.clear()
         pids = [subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                               timeout=30).stdout.split() for ns in self._created]
+                               timeout=30, check=False).stdout.split() for ns in self._created]
         end_processes([(int(pid), False) for found in pids for pid in found])
         failed = []
         for ns in reversed(self._created):

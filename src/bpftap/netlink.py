@@ -286,7 +286,7 @@ def _sysctl(path: str, value: str) -> None:
 
 def _ethtool(*args: str) -> str:
     try:
-        res = subprocess.run(["ethtool", *args], capture_output=True, text=True, timeout=10)
+        res = subprocess.run(["ethtool", *args], capture_output=True, text=True, timeout=10, check=False)
     except FileNotFoundError as e:
         raise LinkError("run ethtool", errno=errno.ENOENT, hint="install ethtool") from e
     if res.returncode:

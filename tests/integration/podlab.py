@@ -96,8 +96,8 @@ class PodLab:
         self.created.remove(ns)
         self.pods.pop(pod)
 
-    def run(self, ns: str, cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, **kw)
+    def run(self, ns: str, cmd: Sequence[str], check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, check=check, **kw)
 
     def popen(self, ns: str, cmd: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)

@@ -26,7 +26,7 @@ def _unavailable() -> str | None:
     for tool in ("ip", "ethtool"):
         if shutil.which(tool) is None:
             return f"needs {tool}"
-    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
+    if subprocess.run(["ip", "netns", "list"], capture_output=True, check=False).returncode:
         return "`ip netns` is unavailable"
     return None
 

@@ -70,7 +70,8 @@ def pod_peer_index(netns: str, ifname: str = POD_IFNAME) -> tuple[int, int] | No
     None if the namespace or the interface is gone, or the interface has no
     peer in another namespace (not a veth whose other end left the pod).
     """
-    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", ifname], capture_output=True, text=True)
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", ifname], capture_output=True, text=True,
+                         check=False)
     if out.returncode != 0:
         return None
     try:
