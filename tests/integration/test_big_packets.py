@@ -89,7 +89,7 @@ def reassembly(lab: Lab) -> dict[str, int]:
     """The collector host's IPv4 and IPv6 reassembly counters."""
     lines = [line.split() for line in lab.run(lab.col, ["cat", "/proc/net/snmp"]).stdout.splitlines()
              if line.startswith("Ip:")]
-    out = {f"Ip{k}": int(v) for k, v in zip(lines[0][1:], lines[1][1:]) if k.startswith("Reasm")}
+    out = {f"Ip{k}": int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False) if k.startswith("Reasm")}
     for line in lab.run(lab.col, ["cat", "/proc/net/snmp6"]).stdout.splitlines():
         key, value = line.split()
         if key.startswith("Ip6Reasm"):

@@ -163,7 +163,7 @@ def boot(row: str, out: Path, soak: int, timeout: int) -> None:
         initramfs(modules, version, initrd)
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            for sock, source in zip(socks, ("/", str(out))):
+            for sock, source in zip(socks, ("/", str(out)), strict=True):
                 procs.append(start([str(VIRTIOFSD), f"--socket-path={sock}", "-o", f"source={source}",
                                     "-o", "cache=always" if source == "/" else "cache=none",
                                     "-o", "sandbox=chroot"], out / "virtiofsd.log"))
