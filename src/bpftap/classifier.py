@@ -132,7 +132,7 @@ def _port_classes(rules: list[Rule], dim: abi.MirrorDim, intern: _Interner) -> l
         if ranges == ANY_PORTS:
             full |= 1 << pos
     table = [0] * abi.PORT_KEYS
-    points = sorted(p for p in edges if p <= 0xFFFF) + [0x10000]
+    points = [*sorted(p for p in edges if p <= 0xFFFF), 0x10000]
     current = 0
     start = 0
     for point in points:

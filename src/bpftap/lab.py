@@ -16,6 +16,7 @@ or by hand ``python -m bpftap.lab up [--prefix P] | down --prefix P | list``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -28,11 +29,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Union
+from typing import Any
 
 from bpftap.errors import BpftapError
 
-IPAddress = Union[IPv4Address, IPv6Address]
+IPAddress = IPv4Address | IPv6Address
 ROLES = ("src", "tap", "dst", "col")
 """Host roles; the namespace of a role is ``<prefix>-<role>``."""
 JUMBO_MTU = 9000
@@ -160,10 +161,8 @@ def lab_prefixes() -> list[str]:
 
 def _signal(pid: int, group: bool, sig: int) -> bool:
     """Send `sig` to `pid` or its process group (sig 0: probe); False if none is left."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it first if it is our child
-    except ChildProcessError:
-        pass
     try:
         os.killpg(pid, sig) if group else os.kill(pid, sig)
     except ProcessLookupError:
@@ -361,10 +360,8 @@ class Lab:
         """
         end_processes([(p.pid, group) for p, group in self._procs if p.poll() is None])
         for proc, _ in self._procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()

@@ -31,10 +31,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Union
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -43,7 +43,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_MULTICAST, IFF_NOARP, IFF_UP
 
 from bpftap.errors import BpfError, BpftapError
 
-IPAddress = Union[IPv4Address, IPv6Address]
+IPAddress = IPv4Address | IPv6Address
 
 INTERNAL_A = "bpftap0"
 """Internal veth end that copies are cloned to (offloads off)."""
@@ -340,10 +340,9 @@ def _configure_pair(name_a: str, name_b: str, ipr: IPRoute) -> tuple[int, int]:
         index = link_index(name, ipr)
         if index is None:
             raise LinkError("configure internal pair", name, errno.ENODEV)
-        try:  # before the link is up, so it never gets an IPv6 link-local address
+        # before the link is up, so it never gets an IPv6 link-local address
+        with suppress(FileNotFoundError):  # IPv6 is off in this kernel or namespace
             _sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
-        except FileNotFoundError:
-            pass  # IPv6 is off in this kernel or namespace
         try:
             ipr.link("set", index=index, flags=IFF_UP | IFF_NOARP,
                      change=IFF_UP | IFF_NOARP | IFF_MULTICAST)

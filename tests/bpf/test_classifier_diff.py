@@ -89,7 +89,7 @@ def random_packet(rng: random.Random, ifindex: dict[str, int]) -> tuple[PacketIn
     family = rng.choice([4, 6])
     hosts = V4 if family == 4 else V6
     src, dst = ipaddress.ip_address(rng.choice(hosts)), ipaddress.ip_address(rng.choice(hosts))
-    name = rng.choice(list(PROTOS) + ["gre"])
+    name = rng.choice([*PROTOS, "gre"])
     proto = PROTOS.get(name, 47)
     if (name == "icmp" and family == 6) or (name == "icmpv6" and family == 4):
         proto = 58 if family == 6 else 1

@@ -235,7 +235,7 @@ INNER_VLAN = bytes(eth() / Dot1Q(vlan=7) / v4() / UDP(dport=53) / PAYLOAD)
 @pytest.mark.parametrize("inner", [INNER_V4, INNER_VLAN], ids=["plain", "802.1Q in the frame"])
 def test_encap_vxlan4_byte_for_byte(inner: bytes, loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns)
+    cfg, _ = program(tables, kernel_ns)
     result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 20))
     assert result.retval == TC_ACT_REDIRECT
     sport = int.from_bytes(result.data[34:36], "big")
@@ -260,7 +260,7 @@ def test_encap_vxlan6_byte_for_byte(loaded: tuple[BpfObject, Tables], kernel_ns:
 def test_encap_two_sessions_v4_clone_then_v6(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     """Rule 40 feeds ids4 and ids6: the IPv4 copy is cloned out, the IPv6 one is the skb itself."""
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns)
+    cfg, _ = program(tables, kernel_ns)
     inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
     result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))
     assert result.retval == TC_ACT_REDIRECT
@@ -273,7 +273,8 @@ def test_encap_two_sessions_v4_clone_then_v6(loaded: tuple[BpfObject, Tables], k
 
 def test_encap_counts_every_copy_not_sent(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})  # no room for a fragment
+    # no room for a fragment
+    cfg, _ = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})
     inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
     result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))
     assert result.retval == TC_ACT_SHOT

@@ -61,7 +61,7 @@ class Agent:
                                              start_new_session=True)
         try:
             wait_for_agent(lab, 15 * TIME_SCALE)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the failure, kill the agent and show its log
             self.proc.kill()
             raise AssertionError(f"agent did not start:\n{self.log.read_text()}") from None
 

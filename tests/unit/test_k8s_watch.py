@@ -163,5 +163,5 @@ def test_from_environment_needs_node_name(monkeypatch: pytest.MonkeyPatch) -> No
     from bpftap.errors import ConfigError
 
     monkeypatch.delenv("NODE_NAME", raising=False)
-    with pytest.raises(ConfigError, match="bpftap.yaml: sources: .* needs NODE_NAME"):
+    with pytest.raises(ConfigError, match=r"bpftap\.yaml: sources: .* needs NODE_NAME"):
         PodWatch.from_environment("bpftap.yaml")

@@ -29,7 +29,7 @@ def test_decode_checks_size_and_codes() -> None:
 def test_format_names_rule_session_and_values() -> None:
     rec = Record.decode(raw())
     assert rec is not None
-    message, fields = format_record(rec, lambda stats_id: {2: "ids"}.get(stats_id))
+    message, fields = format_record(rec, {2: "ids"}.get)
     assert message == "kernel: rule 20, session ids: copy not sent: 1564 bytes exceed the egress MTU 1500"
     assert fields == {"event": "oversize", "rule": 20, "session": "ids"}
 

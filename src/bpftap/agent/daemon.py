@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,10 +322,8 @@ class Agent:
             for name, index in matched.items():
                 found[(name, index)] = found.get((name, index), Direction(0)) | src.direction
         for sess in self.config.sessions:
-            try:
+            with suppress(ResolveError):
                 egress_devs.add(resolve(sess.remote, self.ipr).ifname)
-            except ResolveError:
-                pass
         for name, _ in found:
             if name in egress_devs:
                 log.warning(

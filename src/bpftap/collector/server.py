@@ -215,7 +215,7 @@ class Collector:
         if self.tunnels & set(GRE_TUNNELS):
             plan.append(("gre", self.addr, 0))
             if self.addr == "::":
-                plan.append(("gre", "0.0.0.0", 0))
+                plan.append(("gre", "0.0.0.0", 0))  # noqa: S104 - "::" asked for every address, IPv4's too
         return plan
 
     def bind(self) -> None:
