@@ -406,7 +406,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
         "  case $cmd in",
         *cases,
         "  esac",
-        "  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); else COMPREPLY=($(compgen -f -- \"$cur\")); fi",
+        ("  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\"));"
+         " else COMPREPLY=($(compgen -f -- \"$cur\")); fi"),
         "}",
         "complete -F _bpftap bpftap",
     ])

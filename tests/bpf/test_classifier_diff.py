@@ -56,7 +56,8 @@ def random_config(rng: random.Random) -> Config:
     for number in rng.sample(range(1, 1000), rng.randint(1, 12)):
         rule: dict[str, object] = {"number": number, "direction": rng.choice(["ingress", "egress", "both"])}
         family = rng.choice([None, 4, 6])
-        proto = rng.choice(["any", "tcp", "udp", "sctp"] + (["icmp"] if family != 6 else []) + (["icmpv6"] if family != 4 else []))
+        proto = rng.choice(["any", "tcp", "udp", "sctp"] + (["icmp"] if family != 6 else [])
+                           + (["icmpv6"] if family != 4 else []))
         rule["protocol"] = proto
         if proto == "icmp":
             family = 4

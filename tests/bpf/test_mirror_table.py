@@ -137,8 +137,11 @@ ROWS = [
     Row("v6 tcp 90: no rule", bytes(eth() / v6() / TCP(dport=90)), "ingress", None, "no_match"),
     Row("icmp echo", bytes(eth() / v4() / ICMP()), "ingress", 40, "matched"),
     Row("icmpv6 is not icmp", bytes(eth() / v6() / ICMPv6EchoRequest()), "ingress", None, "no_match"),
-    Row("egress-only rule on egress", bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "egress", 50, "matched"),
-    Row("egress-only rule on ingress", bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "ingress", None, "no_match"),
+    Row("egress-only rule on egress",
+        bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "egress", 50, "matched"),
+    Row("egress-only rule on ingress",
+        bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)),
+        "ingress", None, "no_match"),
     Row("ARP is not IP", bytes(eth() / ARP(psrc="198.18.1.1", pdst="198.18.1.2")), "ingress", None, "not_ip"),
     # test_run refuses IP-typed frames shorter than an IP header: truncate behind a tag
     Row("truncated IPv4 header", bytes(eth() / Dot1Q() / v4() / UDP(dport=53))[:28], "ingress", None, "malformed"),
@@ -173,10 +176,12 @@ ROWS = [
 
 def hop(ns: KernelNs, family: int, mtu: int = 9000) -> NextHop:
     src = "198.18.2.254" if family == 4 else "2001:db8:2::fe"
-    return NextHop(ns.k0, "k0", ipaddress.ip_address(src), b"\x02\x00\x00\x00\x02\xfe", b"\x02\x00\x00\x00\x02\x01", mtu)
+    return NextHop(ns.k0, "k0", ipaddress.ip_address(src), b"\x02\x00\x00\x00\x02\xfe", b"\x02\x00\x00\x00\x02\x01",
+                   mtu)
 
 
-def program(tables: Tables, ns: KernelNs, config: dict[str, object] = CONFIG, hops: dict[str, NextHop | None] | None = None):
+def program(tables: Tables, ns: KernelNs, config: dict[str, object] = CONFIG,
+            hops: dict[str, NextHop | None] | None = None):
     """Write `config` into the maps as the agent does; returns (config, slots)."""
     cfg = parse_config(config, "test.yaml")
     slots = assign_session_slots(cfg.sessions)
@@ -437,7 +442,8 @@ def links(obj: BpfObject, ns: KernelNs, capacity: int) -> LinkGovernor:
     return gov
 
 
-def test_a_link_takes_every_originals_bytes_and_never_a_copys(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+def test_a_link_takes_every_originals_bytes_and_never_a_copys(loaded: tuple[BpfObject, Tables],
+                                                               kernel_ns: KernelNs) -> None:
     """mirror_link on k0's egress: an original's bytes leave the bucket (into debt), a copy (its mark) passes free."""
     obj, _ = loaded
     links(obj, kernel_ns, 8_000_000)  # 5 ms of bucket: 40,000 bits

@@ -148,7 +148,8 @@ def expected(outer: Outer, case: Case, copy: bytes, seq: int = 1) -> bytes:
 
 def diff(want: bytes, got: bytes) -> str:
     first = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), min(len(want), len(got)))
-    return f"lengths {len(want)}/{len(got)}, first difference at byte {first}\nwant {want[:120].hex()}\ngot  {got[:120].hex()}"
+    return (f"lengths {len(want)}/{len(got)}, first difference at byte {first}\n"
+            f"want {want[:120].hex()}\ngot  {got[:120].hex()}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

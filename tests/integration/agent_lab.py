@@ -100,7 +100,8 @@ class PinScope:
 
 
 @contextmanager
-def sniffing(lab: Lab, points: list[tuple[Host, str]], seconds: float = 3.0) -> Iterator[dict[str, list[tuple[bool, bytes]]]]:
+def sniffing(lab: Lab, points: list[tuple[Host, str]],
+             seconds: float = 3.0) -> Iterator[dict[str, list[tuple[bool, bytes]]]]:
     """Capture on each (host, iface) for `seconds`; the dict fills in when the block ends.
 
     Keys are "role.iface"; values (outgoing, frame) in arrival order.

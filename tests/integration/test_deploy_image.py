@@ -71,7 +71,8 @@ def test_dockerfile_steps_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     # the image's object is the one the suite tests: same flags (Linux 6.1's verifier needs one of them)
     assert disassembly(src / "src/bpftap/data" / abi.OBJECT_NAME) == disassembly(abi.object_path())
     probe = "import bpftap.abi as a; p = a.object_path(); print(p, p.exists())"
-    where = subprocess.run([f"{venv}/bin/python", "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    where = subprocess.run([f"{venv}/bin/python", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                           check=True)
     assert where.stdout.startswith(str(venv)) and where.stdout.strip().endswith("True"), where.stdout
     check = subprocess.run([f"{venv}/bin/bpftap", "check"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                            check=False)

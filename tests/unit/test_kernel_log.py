@@ -19,7 +19,8 @@ def raw(code: int = abi.MirrorEvent.OVERSIZE, level: int = abi.MirrorLevel.WARN)
 
 def test_decode_checks_size_and_codes() -> None:
     rec = Record.decode(raw())
-    assert rec is not None and (rec.event, rec.rule, rec.session, rec.args) == (abi.MirrorEvent.OVERSIZE, 20, 3, (1564, 1500))
+    assert rec is not None
+    assert (rec.event, rec.rule, rec.session, rec.args) == (abi.MirrorEvent.OVERSIZE, 20, 3, (1564, 1500))
     assert Record.decode(raw()[:-1]) is None
     assert Record.decode(raw(code=99)) is None
     assert Record.decode(raw(level=9)) is None

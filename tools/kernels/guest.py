@@ -106,7 +106,8 @@ def pytest(out: Path, name: str, args: list[str], env: dict[str, str]) -> dict[s
     """Run pytest on `args`; passed, failed and skipped counts, skip reasons and failures from its JUnit XML."""
     junit = out / f"{name}.xml"
     junit.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--durations=15", f"--junitxml={junit}", *args]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--durations=15",
+           f"--junitxml={junit}", *args]
     with (out / f"{name}.log").open("w") as log:
         code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     counts: Counter[str] = Counter()

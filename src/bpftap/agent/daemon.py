@@ -192,8 +192,8 @@ class Agent:
             try:
                 self._attach(self.obj.program(abi.PROG_NAPI), ifname, ifindex, None)
             except BpfError as exc:
-                log.warning("%s: clones share the CPU backlog with veth traffic (copies may cost originals under overload)",
-                            exc)
+                log.warning("%s: clones share the CPU backlog with veth traffic "
+                            "(copies may cost originals under overload)", exc)
             self._attach(self.obj.program(abi.PROG_ENCAP), ifname, ifindex, tc.Direction.INGRESS)
         # super-packets of GSO sessions leave from bpftap0's egress, before it segments them
         self._attach(self.obj.program(abi.PROG_GSO), INTERNAL_A, self.encap_ifindex, tc.Direction.EGRESS)
@@ -218,7 +218,8 @@ class Agent:
         self.stack.callback(lambda: None if self.keep else fn(*args))
 
     def _internal_pair(self, adopting: bool) -> tuple[int, int]:
-        """The internal pair's ifindexes: the earlier agent's when adopting (its programs stay on it), else a new pair."""
+        """The internal pair's ifindexes: the earlier agent's when adopting (its programs stay on it), else a new
+        pair."""
         if adopting:
             indexes = [link_index(name, self.ipr) for name in (INTERNAL_A, INTERNAL_B)]
             if indexes[0] is not None and indexes[1] is not None:

@@ -141,7 +141,8 @@ class PodFollower:
             if src.pods is None:
                 continue
             if src.pods.netns is not None:
-                ifaces = [self._netns_iface(ns, present, ipr) for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]
+                ifaces = [self._netns_iface(ns, present, ipr)
+                          for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]
             elif self.watch is not None:
                 ifaces = self.watch.host_ifaces(src.pods, ipr)
             else:

@@ -145,7 +145,8 @@ class Tables:
             return
         self._rule_ids.restore({number: i for number, i in kept["rules"]})
         self._session_ids.restore(
-            {(name, tunnel, ipaddress.ip_address(remote), tun_id): i for name, tunnel, remote, tun_id, i in kept["sessions"]}
+            {(name, tunnel, ipaddress.ip_address(remote), tun_id): i
+             for name, tunnel, remote, tun_id, i in kept["sessions"]}
         )
         self._source_ids = {ifindex: i for ifindex, i in kept["sources"]}
 

@@ -91,7 +91,8 @@ class BenchAgent:
                     and links == [link["capacity"] for link in config.get("links", [])]):
                 return
             time.sleep(0.2)
-        raise BpftapError(f"bench: the agent did not apply the new rules in {timeout:.0f} s:\n{self.log.read_text()[-2000:]}")
+        raise BpftapError(f"bench: the agent did not apply the new rules in {timeout:.0f} s:\n"
+                          f"{self.log.read_text()[-2000:]}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

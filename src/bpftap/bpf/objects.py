@@ -159,14 +159,16 @@ class Map:
         """Read one element of a plain (not per-CPU) map."""
         key = ctypes.c_uint32(index)
         value = value_type()
-        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)), f"read map {self.name}[{index}]")
+        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)),
+              f"read map {self.name}[{index}]")
         return value
 
     def lookup_percpu(self, index: int, value_type: type[T]) -> list[T]:
         """Read every CPU's slot of one element of a per-CPU map."""
         key = ctypes.c_uint32(index)
         slots = (value_type * num_possible_cpus())()
-        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(slots)), f"read map {self.name}[{index}]")
+        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(slots)),
+              f"read map {self.name}[{index}]")
         return list(slots)
 
     def sum_percpu(self, index: int, value_type: type[T]) -> T:

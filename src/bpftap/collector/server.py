@@ -86,7 +86,8 @@ class CollectorStats:
 
     ``per_session`` counts frames written by ``tunnel/id`` (``gre`` alone
     for GRE without a key); ``per_sender`` counts every datagram received
-    (but a captured frame whose outer header is malformed), keyed by the sender's IP address (without the port: UDP tunnel senders
+    (but a captured frame whose outer header is malformed), keyed by the
+    sender's IP address (without the port: UDP tunnel senders
     vary the source port per flow). ``lost`` and ``reordered`` count
     sequence-number gaps and steps back per session. ``captured``,
     ``kernel_drops`` (frames the interface's packet socket dropped before
