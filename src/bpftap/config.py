@@ -336,7 +336,8 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     tunnel = e.get("tunnel", _choice("tunnel", {t: t for t in TUNNELS}), "vxlan")
     unset: IPAddress = ipaddress.IPv4Address(0)  # only seen when the entry is rejected
     remote = e.get("remote", _remote, unset)
-    remotes = e.get("remotes", _remotes, ())
+    no_remotes: tuple[IPAddress, ...] = ()
+    remotes = e.get("remotes", _remotes, no_remotes)
     if isinstance(e.raw, dict) and ("remote" in e.raw) == ("remotes" in e.raw):
         e.fail("remote", "give remote (one collector) or remotes (a group), not both" if "remote" in e.raw
                else "missing required field 'remote' (or 'remotes' for a group of collectors)", at_entry=True)

@@ -388,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.cmd == "match":
                 out = match_interfaces(args.patterns, ipr)
             elif args.cmd == "ensure-pair":
-                out = list(ensure_internal_pair(*args.names[:2], ipr=ipr))
+                # at most two names, so never a second ipr (mypy cannot tell from a list)
+                out = list(ensure_internal_pair(*args.names[:2], ipr=ipr))  # type: ignore[misc]
             else:
                 delete_internal_pair(args.name, ipr)
                 out = None

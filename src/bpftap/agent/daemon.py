@@ -472,7 +472,7 @@ class Agent:
                         "id": getattr(sess, TUNNEL_ID_FIELDS[sess.tunnel]),
                         "via": st.nexthop.ifname if st.nexthop else None,
                         "problem": st.problem or None,
-                        **{name: getattr(ss, name) for name, _ in abi.SessionStats._fields_},
+                        **{f[0]: getattr(ss, f[0]) for f in abi.SessionStats._fields_},
                     }
                 )
             counters = self.tables.counters()

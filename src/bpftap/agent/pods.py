@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -140,6 +140,7 @@ class PodFollower:
         for src in sources:
             if src.pods is None:
                 continue
+            ifaces: Sequence[HostIface | None]
             if src.pods.netns is not None:
                 ifaces = [self._netns_iface(ns, present, ipr)
                           for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]

@@ -99,7 +99,11 @@ def run_config(
     config_watch = ConfigWatch(config_path) if config_path is not None else None
 
     def on_signal(event: threading.Event) -> Callable[..., None]:
-        return lambda *_: (event.set(), wake.set())
+        def handler(*_: object) -> None:
+            event.set()
+            wake.set()
+
+        return handler
 
     signal.signal(signal.SIGTERM, on_signal(stop))
     signal.signal(signal.SIGINT, on_signal(stop))

@@ -35,7 +35,7 @@ REFERENCE = {
 }
 
 
-def summarize(values: Iterable[float]) -> Summary:
+def summarize(values: Iterable[float | None]) -> Summary:
     """Median, min and max of `values` (NaNs dropped); all None when nothing is left."""
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not vals:
