@@ -67,10 +67,11 @@ $(DEBUG_OBJ): bpf/mirror_tc.bpf.c bpf/*.h | deps
 	@echo "  CLANG   $@ (debug, GPL)"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -DMIRROR_DEBUG -c $< -o $@
 
-# ruff (config: pyproject.toml [tool.ruff]) over all the Python, src/ tests/ tools/; a finding fails it.
-# The first step of `make test`, as it takes seconds and needs no build.
+# ruff over all the Python (src/ tests/ tools/), then mypy --strict over src/bpftap (config: pyproject.toml
+# [tool.ruff], [tool.mypy]); a finding fails it. The first step of `make test`: seconds, and no build needed.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests tools
+	$(VENV)/bin/mypy
 
 test: lint build
 	$(Q)mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
