@@ -1,7 +1,7 @@
 # bpftap: `make demo` and `make test` do all set-up themselves (Debian 12, as root).
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
-.PHONY: all deps build debug test test-unit demo bench kernels soak clean
+.PHONY: all deps build debug lint test test-unit demo bench kernels soak clean
 
 ARCH := $(shell uname -m)
 VENV := .venv
@@ -67,7 +67,13 @@ $(DEBUG_OBJ): bpf/mirror_tc.bpf.c bpf/*.h | deps
 	@echo "  CLANG   $@ (debug, GPL)"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -DMIRROR_DEBUG -c $< -o $@
 
-test: build
+# ruff over all the Python (src/ tests/ tools/), then mypy --strict over src/bpftap (config: pyproject.toml
+# [tool.ruff], [tool.mypy]); a finding fails it. The first step of `make test`: seconds, and no build needed.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests tools
+	$(VENV)/bin/mypy
+
+test: lint build
 	$(Q)mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 	$(PY) -m pytest $(PYTEST_ARGS)
 

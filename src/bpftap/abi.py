@@ -403,8 +403,8 @@ class SessionStats(ctypes.Structure):
 
 
 # the session_stats fields that count copies not sent, one per reason
-SESSION_NOT_SENT = tuple(name for name, _ in SessionStats._fields_
-                         if name not in ("packets", "bytes", "truncated", "fragments", "gso"))
+SESSION_NOT_SENT = tuple(f[0] for f in SessionStats._fields_
+                         if f[0] not in ("packets", "bytes", "truncated", "fragments", "gso"))
 
 
 def set_addr(field: ctypes.Array[ctypes.c_uint32], packed: bytes) -> None:

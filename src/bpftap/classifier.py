@@ -132,7 +132,7 @@ def _port_classes(rules: list[Rule], dim: abi.MirrorDim, intern: _Interner) -> l
         if ranges == ANY_PORTS:
             full |= 1 << pos
     table = [0] * abi.PORT_KEYS
-    points = sorted(p for p in edges if p <= 0xFFFF) + [0x10000]
+    points = [*sorted(p for p in edges if p <= 0xFFFF), 0x10000]
     current = 0
     start = 0
     for point in points:
@@ -152,7 +152,8 @@ def _meta_classes(rules: list[Rule], intern: _Interner) -> list[int]:
     for direction in (Direction.INGRESS, Direction.EGRESS):
         for family in (4, 6):
             # rules whose protocol is any, and those naming each protocol
-            base, by_proto = 0, defaultdict(int)
+            base = 0
+            by_proto: defaultdict[int, int] = defaultdict(int)
             for (dirs, fam, prot), group in groups.items():
                 if dirs & int(direction) and fam in (0, family):
                     if prot:
@@ -244,11 +245,11 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
     ports = {dim: _port_classes(rules, dim, intern) for dim in PORT_DIMS}
     meta = _meta_classes(rules, intern)
     vlan = _vlan_classes(rules, intern)
-    flags = _flag_classes(rules, intern)
+    tcp_flags = _flag_classes(rules, intern)
     ifindex = dict(ifindex or {})
     iface = _iface_classes(rules, ifindex, intern)
     filters = [(i, rule.filter) for i, rule in enumerate(rules) if rule.filter is not None]
-    return CompiledRules(records, intern.classes, addr, ports, meta, vlan, flags, iface, ifindex, filters)
+    return CompiledRules(records, intern.classes, addr, ports, meta, vlan, tcp_flags, iface, ifindex, filters)
 
 
 def rule_bits(bits: int, words: int) -> abi.RuleBits:

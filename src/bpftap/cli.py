@@ -144,7 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     features = probe()
     data = as_dict(features)
-    data["others"] = others_attached()
+    data["others"] = attached = others_attached()
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -152,9 +152,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             note = features.detail.get(key.replace("object_loads", "object"), "")
             print(f"{key:<13} {'yes' if data[key] else 'no':<4} {note}".rstrip())
         print(f"{'mode':<13} {features.mode}")
-        for hook, others in data["others"].items():
+        for hook, others in attached.items():
             print("\n".join(f"{'other':<13} {hook}: {other}" for other in others))
-        if not data["others"]:
+        if not attached:
             print(f"{'other':<13} none (no other TC program or filter on this namespace's interfaces)")
     return ExitStatus.OK if features.object_loads and (features.tcx or features.clsact) else ExitStatus.NOT_SUPPORTED
 
@@ -406,7 +406,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
         "  case $cmd in",
         *cases,
         "  esac",
-        "  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); else COMPREPLY=($(compgen -f -- \"$cur\")); fi",
+        ("  if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\"));"
+         " else COMPREPLY=($(compgen -f -- \"$cur\")); fi"),
         "}",
         "complete -F _bpftap bpftap",
     ])

@@ -175,7 +175,8 @@ def parse_config(data: object, filename: str, lines: Mapping[str, int] | None = 
         report.append(("sessions", f"{collectors} collectors in all; at most {abi.MAX_SESSIONS} fit (MAX_SESSIONS)"))
     elif collectors == abi.MAX_SESSIONS and any(s.truncates for s in sessions if s is not None):
         # a truncating session's clone names it in 6 bits of the mark, one value short of 64 slots
-        report.append(("sessions", f"{collectors} collectors with a truncating session (snaplen or oversize: truncate); at most {abi.MAX_SESSIONS - 1}"))
+        report.append(("sessions", f"{collectors} collectors with a truncating session (snaplen or oversize: "
+                                   f"truncate); at most {abi.MAX_SESSIONS - 1}"))
     copy_budget = (0, 0)
     if "copy_budget" in data:
         try:
@@ -335,7 +336,8 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     tunnel = e.get("tunnel", _choice("tunnel", {t: t for t in TUNNELS}), "vxlan")
     unset: IPAddress = ipaddress.IPv4Address(0)  # only seen when the entry is rejected
     remote = e.get("remote", _remote, unset)
-    remotes = e.get("remotes", _remotes, ())
+    no_remotes: tuple[IPAddress, ...] = ()
+    remotes = e.get("remotes", _remotes, no_remotes)
     if isinstance(e.raw, dict) and ("remote" in e.raw) == ("remotes" in e.raw):
         e.fail("remote", "give remote (one collector) or remotes (a group), not both" if "remote" in e.raw
                else "missing required field 'remote' (or 'remotes' for a group of collectors)", at_entry=True)
@@ -381,7 +383,8 @@ def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:
                 and not (field == "sequence" and tunnel == "gre") \
                 and not (field == "platform_subheader" and tunnel == "erspan3"):
             article = "an" if tunnel[0] in "aeiou" else "a"
-            hint = f"; {article} {tunnel} session is identified by {id_field}" if field in TUNNEL_ID_FIELDS.values() else ""
+            hint = (f"; {article} {tunnel} session is identified by {id_field}"
+                    if field in TUNNEL_ID_FIELDS.values() else "")
             e.fail(field, f"only {owner} sessions have {field}{hint}")
 
 
@@ -448,8 +451,8 @@ def _rule(
             e.fail(f"sessions[{i}]", f"session {shown(name)} is listed twice")
     if not e.ok:
         return None
-    return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions, vlan, tcp_flags, interface,
-                expression)
+    return Rule(number, direction, action, protocol, src, dst, src_ports, dst_ports, sessions, vlan, tcp_flags,
+                interface, expression)
 
 
 _DIRECTIONS = {"ingress": Direction.INGRESS, "egress": Direction.EGRESS, "both": Direction.BOTH}

@@ -322,8 +322,9 @@ def node_lines(node: yaml.Node, path: str = "", depth: int = 4) -> dict[str, int
 
 
 class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """SafeLoader (libyaml's parser where PyYAML has it: 3x faster) that rejects a key repeated in one mapping (PyYAML keeps the last), and a document
-    whose aliases expand to more than MAX_YAML_NODES nodes (billion laughs) before building anything."""
+    """SafeLoader (libyaml's parser where PyYAML has it: 3x faster) that rejects a key repeated in one mapping
+    (PyYAML keeps the last), and a document whose aliases expand to more than MAX_YAML_NODES nodes (billion
+    laughs) before building anything."""
 
     def get_single_data(self) -> Any:
         node = self.get_single_node()
@@ -344,4 +345,5 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: 
                 problem = f"duplicate key {shown(key)}; each key may appear once"
                 raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
             seen.add(key if isinstance(key, (str, int)) else id(key_node))
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping

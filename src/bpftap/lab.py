@@ -16,6 +16,7 @@ or by hand ``python -m bpftap.lab up [--prefix P] | down --prefix P | list``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -25,13 +26,14 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Sequence, Union
+from typing import Any
 
 from bpftap.errors import BpftapError
 
-IPAddress = Union[IPv4Address, IPv6Address]
+IPAddress = IPv4Address | IPv6Address
 ROLES = ("src", "tap", "dst", "col")
 """Host roles; the namespace of a role is ``<prefix>-<role>``."""
 JUMBO_MTU = 9000
@@ -139,7 +141,7 @@ def _plan(prefix: str) -> dict[str, Host]:
 def _ip(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """Run ``ip ARGS``; raises LabCommandError on failure."""
     cmd = ["ip", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     if res.returncode:
         raise LabCommandError(res.returncode, cmd, res.stdout, res.stderr)
     return res
@@ -159,10 +161,8 @@ def lab_prefixes() -> list[str]:
 
 def _signal(pid: int, group: bool, sig: int) -> bool:
     """Send `sig` to `pid` or its process group (sig 0: probe); False if none is left."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it first if it is our child
-    except ChildProcessError:
-        pass
     try:
         os.killpg(pid, sig) if group else os.kill(pid, sig)
     except ProcessLookupError:
@@ -334,7 +334,7 @@ class Lab:
         opts: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 120, **kw}
         check = opts.pop("check", True)
         full = ["ip", "netns", "exec", self.ns(host), *cmd]
-        res = subprocess.run(full, **opts)
+        res = subprocess.run(full, check=False, **opts)
         if check and res.returncode:
             raise LabCommandError(res.returncode, full, res.stdout, res.stderr)
         return res
@@ -360,16 +360,14 @@ class Lab:
         """
         end_processes([(p.pid, group) for p, group in self._procs if p.poll() is None])
         for proc, _ in self._procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
         self._procs.clear()
         pids = [subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                               timeout=30).stdout.split() for ns in self._created]
+                               timeout=30, check=False).stdout.split() for ns in self._created]
         end_processes([(int(pid), False) for found in pids for pid in found])
         failed = []
         for ns in reversed(self._created):

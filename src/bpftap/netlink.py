@@ -30,10 +30,11 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Iterator, Sequence, Union
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -42,7 +43,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_MULTICAST, IFF_NOARP, IFF_UP
 
 from bpftap.errors import BpfError, BpftapError
 
-IPAddress = Union[IPv4Address, IPv6Address]
+IPAddress = IPv4Address | IPv6Address
 
 INTERNAL_A = "bpftap0"
 """Internal veth end that copies are cloned to (offloads off)."""
@@ -285,7 +286,7 @@ def _sysctl(path: str, value: str) -> None:
 
 def _ethtool(*args: str) -> str:
     try:
-        res = subprocess.run(["ethtool", *args], capture_output=True, text=True, timeout=10)
+        res = subprocess.run(["ethtool", *args], capture_output=True, text=True, timeout=10, check=False)
     except FileNotFoundError as e:
         raise LinkError("run ethtool", errno=errno.ENOENT, hint="install ethtool") from e
     if res.returncode:
@@ -339,10 +340,9 @@ def _configure_pair(name_a: str, name_b: str, ipr: IPRoute) -> tuple[int, int]:
         index = link_index(name, ipr)
         if index is None:
             raise LinkError("configure internal pair", name, errno.ENODEV)
-        try:  # before the link is up, so it never gets an IPv6 link-local address
+        # before the link is up, so it never gets an IPv6 link-local address
+        with suppress(FileNotFoundError):  # IPv6 is off in this kernel or namespace
             _sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
-        except FileNotFoundError:
-            pass  # IPv6 is off in this kernel or namespace
         try:
             ipr.link("set", index=index, flags=IFF_UP | IFF_NOARP,
                      change=IFF_UP | IFF_NOARP | IFF_MULTICAST)
@@ -388,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.cmd == "match":
                 out = match_interfaces(args.patterns, ipr)
             elif args.cmd == "ensure-pair":
-                out = list(ensure_internal_pair(*args.names[:2], ipr=ipr))
+                # at most two names, so never a second ipr (mypy cannot tell from a list)
+                out = list(ensure_internal_pair(*args.names[:2], ipr=ipr))  # type: ignore[misc]
             else:
                 delete_internal_pair(args.name, ipr)
                 out = None

@@ -116,7 +116,8 @@ def reference_match(config: Config, pkt: PacketInfo) -> Rule | None:
             continue
         if rule.vlan is not None and rule.vlan != pkt.vlan:
             continue
-        if rule.tcp_flags is not None and (pkt.tcp_flags is None or pkt.tcp_flags & rule.tcp_flags[0] != rule.tcp_flags[1]):
+        if rule.tcp_flags is not None and (
+                pkt.tcp_flags is None or pkt.tcp_flags & rule.tcp_flags[0] != rule.tcp_flags[1]):
             continue
         if rule.interface is not None and (pkt.ifname is None or not fnmatch.fnmatchcase(pkt.ifname, rule.interface)):
             continue

@@ -27,7 +27,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequen
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = []
     for row in cells:
-        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))]
         parts[-1] = row[-1]
         lines.append((indent + " ".join(parts)).rstrip())
     return lines

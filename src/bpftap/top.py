@@ -64,7 +64,8 @@ def human(value: float, unit: str) -> str:
 
 def link_lines(links: list[dict[str, Any]]) -> list[str]:
     """config links: one line each, as `bpftap status` reports them (rates over the last second)."""
-    return [f"link {x['name']}: capacity {human(x['capacity'], 'bit/s')}, originals {human(x['originals_bps'], 'bit/s')}, "
+    return [f"link {x['name']}: capacity {human(x['capacity'], 'bit/s')}, "
+            f"originals {human(x['originals_bps'], 'bit/s')}, "
             f"copies {human(x['copies_bps'], 'bit/s')}, copy budget {human(x['fill_bps'], 'bit/s')}, "
             f"shed {x['shed']}" + (f", queue cut it {x['queue_cuts']} times" if x["queue_cuts"] else "")
             for x in links]

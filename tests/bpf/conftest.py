@@ -22,7 +22,6 @@ from bpftap.bpf.objects import BpfObject
 from ..netns import inside_new_netns
 
 
-
 def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "kernel tests need root (BPF_PROG_TEST_RUN, network namespaces)"

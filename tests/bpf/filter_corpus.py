@@ -62,8 +62,8 @@ def expressions(count: int, seed: int = 1) -> list[str]:
     out = [e for e in PRIMITIVES if _compiles(e)]
     while len(out) < count:
         a, b, c = rng.sample(PRIMITIVES, 3)
-        shape = rng.choice(["({a}) and ({b})", "({a}) or ({b})", "not ({a}) and ({b})", "({a}) or (({b}) and not ({c}))",
-                            "(({a}) or ({b})) and ({c})", "not (({a}) or ({b}))"])
+        shape = rng.choice(["({a}) and ({b})", "({a}) or ({b})", "not ({a}) and ({b})",
+                            "({a}) or (({b}) and not ({c}))", "(({a}) or ({b})) and ({c})", "not (({a}) or ({b}))"])
         expr = shape.format(a=a, b=b, c=c)
         if expr not in out and _compiles(expr):
             out.append(expr)
@@ -136,8 +136,8 @@ def corpus(count: int, seed: int = 2, max_len: int = 3500) -> list[bytes]:
         elif kind < 0.85:  # grow, up to what BPF_PROG_TEST_RUN takes
             f += rng.randbytes(rng.randint(0, max_len - len(f)))
         else:  # random bytes behind a random EtherType
-            f = bytearray(rng.randbytes(12) + rng.choice([b"\x08\x00", b"\x86\xdd", b"\x81\x00", b"\x88\xa8", b"\x08\x06"])
-                          + rng.randbytes(rng.randint(0, 200)))
+            etype = rng.choice([b"\x08\x00", b"\x86\xdd", b"\x81\x00", b"\x88\xa8", b"\x08\x06"])
+            f = bytearray(rng.randbytes(12) + etype + rng.randbytes(rng.randint(0, 200)))
         out.append(bytes(f[:max_len]).ljust(_shortest(f), b"\0"))
     return out
 

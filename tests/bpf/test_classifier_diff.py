@@ -56,7 +56,8 @@ def random_config(rng: random.Random) -> Config:
     for number in rng.sample(range(1, 1000), rng.randint(1, 12)):
         rule: dict[str, object] = {"number": number, "direction": rng.choice(["ingress", "egress", "both"])}
         family = rng.choice([None, 4, 6])
-        proto = rng.choice(["any", "tcp", "udp", "sctp"] + (["icmp"] if family != 6 else []) + (["icmpv6"] if family != 4 else []))
+        proto = rng.choice(["any", "tcp", "udp", "sctp"] + (["icmp"] if family != 6 else [])
+                           + (["icmpv6"] if family != 4 else []))
         rule["protocol"] = proto
         if proto == "icmp":
             family = 4
@@ -89,7 +90,7 @@ def random_packet(rng: random.Random, ifindex: dict[str, int]) -> tuple[PacketIn
     family = rng.choice([4, 6])
     hosts = V4 if family == 4 else V6
     src, dst = ipaddress.ip_address(rng.choice(hosts)), ipaddress.ip_address(rng.choice(hosts))
-    name = rng.choice(list(PROTOS) + ["gre"])
+    name = rng.choice([*PROTOS, "gre"])
     proto = PROTOS.get(name, 47)
     if (name == "icmp" and family == 6) or (name == "icmpv6" and family == 4):
         proto = 58 if family == 6 else 1

@@ -35,7 +35,8 @@ def test_five_event_kinds_reach_the_log_formatted(
     klog = consumer(tables, obj)
     try:
         # unresolved and oversize: one copy each for rule 40's two sessions
-        cfg, _ = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})  # no room for a fragment
+        # no room for a fragment
+        cfg, _ = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})
         obj.program(abi.PROG_ENCAP).test_run(INNER_V4, ctx=xfer_ctx(tables, cfg.rules, 40))
         # rate limited: the second copy within the burst of a 1-copy-a-second session
         limited = {**CONFIG, "sessions": [{"name": "ids4", "remote": "198.18.2.1", "vni": 42, "rate_limit": {"pps": 1}},

@@ -30,9 +30,9 @@ from bpftap import abi
 from bpftap.agent.links import LinkGovernor, LinkState
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
+from bpftap.classifier import compile_rules
 from bpftap.config import parse_config
 from bpftap.netlink import NextHop
-from bpftap.classifier import compile_rules
 from bpftap.rules import assign_session_slots
 
 from .conftest import KernelNs
@@ -137,8 +137,11 @@ ROWS = [
     Row("v6 tcp 90: no rule", bytes(eth() / v6() / TCP(dport=90)), "ingress", None, "no_match"),
     Row("icmp echo", bytes(eth() / v4() / ICMP()), "ingress", 40, "matched"),
     Row("icmpv6 is not icmp", bytes(eth() / v6() / ICMPv6EchoRequest()), "ingress", None, "no_match"),
-    Row("egress-only rule on egress", bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "egress", 50, "matched"),
-    Row("egress-only rule on ingress", bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "ingress", None, "no_match"),
+    Row("egress-only rule on egress",
+        bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)), "egress", 50, "matched"),
+    Row("egress-only rule on ingress",
+        bytes(eth() / IP(src="198.18.9.5", dst="198.18.3.1") / UDP(sport=5000, dport=6000)),
+        "ingress", None, "no_match"),
     Row("ARP is not IP", bytes(eth() / ARP(psrc="198.18.1.1", pdst="198.18.1.2")), "ingress", None, "not_ip"),
     # test_run refuses IP-typed frames shorter than an IP header: truncate behind a tag
     Row("truncated IPv4 header", bytes(eth() / Dot1Q() / v4() / UDP(dport=53))[:28], "ingress", None, "malformed"),
@@ -173,10 +176,12 @@ ROWS = [
 
 def hop(ns: KernelNs, family: int, mtu: int = 9000) -> NextHop:
     src = "198.18.2.254" if family == 4 else "2001:db8:2::fe"
-    return NextHop(ns.k0, "k0", ipaddress.ip_address(src), b"\x02\x00\x00\x00\x02\xfe", b"\x02\x00\x00\x00\x02\x01", mtu)
+    return NextHop(ns.k0, "k0", ipaddress.ip_address(src), b"\x02\x00\x00\x00\x02\xfe", b"\x02\x00\x00\x00\x02\x01",
+                   mtu)
 
 
-def program(tables: Tables, ns: KernelNs, config: dict[str, object] = CONFIG, hops: dict[str, NextHop | None] | None = None):
+def program(tables: Tables, ns: KernelNs, config: dict[str, object] = CONFIG,
+            hops: dict[str, NextHop | None] | None = None):
     """Write `config` into the maps as the agent does; returns (config, slots)."""
     cfg = parse_config(config, "test.yaml")
     slots = assign_session_slots(cfg.sessions)
@@ -235,7 +240,7 @@ INNER_VLAN = bytes(eth() / Dot1Q(vlan=7) / v4() / UDP(dport=53) / PAYLOAD)
 @pytest.mark.parametrize("inner", [INNER_V4, INNER_VLAN], ids=["plain", "802.1Q in the frame"])
 def test_encap_vxlan4_byte_for_byte(inner: bytes, loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns)
+    cfg, _ = program(tables, kernel_ns)
     result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 20))
     assert result.retval == TC_ACT_REDIRECT
     sport = int.from_bytes(result.data[34:36], "big")
@@ -260,7 +265,7 @@ def test_encap_vxlan6_byte_for_byte(loaded: tuple[BpfObject, Tables], kernel_ns:
 def test_encap_two_sessions_v4_clone_then_v6(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     """Rule 40 feeds ids4 and ids6: the IPv4 copy is cloned out, the IPv6 one is the skb itself."""
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns)
+    cfg, _ = program(tables, kernel_ns)
     inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
     result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))
     assert result.retval == TC_ACT_REDIRECT
@@ -273,7 +278,8 @@ def test_encap_two_sessions_v4_clone_then_v6(loaded: tuple[BpfObject, Tables], k
 
 def test_encap_counts_every_copy_not_sent(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})  # no room for a fragment
+    # no room for a fragment
+    cfg, _ = program(tables, kernel_ns, hops={"ids4": None, "ids6": hop(kernel_ns, 6, mtu=55)})
     inner = bytes(eth() / v4() / ICMP() / PAYLOAD)
     result = obj.program(abi.PROG_ENCAP).test_run(inner, ctx=xfer_ctx(tables, cfg.rules, 40))
     assert result.retval == TC_ACT_SHOT
@@ -436,7 +442,8 @@ def links(obj: BpfObject, ns: KernelNs, capacity: int) -> LinkGovernor:
     return gov
 
 
-def test_a_link_takes_every_originals_bytes_and_never_a_copys(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+def test_a_link_takes_every_originals_bytes_and_never_a_copys(loaded: tuple[BpfObject, Tables],
+                                                               kernel_ns: KernelNs) -> None:
     """mirror_link on k0's egress: an original's bytes leave the bucket (into debt), a copy (its mark) passes free."""
     obj, _ = loaded
     links(obj, kernel_ns, 8_000_000)  # 5 ms of bucket: 40,000 bits

@@ -147,14 +147,15 @@ def expected(outer: Outer, case: Case, copy: bytes, seq: int = 1) -> bytes:
 
 
 def diff(want: bytes, got: bytes) -> str:
-    first = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
-    return f"lengths {len(want)}/{len(got)}, first difference at byte {first}\nwant {want[:120].hex()}\ngot  {got[:120].hex()}"
+    first = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), min(len(want), len(got)))
+    return (f"lengths {len(want)}/{len(got)}, first difference at byte {first}\n"
+            f"want {want[:120].hex()}\ngot  {got[:120].hex()}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_copy_matches_python_codec(case: Case, loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns, [case.session])
+    cfg, _ = program(tables, kernel_ns, [case.session])
     ctx = clone_ctx(tables, case.egress, case.ifindex, case.tstamp)
     result = obj.program(abi.PROG_ENCAP).test_run(case.inner, ctx=ctx)
     assert result.retval == TC_ACT_REDIRECT, tables.counters()
@@ -169,7 +170,7 @@ def test_copy_matches_python_codec(case: Case, loaded: tuple[BpfObject, Tables],
 
 def test_sequence_numbers_count_per_session(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    cfg, slots = program(tables, kernel_ns, [session("gre", 4, key=9)])
+    cfg, _ = program(tables, kernel_ns, [session("gre", 4, key=9)])
     outer = outer_of(cfg, "gre4")
     case = Case("seq", session("gre", 4), 4)
     for seq in range(1, 6):

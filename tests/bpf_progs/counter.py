@@ -78,7 +78,7 @@ def main() -> int:
     args = ap.parse_args()
     ifindex = socket.if_nametoindex(args.iface)
     with BpfObject.open(OBJECT).load() as obj:
-        obj.map("settings").update(0, ctypes.c_uint32(args.drop_port))  # type: ignore[arg-type]
+        obj.map("settings").update(0, ctypes.c_uint32(args.drop_port))
         prog = obj.program(PROGRAM)
         held: tc.Attachment | Clsact
         if args.mode == "tcx":

@@ -61,7 +61,7 @@ class Agent:
                                              start_new_session=True)
         try:
             wait_for_agent(lab, 15 * TIME_SCALE)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the failure, kill the agent and show its log
             self.proc.kill()
             raise AssertionError(f"agent did not start:\n{self.log.read_text()}") from None
 
@@ -100,7 +100,8 @@ class PinScope:
 
 
 @contextmanager
-def sniffing(lab: Lab, points: list[tuple[Host, str]], seconds: float = 3.0) -> Iterator[dict[str, list[tuple[bool, bytes]]]]:
+def sniffing(lab: Lab, points: list[tuple[Host, str]],
+             seconds: float = 3.0) -> Iterator[dict[str, list[tuple[bool, bytes]]]]:
     """Capture on each (host, iface) for `seconds`; the dict fills in when the block ends.
 
     Keys are "role.iface"; values (outgoing, frame) in arrival order.

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 BRIDGE4, BRIDGE6 = "198.18.10.254", "2001:db8:10::fe"
 COL4, NODE_COL4 = "198.18.11.1", "198.18.11.254"
@@ -95,8 +96,8 @@ class PodLab:
         self.created.remove(ns)
         self.pods.pop(pod)
 
-    def run(self, ns: str, cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, **kw)
+    def run(self, ns: str, cmd: Sequence[str], check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, check=check, **kw)
 
     def popen(self, ns: str, cmd: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)

@@ -89,7 +89,7 @@ def reassembly(lab: Lab) -> dict[str, int]:
     """The collector host's IPv4 and IPv6 reassembly counters."""
     lines = [line.split() for line in lab.run(lab.col, ["cat", "/proc/net/snmp"]).stdout.splitlines()
              if line.startswith("Ip:")]
-    out = {f"Ip{k}": int(v) for k, v in zip(lines[0][1:], lines[1][1:]) if k.startswith("Reasm")}
+    out = {f"Ip{k}": int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False) if k.startswith("Reasm")}
     for line in lab.run(lab.col, ["cat", "/proc/net/snmp6"]).stdout.splitlines():
         key, value = line.split()
         if key.startswith("Ip6Reasm"):
@@ -118,7 +118,8 @@ class Capture:
         return int(link["stats64"]["rx"]["packets"])
 
     def stop(self, timeout: float = 60.0) -> str:
-        """Stop once quiet (device and file unchanged for 2 s); dumpcap's summary, asserted complete if we stopped it."""
+        """Stop once quiet (device and file unchanged for 2 s); dumpcap's summary, asserted complete if we stopped
+        it."""
         deadline, last, quiet = time.monotonic() + timeout, None, 0
         while quiet < 4 and time.monotonic() < deadline and self.proc.poll() is None:
             now = (self.received(), self.path.stat().st_size if self.path.exists() else 0)
@@ -394,6 +395,7 @@ def test_a_super_packets_copy_is_encapsulated_whole(lab: Lab, tmp_path: Path) ->
     if os.environ.get("BPFTAP_GSO_REPORT"):
         Path(os.environ["BPFTAP_GSO_REPORT"]).write_text(json.dumps(report) + "\n")
     got = received(out)
-    data = max((d for (_, dst), d in flows(copies).items() if dst[1] == PORT), key=lambda d: sum(e - s for s, e in d.ranges))
+    data = max((d for (_, dst), d in flows(copies).items() if dst[1] == PORT),
+               key=lambda d: sum(e - s for s, e in d.ranges))
     assert covers(data, got), report
     assert report["gso"] > 0 and report["encap_fail"] == 0, report

@@ -161,7 +161,7 @@ def test_a_link_slower_than_its_capacity_cuts_copies_on_its_queues_signal(lab: L
         s = json.loads(out)["end"]["sum"]
         return int(s["lost_packets"]), int(s["packets"])
 
-    unlisted = CONFIG.split("links:")[0]
+    unlisted = CONFIG.split("links:", maxsplit=1)[0]
     with busy_cpu():
         baseline = one_flow(None)
         agent = Agent(lab, unlisted.format(remote=lab.dst.ip4))

@@ -96,7 +96,7 @@ class Mirror:
                                          env=pins.env, start_new_session=True)
         try:
             wait_for_agent(lab, 20 * TIME_SCALE)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever the failure, kill bpftap mirror and show its log
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"bpftap mirror did not start:\n{self.err.read_text()}") from None
@@ -233,6 +233,6 @@ def test_bad_options_exit_2_naming_the_option(lab: Lab, pins: PinScope, args: li
 
 def test_filter_mirrors_only_what_matches(lab: Lab, pins: PinScope) -> None:
     count = 5
-    got, rows, _, out, err = mirrored(lab, pins, count, (7000, 7001), "--filter", "udp dst port 7000")
+    got, rows, _, _, _ = mirrored(lab, pins, count, (7000, 7001), "--filter", "udp dst port 7000")
     want = Counter({k: n for k, n in expected(count, (7000,)).items() if k[0] == "udp"})
     assert got == want, f"with --filter 'udp dst port 7000':\n{rows}"

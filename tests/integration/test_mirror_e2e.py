@@ -181,7 +181,8 @@ def test_one_packet_fans_out_to_three_collectors(lab: Lab) -> None:
 
 @pytest.mark.parametrize("mode", ["tcx", "tc"])
 def test_detach_leaves_nothing_also_after_sigkill(lab: Lab, mode: str) -> None:
-    """Invariant 6: SIGTERM detaches everything; after SIGKILL all stays, the next run adopts it and its exit leaves nothing."""
+    """Invariant 6: SIGTERM detaches everything; after SIGKILL all stays, the next run adopts it and its exit
+    leaves nothing."""
     needs_mode(mode)
     scope = PinScope()
     try:
@@ -274,7 +275,8 @@ def test_snaplen_truncates_one_session_and_leaves_the_other_whole(lab: Lab) -> N
 
 
 def test_without_redirect_chain_the_daemon_sends_the_copies(lab: Lab) -> None:
-    """redirect_chain: false: the same copies reach the kernel's VXLAN devices, sent by the agent; originals unchanged."""
+    """redirect_chain: false: the same copies reach the kernel's VXLAN devices, sent by the agent; originals
+    unchanged."""
     crafted = frames(lab)
     sent = crafted["mirror"] + crafted["skip"] + crafted["none"]
     with sniffing(lab, [(lab.dst, "eth0")]) as seen:

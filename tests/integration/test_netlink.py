@@ -26,7 +26,7 @@ def _unavailable() -> str | None:
     for tool in ("ip", "ethtool"):
         if shutil.which(tool) is None:
             return f"needs {tool}"
-    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
+    if subprocess.run(["ip", "netns", "list"], capture_output=True, check=False).returncode:
         return "`ip netns` is unavailable"
     return None
 
@@ -52,9 +52,9 @@ def _counters(lab: Lab, host: str) -> dict[str, int]:
     """IP-layer counters of `host` (/proc/net/snmp and snmp6 are per namespace)."""
     out: dict[str, int] = {}
     lines = lab.run(host, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
         proto = names.split(":")[0]
-        out.update({proto + k: int(v) for k, v in zip(names.split()[1:], values.split()[1:])})
+        out.update({proto + k: int(v) for k, v in zip(names.split()[1:], values.split()[1:], strict=False)})
     for line in lab.run(host, ["cat", "/proc/net/snmp6"]).stdout.splitlines():
         key, value = line.split()
         out[key] = int(value)

@@ -65,7 +65,8 @@ def expected(status: dict, mode: str) -> Scrape:  # type: ignore[type-arg]
         want[f"bpftap_rule_{field}_total"] = {
             frozenset({("rule", str(r["number"])), ("action", r["action"])}): r[field] for r in status["rules"]
         }
-    labels = {s["name"]: {("session", s["name"]), ("tunnel", "vxlan"), ("remote", s["remote"])} for s in status["sessions"]}
+    labels = {s["name"]: {("session", s["name"]), ("tunnel", "vxlan"), ("remote", s["remote"])}
+              for s in status["sessions"]}
     want["bpftap_session_copies_total"] = {frozenset(labels[s["name"]]): s["packets"] for s in status["sessions"]}
     want["bpftap_session_bytes_total"] = {frozenset(labels[s["name"]]): s["bytes"] for s in status["sessions"]}
     want["bpftap_session_fragments_total"] = {frozenset(labels[s["name"]]): s["fragments"] for s in status["sessions"]}

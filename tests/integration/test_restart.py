@@ -206,7 +206,8 @@ def test_upgrade_swaps_the_programs_in_one_step_and_keeps_the_maps(lab: Lab, sco
         assert new_ids[direction] != old_ids[direction]
     assert sorted(received) == list(range(stream.count))
     missing = stream.count - len(set(copied))
-    print(f"{mode} upgrade: {stream.count} sent, {len(received)} received, {len(set(copied))} copied, {missing} missing")
+    print(f"{mode} upgrade: {stream.count} sent, {len(received)} received, {len(set(copied))} copied, "
+          f"{missing} missing")
     assert missing <= RATE // 10, f"{missing} copies missing"
     assert session_packets(status_after) >= len(set(copied)) > counted, "the maps (and counters) were not kept"
     assert hook_state(lab) == before
@@ -241,13 +242,14 @@ def test_detach_removes_all_of_bpftap_and_nothing_else(lab: Lab, scope: PinScope
     assert hook_state(lab) == before
 
 
-def test_pins_of_an_incompatible_build_are_refused_and_left_mirroring(lab: Lab, scope: PinScope, tmp_path: Path) -> None:
+def test_pins_of_an_incompatible_build_are_refused_and_left_mirroring(lab: Lab, scope: PinScope,
+                                                                      tmp_path: Path) -> None:
     """A build whose maps differ (here MAX_SESSIONS=128) cannot adopt: a clear error, exit 1, nothing touched."""
     other = tmp_path / "mirror_tc.other.bpf.o"
     bpf = Path(__file__).resolve().parents[2] / "bpf"
     include = f"-I/usr/include/{os.uname().machine}-linux-gnu"
-    subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-Wall", "-Werror", include, f"-I{bpf}", "-DMAX_SESSIONS=128",
-                    "-c", str(bpf / "mirror_tc.bpf.c"), "-o", str(other)], check=True)
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-Wall", "-Werror", include, f"-I{bpf}",
+                    "-DMAX_SESSIONS=128", "-c", str(bpf / "mirror_tc.bpf.c"), "-o", str(other)], check=True)
     before = hook_state(lab)
     Agent(lab, config(lab), pins=scope).stop(signal.SIGKILL)
     killed, ids = hook_state(lab), prog_ids(lab)

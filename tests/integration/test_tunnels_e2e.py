@@ -159,10 +159,12 @@ def test_every_type_and_family_to_collector_and_tshark(lab: Lab, tmp_path: Path)
         if tunnel == "erspan3":
             assert (direction, gra) == ("0", "2")
         if tunnel in ("vxlan", "geneve"):
-            assert udp_status.split(",")[0] == ("3" if family == 4 else "1"), "outer UDP: zero over IPv4, good over IPv6"
+            checksum = "3" if family == 4 else "1"
+            assert udp_status.split(",")[0] == checksum, "outer UDP: zero over IPv4, good over IPv6"
         # the inner frame dissects whole: Ethernet (with its tag), IP, UDP, payload
         dissected[(tunnel, family, protocols.split(CHAINS[tunnel], 1)[1])] += 1
-    want = Counter({":ethertype:ip:udp:data": 2, ":ethertype:ipv6:udp:data": 1, ":ethertype:vlan:ethertype:ip:udp:data": 1})
+    want = Counter({":ethertype:ip:udp:data": 2, ":ethertype:ipv6:udp:data": 1,
+                    ":ethertype:vlan:ethertype:ip:udp:data": 1})
     for tunnel, family in cases:
         chains = Counter({c: n for (t, f, c), n in dissected.items() if (t, f) == (tunnel, family)})
         assert chains == want, (tunnel, family, chains)

@@ -69,7 +69,8 @@ def test_report_tables_show_ratios_clipping_and_reference() -> None:
     rows = []
     for fam in (4, 6):
         for size in (64, 1500):
-            rows += [_row("empty", fam, size, floor, floor), _row("nomatch", fam, size, [45.0, 46, 44], floor, rules=10),
+            rows += [_row("empty", fam, size, floor, floor),
+                     _row("nomatch", fam, size, [45.0, 46, 44], floor, rules=10),
                      _row("match", fam, size, [250.0, 260, 255], floor, rules=10)]
     t1 = {"rows": rows, "rule_counts": [10], "clipped": [1000, 10000], "max_rules": 256, "problems": {},
           "match_totals": []}

@@ -27,7 +27,8 @@ BAD = [
     (GOOD.replace("protocol: udp", "protocol: icmp"), "rules[0].dst_ports: protocol icmp has no ports"),
     (GOOD.replace("dst_ports: 53", "dst_ports: 2000-1000"), "range 2000-1000 is backwards"),
     (GOOD.replace("{number: 10,", "{number: 10, action: skip,"), "a skip rule mirrors nothing"),
-    (GOOD.replace("[ids]}]", "[ids]}, {number: 10, sessions: [ids]}]"), "rules[1].number: 10 is already used by rules[0]"),
+    (GOOD.replace("[ids]}]", "[ids]}, {number: 10, sessions: [ids]}]"),
+     "rules[1].number: 10 is already used by rules[0]"),
     (GOOD + "redirect_chain: maybe\n", "redirect_chain: expected true or false, got the string 'maybe'"),
     ("sources: [{interface: eth0", "line"),
 ]

@@ -141,7 +141,7 @@ def test_parse_listen_rejects(text: str, message: str) -> None:
 def test_ipv4_good_and_garbage(tmp_path: Path) -> None:
     out = tmp_path / "v4.pcapng"
     collector = Collector("127.0.0.1", 0, out, vnis={42, 43}, tunnels=VX)
-    bad = garbage() + [(encode(99, inner(9)), "vni")]
+    bad = [*garbage(), (encode(99, inner(9)), "vni")]
     good = [(42 + i % 2, inner(i)) for i in range(6)]
     datagrams = [encode(v, f) for v, f in good[:3]] + [d for d, _ in bad] + [
         encode(v, f) for v, f in good[3:]]

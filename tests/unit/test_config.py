@@ -270,9 +270,14 @@ def test_all_errors_are_collected_in_one_config_error() -> None:
     [
         (
             None,
-            "bpftap.yaml: top level: the file is empty; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain, links",
+            "bpftap.yaml: top level: the file is empty; "
+            "expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain, links",
         ),
-        ([1, 2], "bpftap.yaml: top level: got a list; expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain, links"),
+        (
+            [1, 2],
+            "bpftap.yaml: top level: got a list; "
+            "expected a mapping with keys sources, sessions, rules, copy_budget, redirect_chain, links",
+        ),
     ],
 )
 def test_top_level_must_be_a_mapping(data: object, message: str) -> None:
@@ -380,15 +385,16 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("value", "chain"), [(DELETE, True), (True, True), (False, False)])
 def test_redirect_chain(value: object, chain: bool) -> None:
-    assert parse_config(config_with("redirect_chain", value) if value is not DELETE else BASE, "x").redirect_chain is chain
+    data = config_with("redirect_chain", value) if value is not DELETE else BASE
+    assert parse_config(data, "x").redirect_chain is chain
 
 
 def test_links_default_to_the_drivers_speed_and_5_percent_headroom() -> None:
     from bpftap.config import Link
 
-    cfg = parse_config({**BASE, "links": [{"interface": "eth1", "capacity": "200M"},
-                                          {"interface": "bond*", "headroom": "10%"}, {"interface": "eth9", "headroom": 0}]},
-                       "x")
+    links = [{"interface": "eth1", "capacity": "200M"}, {"interface": "bond*", "headroom": "10%"},
+             {"interface": "eth9", "headroom": 0}]
+    cfg = parse_config({**BASE, "links": links}, "x")
     assert cfg.links == (Link("eth1", 200_000_000, 5.0), Link("bond*", 0, 10.0), Link("eth9", 0, 0.0))
     assert parse_config(BASE, "x").links == ()
 

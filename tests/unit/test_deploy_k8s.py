@@ -103,7 +103,8 @@ def test_wiring() -> None:
 
 
 def test_capabilities_overlay_and_collector() -> None:
-    ctx = by_kind("bpftap-capabilities.yaml", "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    spec = by_kind("bpftap-capabilities.yaml", "DaemonSet")["spec"]["template"]["spec"]
+    ctx = spec["containers"][0]["securityContext"]
     assert ctx["privileged"] is False and {"BPF", "NET_ADMIN", "PERFMON"} <= set(ctx["capabilities"]["add"])
     deployments = [d for d in docs("bpftap-with-collector.yaml") if d["kind"] == "Deployment"]
     assert [d["spec"]["template"]["spec"]["containers"][0]["args"][0] for d in deployments] == ["collect"]

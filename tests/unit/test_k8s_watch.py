@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 kubernetes = pytest.importorskip("kubernetes", reason="the k8s extra is not installed")
-from kubernetes.client import ApiClient, V1ObjectMeta, V1Pod, V1PodList, V1PodSpec, V1PodStatus, V1ListMeta  # noqa: E402
+from kubernetes.client import ApiClient, V1ListMeta, V1ObjectMeta, V1Pod, V1PodList, V1PodSpec, V1PodStatus  # noqa: E402
 from kubernetes.watch import Watch  # noqa: E402
 
 from bpftap.agent.k8s import PodIndex, PodWatch  # noqa: E402
@@ -163,5 +163,5 @@ def test_from_environment_needs_node_name(monkeypatch: pytest.MonkeyPatch) -> No
     from bpftap.errors import ConfigError
 
     monkeypatch.delenv("NODE_NAME", raising=False)
-    with pytest.raises(ConfigError, match="bpftap.yaml: sources: .* needs NODE_NAME"):
+    with pytest.raises(ConfigError, match=r"bpftap\.yaml: sources: .* needs NODE_NAME"):
         PodWatch.from_environment("bpftap.yaml")

@@ -19,7 +19,8 @@ def raw(code: int = abi.MirrorEvent.OVERSIZE, level: int = abi.MirrorLevel.WARN)
 
 def test_decode_checks_size_and_codes() -> None:
     rec = Record.decode(raw())
-    assert rec is not None and (rec.event, rec.rule, rec.session, rec.args) == (abi.MirrorEvent.OVERSIZE, 20, 3, (1564, 1500))
+    assert rec is not None
+    assert (rec.event, rec.rule, rec.session, rec.args) == (abi.MirrorEvent.OVERSIZE, 20, 3, (1564, 1500))
     assert Record.decode(raw()[:-1]) is None
     assert Record.decode(raw(code=99)) is None
     assert Record.decode(raw(level=9)) is None
@@ -29,7 +30,7 @@ def test_decode_checks_size_and_codes() -> None:
 def test_format_names_rule_session_and_values() -> None:
     rec = Record.decode(raw())
     assert rec is not None
-    message, fields = format_record(rec, lambda stats_id: {2: "ids"}.get(stats_id))
+    message, fields = format_record(rec, {2: "ids"}.get)
     assert message == "kernel: rule 20, session ids: copy not sent: 1564 bytes exceed the egress MTU 1500"
     assert fields == {"event": "oversize", "rule": 20, "session": "ids"}
 

@@ -85,7 +85,7 @@ def test_write_then_read_back(tmp_path: Path) -> None:
 
 
 def test_unicode_comment_and_jumbo_frame(tmp_path: Path) -> None:
-    packets = [(T0, frame(1, 9000), "vni=7 from=[::1]:5 – ünïcode")]
+    packets = [(T0, frame(1, 9000), "vni=7 from=[::1]:5 – ünïcode")]  # noqa: RUF001 - not ASCII, on purpose
     write_all(tmp_path / "a.pcapng", packets)
     assert read_pcapng(tmp_path / "a.pcapng") == packets
 

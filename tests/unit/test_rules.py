@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import ipaddress
+import time
 from typing import Any
 
 import pytest
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpftap import abi
-from bpftap.config import Action, Config, Direction, Rule, Session, Source, parse_config
 from bpftap.classifier import compile_rules, match_compiled, rule_bits
+from bpftap.config import Action, Config, Direction, Rule, Session, Source, parse_config
 from bpftap.rules import PacketInfo, assign_session_slots, reference_match
 
 ip = ipaddress.ip_address
@@ -46,7 +46,8 @@ def test_rules_compile_in_number_order_with_actions_and_session_masks() -> None:
     cfg = config(Rule(30, sessions=("s",)), Rule(10, action=Action.SKIP), Rule(20, sessions=("s", "t")))
     compiled = compile_rules(cfg, {"s": 3, "t": 0})
     assert [r.number for r in compiled.rules] == [10, 20, 30]
-    assert [r.action for r in compiled.rules] == [abi.MirrorAction.SKIP, abi.MirrorAction.MIRROR, abi.MirrorAction.MIRROR]
+    skip, mirror = abi.MirrorAction.SKIP, abi.MirrorAction.MIRROR
+    assert [r.action for r in compiled.rules] == [skip, mirror, mirror]
     assert [r.sessions for r in compiled.rules] == [0, 0b1001, 0b1000]
 
 
@@ -91,8 +92,8 @@ def test_rule_bits_layout() -> None:
 
 def test_ten_thousand_rules_compile_quickly() -> None:
     rules = [
-        Rule(i + 1, protocol=17, src=net(f"198.18.{i // 256 % 256}.{i % 256}/32"), dst_ports=((i % 5000, i % 5000 + 10),),
-             sessions=("s",))
+        Rule(i + 1, protocol=17, src=net(f"198.18.{i // 256 % 256}.{i % 256}/32"),
+             dst_ports=((i % 5000, i % 5000 + 10),), sessions=("s",))
         for i in range(10_000)
     ]
     start = time.monotonic()

@@ -21,8 +21,8 @@ STATUS: dict[str, Any] = {
         {"number": 20, "action": "mirror", "sessions": ["ids"], "packets": 100, "bytes": 150_000},
     ],
     "sessions": [
-        {"name": "ids", "tunnel": "vxlan", "remote": "198.18.2.1", "id_field": "vni", "id": 42, "via": "eth2", "problem": None,
-         "packets": 100, "bytes": 155_000, "unresolved": 0, "oversize": 2, "encap_fail": 0},
+        {"name": "ids", "tunnel": "vxlan", "remote": "198.18.2.1", "id_field": "vni", "id": 42, "via": "eth2",
+         "problem": None, "packets": 100, "bytes": 155_000, "unresolved": 0, "oversize": 2, "encap_fail": 0},
     ],
     "counters": {"seen": 1000, "matched": 100, "copy_sent": 100, "oversize": 2, "loop": 0},
 }

@@ -55,7 +55,8 @@ def test_each_type_parses(entry: dict[str, Any], want: Session) -> None:
                                                "a vxlan session is identified by vni")),
     ({"tunnel": "erspan3", "session_id": 1, "vni": 3}, ("sessions[0].vni: only vxlan and geneve sessions have "
                                                         "vni; an erspan3 session is identified by session_id")),
-    ({"tunnel": "erspan2", "session_id": 1, "sequence": False}, "sessions[0].sequence: only gre sessions have sequence"),
+    ({"tunnel": "erspan2", "session_id": 1, "sequence": False},
+     "sessions[0].sequence: only gre sessions have sequence"),
     ({"tunnel": "gre", "sequence": "yes"}, "sessions[0].sequence: expected true or false, got the string 'yes'"),
     ({"tunnel": "vxlan", "vni": 1, "session": 3}, "sessions[0]: unknown field 'session'; did you mean 'session_id'?"),
 ])

@@ -65,7 +65,8 @@ def test_log_format_json_makes_each_config_mistake_a_json_object(
     path.write_text(EXAMPLE.read_text().replace("vni: 42", "vni: -1").replace("dst_ports: 53", "dst_port: 53"))
     assert main(["validate", "-c", str(path), "--log-format", "json"]) == ExitStatus.USAGE
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert len(records) >= 2 and {r["level"] for r in records} == {"error"} and {r["kind"] for r in records} == {"config"}
+    assert len(records) >= 2
+    assert {r["level"] for r in records} == {"error"} and {r["kind"] for r in records} == {"config"}
     assert records[0]["message"].startswith(f"{path}: sessions[0].vni:")
     assert all(r["message"].startswith(f"{path}: ") for r in records)
 

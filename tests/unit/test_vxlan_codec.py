@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bpftap.errors import BpftapError
 from bpftap.tunnels import vxlan
 from bpftap.tunnels.common import DecapError, Meta
 from bpftap.tunnels.vxlan import decode, encode
-from bpftap.errors import BpftapError
 
 INNER = bytes(range(14)) + b"payload"
 

@@ -163,7 +163,7 @@ def boot(row: str, out: Path, soak: int, timeout: int) -> None:
         initramfs(modules, version, initrd)
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            for sock, source in zip(socks, ("/", str(out))):
+            for sock, source in zip(socks, ("/", str(out)), strict=True):
                 procs.append(start([str(VIRTIOFSD), f"--socket-path={sock}", "-o", f"source={source}",
                                     "-o", "cache=always" if source == "/" else "cache=none",
                                     "-o", "sandbox=chroot"], out / "virtiofsd.log"))
@@ -183,7 +183,8 @@ def boot(row: str, out: Path, soak: int, timeout: int) -> None:
             try:
                 procs[-1].wait(timeout)
             except subprocess.TimeoutExpired as exc:
-                raise MatrixError(f"row {row}: the guest did not finish in {timeout} s (see {out}/console.log)") from exc
+                raise MatrixError(f"row {row}: the guest did not finish in {timeout} s "
+                                  f"(see {out}/console.log)") from exc
         finally:
             for proc in reversed(procs):
                 stop(proc)
@@ -198,7 +199,8 @@ def run_row(row: str, soak: int, timeout: int) -> dict[str, object]:
     try:
         if row == "host":
             with (out / "guest.log").open("w") as log:
-                subprocess.run(guest_command(out, soak, 1.0), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+                subprocess.run(guest_command(out, soak, 1.0), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               check=False)
         else:
             boot(row, out, soak, timeout)
     except MatrixError as exc:

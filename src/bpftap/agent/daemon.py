@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,8 +192,8 @@ class Agent:
             try:
                 self._attach(self.obj.program(abi.PROG_NAPI), ifname, ifindex, None)
             except BpfError as exc:
-                log.warning("%s: clones share the CPU backlog with veth traffic (copies may cost originals under overload)",
-                            exc)
+                log.warning("%s: clones share the CPU backlog with veth traffic "
+                            "(copies may cost originals under overload)", exc)
             self._attach(self.obj.program(abi.PROG_ENCAP), ifname, ifindex, tc.Direction.INGRESS)
         # super-packets of GSO sessions leave from bpftap0's egress, before it segments them
         self._attach(self.obj.program(abi.PROG_GSO), INTERNAL_A, self.encap_ifindex, tc.Direction.EGRESS)
@@ -218,7 +218,8 @@ class Agent:
         self.stack.callback(lambda: None if self.keep else fn(*args))
 
     def _internal_pair(self, adopting: bool) -> tuple[int, int]:
-        """The internal pair's ifindexes: the earlier agent's when adopting (its programs stay on it), else a new pair."""
+        """The internal pair's ifindexes: the earlier agent's when adopting (its programs stay on it), else a new
+        pair."""
         if adopting:
             indexes = [link_index(name, self.ipr) for name in (INTERNAL_A, INTERNAL_B)]
             if indexes[0] is not None and indexes[1] is not None:
@@ -322,10 +323,8 @@ class Agent:
             for name, index in matched.items():
                 found[(name, index)] = found.get((name, index), Direction(0)) | src.direction
         for sess in self.config.sessions:
-            try:
+            with suppress(ResolveError):
                 egress_devs.add(resolve(sess.remote, self.ipr).ifname)
-            except ResolveError:
-                pass
         for name, _ in found:
             if name in egress_devs:
                 log.warning(
@@ -473,7 +472,7 @@ class Agent:
                         "id": getattr(sess, TUNNEL_ID_FIELDS[sess.tunnel]),
                         "via": st.nexthop.ifname if st.nexthop else None,
                         "problem": st.problem or None,
-                        **{name: getattr(ss, name) for name, _ in abi.SessionStats._fields_},
+                        **{f[0]: getattr(ss, f[0]) for f in abi.SessionStats._fields_},
                     }
                 )
             counters = self.tables.counters()

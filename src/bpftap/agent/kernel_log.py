@@ -114,7 +114,8 @@ def format_record(rec: Record, session_name: Callable[[int], str | None]) -> tup
 
 
 class RingReader(threading.Thread):
-    """A thread that hands each record of a BPF ring buffer to `_sample` until close(), calling `report` now and then."""
+    """A thread that hands each record of a BPF ring buffer to `_sample` until close(), calling `report` now and
+    then."""
 
     def __init__(self, ring: Map, name: str) -> None:
         super().__init__(name=name, daemon=True)
@@ -163,7 +164,8 @@ class KernelLog(RingReader):
         self.received += 1
         rec = Record.decode(ctypes.string_at(data, size))
         if rec is None:
-            log.warning("kernel: a log record of %d bytes that this agent cannot read (object from another build?)", size)
+            log.warning("kernel: a log record of %d bytes that this agent cannot read (object from another build?)",
+                        size)
         elif self.limiter.allow(rec.event):
             message, fields = format_record(rec, self.session_name)
             log.log(_LEVELS[rec.level], "%s", message, extra={"fields": fields})

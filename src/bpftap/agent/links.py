@@ -159,8 +159,8 @@ class LinkGovernor:
 
     def _delete(self, ifindex: int) -> None:
         key = ctypes.c_uint32(ifindex)
-        self.rates.delete_key(key)  # type: ignore[arg-type]
-        self.state.delete_key(key)  # type: ignore[arg-type]
+        self.rates.delete_key(key)
+        self.state.delete_key(key)
 
     def _set_fill(self, link: LinkState) -> None:
         link.fill = int(link.capacity * (1 - link.headroom / 100) * link.factor)

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -70,7 +70,8 @@ def pod_peer_index(netns: str, ifname: str = POD_IFNAME) -> tuple[int, int] | No
     None if the namespace or the interface is gone, or the interface has no
     peer in another namespace (not a veth whose other end left the pod).
     """
-    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", ifname], capture_output=True, text=True)
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", ifname], capture_output=True, text=True,
+                         check=False)
     if out.returncode != 0:
         return None
     try:
@@ -139,8 +140,10 @@ class PodFollower:
         for src in sources:
             if src.pods is None:
                 continue
+            ifaces: Sequence[HostIface | None]
             if src.pods.netns is not None:
-                ifaces = [self._netns_iface(ns, present, ipr) for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]
+                ifaces = [self._netns_iface(ns, present, ipr)
+                          for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]
             elif self.watch is not None:
                 ifaces = self.watch.host_ifaces(src.pods, ipr)
             else:

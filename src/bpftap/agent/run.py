@@ -78,9 +78,10 @@ def run_config(
     # bound before anything is made or attached: a bad address is exit 2 with nothing to undo
     exporter = serve(metrics, source) if metrics is not None else None
     try:
-        # so is the status socket (it answers once the agent has started): one in use is another agent's
-        server = StatusServer({"status": lambda: agent.status(), "pause": lambda: agent.pause(),
-                               "resume": lambda: agent.resume()})
+        # so is the status socket (it answers once the agent has started): one in use is another agent's.
+        # Lambdas, not bound methods: `agent` is made below
+        server = StatusServer({"status": lambda: agent.status(), "pause": lambda: agent.pause(),  # noqa: PLW0108
+                               "resume": lambda: agent.resume()})  # noqa: PLW0108
     except BaseException:
         if exporter is not None:
             exporter.close()
@@ -98,7 +99,11 @@ def run_config(
     config_watch = ConfigWatch(config_path) if config_path is not None else None
 
     def on_signal(event: threading.Event) -> Callable[..., None]:
-        return lambda *_: (event.set(), wake.set())
+        def handler(*_: object) -> None:
+            event.set()
+            wake.set()
+
+        return handler
 
     signal.signal(signal.SIGTERM, on_signal(stop))
     signal.signal(signal.SIGINT, on_signal(stop))

@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import os
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bpftap import abi
 from bpftap.bpf.objects import U64, BpfObject, num_possible_cpus
@@ -68,15 +68,20 @@ def rendezvous(members: tuple[object, ...], buckets: int) -> list[int]:
     return [max(range(len(members)), key=lambda i: score(b, members[i])) for b in range(buckets)]
 
 
-class _Ids:
+K = TypeVar("K")
+# a session's counters and sequence numbers are keyed by (name, tunnel, remote, tunnel id)
+SessionIdentity = tuple[str, str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+
+
+class _Ids(Generic[K]):
     """Stable small ids for things that come and go across reloads (counter keys)."""
 
     def __init__(self, limit: int) -> None:
-        self.ids: dict[object, int] = {}
+        self.ids: dict[K, int] = {}
         self.free: list[int] = []
         self.limit = limit
 
-    def get(self, key: object) -> tuple[int, bool]:
+    def get(self, key: K) -> tuple[int, bool]:
         """The id of `key`, and whether it is new (its counters must be zeroed)."""
         found = self.ids.get(key)
         if found is not None:
@@ -87,12 +92,12 @@ class _Ids:
         self.ids[key] = found
         return found, True
 
-    def restore(self, ids: dict[object, int]) -> None:
+    def restore(self, ids: dict[K, int]) -> None:
         """Take over ids given out by an earlier agent; the unused ones below the highest are free."""
         self.ids = dict(ids)
         self.free = sorted(set(range(max(ids.values(), default=-1) + 1)) - set(ids.values()), reverse=True)
 
-    def keep_only(self, live: set[object]) -> None:
+    def keep_only(self, live: set[K]) -> None:
         """Free the ids of everything not in `live`."""
         for key in [k for k in self.ids if k not in live]:
             self.free.append(self.ids.pop(key))
@@ -112,9 +117,9 @@ class Tables:
         self._trie_keys: list[list[abi.AddrKey]] = [[], []]
         self._iface_keys: list[list[int]] = [[], []]
         self._tables_written: dict[tuple[str, int], array.array[int]] = {}
-        self._rule_ids = _Ids(abi.RULE_SLOTS * abi.MAX_RULES)  # rule number -> `rule_stats` key
-        self._session_ids = _Ids(abi.RULE_SLOTS * abi.MAX_SESSIONS)  # session identity -> stats/seq key
-        self._staged: set[object] = set()  # identities of the sessions staged for the next flip
+        self._rule_ids: _Ids[int] = _Ids(abi.RULE_SLOTS * abi.MAX_RULES)  # rule number -> `rule_stats` key
+        self._session_ids: _Ids[SessionIdentity] = _Ids(abi.RULE_SLOTS * abi.MAX_SESSIONS)  # -> stats/seq key
+        self._staged: set[SessionIdentity] = set()  # identities of the sessions staged for the next flip
         self._source_ids: dict[int, int] = {}  # ifindex -> source id, as written
         self.links: set[int] = set()  # ifindexes of the listed links (config links:): sessions leaving by one say so
 
@@ -145,7 +150,8 @@ class Tables:
             return
         self._rule_ids.restore({number: i for number, i in kept["rules"]})
         self._session_ids.restore(
-            {(name, tunnel, ipaddress.ip_address(remote), tun_id): i for name, tunnel, remote, tun_id, i in kept["sessions"]}
+            {(name, tunnel, ipaddress.ip_address(remote), tun_id): i
+             for name, tunnel, remote, tun_id, i in kept["sessions"]}
         )
         self._source_ids = {ifindex: i for ifindex, i in kept["sources"]}
 
@@ -173,7 +179,8 @@ class Tables:
     def staging_slot(self) -> int:
         """The rule slot the next write_rules fills: the inactive one (the live one before any rules)."""
         cfg = self.config()
-        return 1 - cfg.active_slot if cfg.rule_count[cfg.active_slot] else cfg.active_slot
+        active: int = cfg.active_slot
+        return 1 - active if cfg.rule_count[active] else active
 
     def write_rules(self, compiled: CompiledRules, encap_ifindex: int) -> int:
         """Fill the staging rule slot, then make it live with its staged sessions; returns the live slot.
@@ -374,20 +381,20 @@ class Tables:
                 ids[ifindex] = free.pop(0)
         for ifindex, sid in self._source_ids.items():
             if ids.get(ifindex) != sid:
-                self.maps[abi.MAP_SOURCE_IDS].delete_key(ctypes.c_uint32(ifindex))  # type: ignore[arg-type]
-                self.maps[abi.MAP_SOURCE_IFINDEXES].update(sid, ctypes.c_uint32(0))  # type: ignore[arg-type]
+                self.maps[abi.MAP_SOURCE_IDS].delete_key(ctypes.c_uint32(ifindex))
+                self.maps[abi.MAP_SOURCE_IFINDEXES].update(sid, ctypes.c_uint32(0))
         for ifindex, sid in ids.items():
-            self.maps[abi.MAP_SOURCE_IFINDEXES].update(sid, ctypes.c_uint32(ifindex))  # type: ignore[arg-type]
-            self.maps[abi.MAP_SOURCE_IDS].update_key(ctypes.c_uint32(ifindex), ctypes.c_uint32(sid))  # type: ignore[arg-type]
+            self.maps[abi.MAP_SOURCE_IFINDEXES].update(sid, ctypes.c_uint32(ifindex))
+            self.maps[abi.MAP_SOURCE_IDS].update_key(ctypes.c_uint32(ifindex), ctypes.c_uint32(sid))
         self._source_ids = ids
         return dict(ids)
 
     def session_name(self, stats_id: int) -> str | None:
         """The session (or group member) whose counters are at `stats_id`, for the kernel log."""
-        return next((n for (n, *_), i in self._session_ids.ids.items() if i == stats_id), None)  # type: ignore[misc]
+        return next((n for (n, *_), i in self._session_ids.ids.items() if i == stats_id), None)
 
     def _session_key(self, name: str) -> int | None:
-        return next((i for (n, *_), i in self._session_ids.ids.items() if n == name), None)  # type: ignore[misc]
+        return next((i for (n, *_), i in self._session_ids.ids.items() if n == name), None)
 
     def session_seq(self, name: str) -> int:
         """The last sequence number session `name` sent (0: none yet, or no such session)."""

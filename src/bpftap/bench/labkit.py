@@ -69,7 +69,7 @@ class BenchAgent:
             self.proc = lab.popen(lab.tap, [*BPFTAP, "run", "-c", str(self.path)], stdout=out, stderr=out)
         try:
             self.pid = int(wait_for_agent(lab, timeout=30)["pid"])
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - whatever went wrong (^C too), the agent must not outlive the bench
             self.proc.kill()
             self.proc.wait(timeout=10)
             raise BpftapError(f"bench: the agent did not start:\n{self.log.read_text()[-2000:]}") from None
@@ -91,7 +91,8 @@ class BenchAgent:
                     and links == [link["capacity"] for link in config.get("links", [])]):
                 return
             time.sleep(0.2)
-        raise BpftapError(f"bench: the agent did not apply the new rules in {timeout:.0f} s:\n{self.log.read_text()[-2000:]}")
+        raise BpftapError(f"bench: the agent did not apply the new rules in {timeout:.0f} s:\n"
+                          f"{self.log.read_text()[-2000:]}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

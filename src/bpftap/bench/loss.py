@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bpftap.bench import labkit as K
 from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, settled, summarize
@@ -94,7 +95,8 @@ def room_fill(p: dict[str, Any], payload: int, rate: int, seconds: float) -> flo
     room = rate - p["offered_pps"] * (payload + HEADERS) * 8
     if p["copies"] is None or room <= 0:
         return None
-    return 100.0 * p["copies"] * (payload + HEADERS + VXLAN_HEADERS) * 8 / seconds / room
+    fill: float = 100.0 * p["copies"] * (payload + HEADERS + VXLAN_HEADERS) * 8 / seconds / room
+    return fill
 
 
 def sweep(lab: Lab, iperf: K.Iperf, config: str, caps: dict[int, dict[str, Any]], seconds: float,

@@ -12,8 +12,9 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bpftap.bench import labkit as K
 from bpftap.lab import Lab
@@ -51,7 +52,7 @@ def bpf_fds(pid: int) -> dict[str, list[dict[str, Any]]]:
         found[kind][oid] = entry
     for entry in found["maps"].values():
         res = subprocess.run(["bpftool", "-j", "map", "show", "id", str(entry["id"])], capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=10, check=False)
         if res.returncode == 0:
             entry["name"] = json.loads(res.stdout).get("name", "?")
     return {k: sorted(v.values(), key=lambda e: -e["memlock"]) for k, v in found.items()}

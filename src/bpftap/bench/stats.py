@@ -35,7 +35,7 @@ REFERENCE = {
 }
 
 
-def summarize(values: Iterable[float]) -> Summary:
+def summarize(values: Iterable[float | None]) -> Summary:
     """Median, min and max of `values` (NaNs dropped); all None when nothing is left."""
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not vals:
@@ -47,7 +47,7 @@ def ratios(values: Sequence[float | None], baseline: Sequence[float | None]) -> 
     """Round-by-round ratios ``values[i] / baseline[i]``; rounds with no or zero baseline are left out."""
     if len(values) != len(baseline):
         raise ValueError(f"{len(values)} values against {len(baseline)} baseline rounds")
-    return [v / b for v, b in zip(values, baseline) if v is not None and b]
+    return [v / b for v, b in zip(values, baseline, strict=True) if v is not None and b]
 
 
 def ratio_summary(values: Sequence[float | None], baseline: Sequence[float | None]) -> Summary:
@@ -92,7 +92,7 @@ def cpu_busy(before: Sequence[int], after: Sequence[int]) -> dict[str, float]:
     Fields: user nice system idle iowait irq softirq steal [guest guest_nice].
     Busy counts everything but idle and iowait; guest time is already in user.
     """
-    delta = [a - b for a, b in zip(after[:8], before[:8])]
+    delta = [a - b for a, b in zip(after[:8], before[:8], strict=False)]
     total = sum(delta)
     if total <= 0:
         return {"busy": 0.0, "steal": 0.0, "jiffies": 0}

@@ -38,7 +38,7 @@ def cpu_model() -> str:
 def git_state() -> dict[str, Any]:
     """The commit measured and whether the tree differed from it (dirty files listed)."""
     def git(*args: str) -> str:
-        res = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+        res = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30, check=False)
         return res.stdout.strip() if res.returncode == 0 else ""
 
     status = [ln for ln in git("status", "--porcelain", "--untracked-files=no").splitlines() if ln.strip()]
@@ -48,7 +48,7 @@ def git_state() -> dict[str, Any]:
 
 def tool_version(cmd: list[str]) -> str:
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "missing"
     return (res.stdout or res.stderr).splitlines()[0].strip() if (res.stdout or res.stderr) else "unknown"

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bpftap.bench import labkit as K
 from bpftap.bench.stats import cpu_busy, ratio_summary, rounds, summarize

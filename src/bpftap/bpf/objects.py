@@ -31,6 +31,8 @@ from bpftap.bpf.libbpf import (
 from bpftap.errors import BpfError, BpftapError
 
 T = TypeVar("T", bound=ctypes.Structure)
+# what a map element can be: a struct, or a plain u32 or u64
+Element = ctypes.Structure | ctypes.c_uint32 | ctypes.c_uint64
 
 
 _U32 = ctypes.c_uint32
@@ -88,7 +90,7 @@ class Program:
         buf_in = ctypes.create_string_buffer(data, len(data))
         out_len = out_size or len(data) + 512
         buf_out = ctypes.create_string_buffer(out_len)
-        ctx_out = SkBuff() if ctx is not None else None
+        ctx_out: SkBuff | None = None
         opts = sized(
             BpfTestRunOpts,
             data_in=ctypes.cast(buf_in, ctypes.c_void_p),
@@ -98,6 +100,7 @@ class Program:
             repeat=repeat,
         )
         if ctx is not None:
+            ctx_out = SkBuff()
             opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
             opts.ctx_size_in = ctypes.sizeof(ctx)
             opts.ctx_out = ctypes.cast(ctypes.pointer(ctx_out), ctypes.c_void_p)
@@ -113,7 +116,7 @@ class Map:
     def __init__(self, name: str, fd: int, percpu: bool = False) -> None:
         self.name, self.fd, self.percpu = name, fd, percpu
 
-    def update(self, index: int, value: ctypes.Structure | ctypes.c_uint64) -> None:
+    def update(self, index: int, value: Element) -> None:
         """Write one element. Raises BpfError (e.g. E2BIG past max_entries)."""
         key = ctypes.c_uint32(index)
         ret = lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0)
@@ -133,11 +136,11 @@ class Map:
         ret = lib.bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count), None)
         check(ret, f"update map {self.name}[{first}:{first + n}]")
 
-    def update_key(self, key: ctypes.Structure, value: ctypes.Structure | ctypes.c_uint32) -> None:
+    def update_key(self, key: Element, value: Element) -> None:
         """Write one element under a struct key (hash and LPM maps)."""
         check(lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0), f"update map {self.name}")
 
-    def delete_key(self, key: ctypes.Structure) -> None:
+    def delete_key(self, key: Element) -> None:
         """Delete one element; a missing one is not an error."""
         ret = lib.bpf_map_delete_elem(self.fd, ctypes.byref(key))
         if ret < 0 and -ret != 2 and ctypes.get_errno() != 2:
@@ -159,14 +162,16 @@ class Map:
         """Read one element of a plain (not per-CPU) map."""
         key = ctypes.c_uint32(index)
         value = value_type()
-        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)), f"read map {self.name}[{index}]")
+        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)),
+              f"read map {self.name}[{index}]")
         return value
 
     def lookup_percpu(self, index: int, value_type: type[T]) -> list[T]:
         """Read every CPU's slot of one element of a per-CPU map."""
         key = ctypes.c_uint32(index)
         slots = (value_type * num_possible_cpus())()
-        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(slots)), f"read map {self.name}[{index}]")
+        check(lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(slots)),
+              f"read map {self.name}[{index}]")
         return list(slots)
 
     def sum_percpu(self, index: int, value_type: type[T]) -> T:

@@ -16,6 +16,7 @@ that vanishes with it, and a killed agent's links and maps go with it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -78,10 +79,8 @@ def remove(directory: Path) -> None:
     """Unpin everything under `directory` and remove it, and ROOT once empty (missing ones are fine)."""
     if directory.exists():
         shutil.rmtree(directory)
-    try:
+    with contextlib.suppress(OSError):  # other namespaces' pins are there, or it is gone already
         ROOT.rmdir()
-    except OSError:
-        pass  # other namespaces' pins are there, or it is gone already
 
 
 def ensure_bpffs(path: str = "/sys/fs/bpf") -> bool:

@@ -68,7 +68,7 @@ def _in_child(path: Path) -> dict[str, str]:
         os.close(rfd)
         try:
             out = _attach_probes(path)
-        except BaseException as exc:  # report anything, never return into the parent's code
+        except BaseException as exc:  # noqa: BLE001 - report anything, never return into the parent's code
             out = {"tcx": f"probe failed: {exc}", "clsact": f"probe failed: {exc}"}
         os.write(wfd, json.dumps(out).encode())
         os._exit(0)

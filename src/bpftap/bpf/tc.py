@@ -294,7 +294,8 @@ def prog_name(prog_id: int) -> str:
         size = ctypes.c_uint32(ctypes.sizeof(info))
         if lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) < 0:
             return ""
-        return info.name.decode(errors="replace")
+        name: bytes = info.name
+        return name.decode(errors="replace")
     finally:
         os.close(fd)
 

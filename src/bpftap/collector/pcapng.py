@@ -132,10 +132,8 @@ class PcapngWriter:
         name = self._name(len(self.files))
         # Unbuffered: every block reaches the kernel at once (the "flush after
         # each write"), and close() has no buffer left to fail on.
-        if name == STDOUT:  # a duplicate of fd 1, so close() leaves the process's stdout open
-            fh = open(os.dup(1), "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        else:
-            fh = open(name, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        # for stdout, a duplicate of fd 1, so close() leaves the process's stdout open
+        fh = open(os.dup(1) if name == STDOUT else name, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         self.files.append(name)
         self._size = self._packets_in_file = 0
         self._fh = fh

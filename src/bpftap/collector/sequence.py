@@ -37,7 +37,7 @@ class SequenceFollower:
         """
         key = (sender, label)
         track = self._tracks.get(key)
-        if track is None or seq == 1 and track.last != 1:
+        if track is None or (seq == 1 and track.last != 1):
             self._tracks[key] = _Track(seq)  # the first, or the agent started again
             return
         step = (seq - track.last) & 0xFFFFFFFF

@@ -86,7 +86,8 @@ class CollectorStats:
 
     ``per_session`` counts frames written by ``tunnel/id`` (``gre`` alone
     for GRE without a key); ``per_sender`` counts every datagram received
-    (but a captured frame whose outer header is malformed), keyed by the sender's IP address (without the port: UDP tunnel senders
+    (but a captured frame whose outer header is malformed), keyed by the
+    sender's IP address (without the port: UDP tunnel senders
     vary the source port per flow). ``lost`` and ``reordered`` count
     sequence-number gaps and steps back per session. ``captured``,
     ``kernel_drops`` (frames the interface's packet socket dropped before
@@ -215,7 +216,7 @@ class Collector:
         if self.tunnels & set(GRE_TUNNELS):
             plan.append(("gre", self.addr, 0))
             if self.addr == "::":
-                plan.append(("gre", "0.0.0.0", 0))
+                plan.append(("gre", "0.0.0.0", 0))  # noqa: S104 - "::" asked for every address, IPv4's too
         return plan
 
     def bind(self) -> None:

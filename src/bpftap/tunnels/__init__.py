@@ -18,6 +18,7 @@ from typing import Final
 from bpftap.tunnels import erspan, geneve, gre, raw, vxlan
 from bpftap.tunnels.common import DecapError, Meta
 
+
 @dataclass(frozen=True)
 class TunnelType:
     """One tunnel type bpftap sends: the one place that says what it is (config, agent, collector derive from it).
