@@ -105,4 +105,4 @@ def test_the_translators_context_offsets_are_the_sk_buffs() -> None:
     from bpftap.bpf.objects import SkBuff
     from bpftap.filter import translate as T
 
-    assert (T.SKB_DATA, T.SKB_DATA_END) == (SkBuff.data.offset, SkBuff.data_end.offset)
+    assert (SkBuff.data.offset, SkBuff.data_end.offset) == (T.SKB_DATA, T.SKB_DATA_END)

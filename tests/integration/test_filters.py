@@ -1,4 +1,4 @@
-"""Rule filters in the lab (issue 15): a pcap-filter expression picks exactly the frames libpcap picks, from real traffic.
+"""Rule filters in the lab (issue 15): a pcap-filter expression picks the frames libpcap picks, from real traffic.
 
 The tapped host's eth0 is mirrored both ways to the collector's kernel VXLAN
 device. What it must copy is decided here by libpcap itself

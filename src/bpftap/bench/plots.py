@@ -28,7 +28,7 @@ def _err(s: dict[str, Any], scale: float = 1.0) -> tuple[float, list[float]]:
 def plot_tier1(t1: dict[str, Any], path: Path, title: str) -> None:
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey=True)
-    for ax, (fam, size) in zip(axes.flat, [(f, s) for f in (4, 6) for s in (64, 1500)]):
+    for ax, (fam, size) in zip(axes.flat, [(f, s) for f in (4, 6) for s in (64, 1500)], strict=True):
         rows = [r for r in t1["rows"] if r["family"] == fam and r["size"] == size and r["ns"]["n"]]
         labels, vals, errs, colours = [], [], [], []
         for r in rows:
@@ -44,7 +44,7 @@ def plot_tier1(t1: dict[str, Any], path: Path, title: str) -> None:
                             "encap": "tab:orange", "link": "tab:purple", "nomatch-filters": "tab:cyan",
                             "filter": "tab:brown"}[r["kind"]] if not r.get("problem") else "tab:red")
         x = range(len(vals))
-        ax.bar(x, vals, yerr=list(zip(*errs)) if errs else None, color=colours, capsize=2)
+        ax.bar(x, vals, yerr=list(zip(*errs, strict=True)) if errs else None, color=colours, capsize=2)
         ax.set_xticks(list(x), labels, fontsize=7, rotation=60, ha="right")
         ax.set_title(f"IPv{fam}, {size} B")
         ax.set_yscale("log")
@@ -67,7 +67,7 @@ def plot_tier2(t2: dict[str, Any], path: Path, title: str) -> None:
             med, err = _err(s, scale) if s.get("median") is not None else (0.0, [0.0, 0.0])
             vals.append(med)
             errs.append(err)
-        ax.bar(names, vals, yerr=list(zip(*errs)), color=[COLOURS.get(n, "k") for n in names], capsize=3)
+        ax.bar(names, vals, yerr=list(zip(*errs, strict=True)), color=[COLOURS.get(n, "k") for n in names], capsize=3)
         ax.set_ylabel(label)
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.2f}" if scale == 1 else f"{v:.0f}", ha="center", va="bottom", fontsize=8)

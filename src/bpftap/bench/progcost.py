@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Sequence
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bpftap.bench.stats import RULE_COUNTS_WANTED, clip_rule_counts, ratio_summary, summarize
 
@@ -52,7 +52,7 @@ def empty_object_path() -> Path:
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -91,8 +91,10 @@ def rule_config(n_rules: int, match: bool, sessions: int, filters: str = "") -> 
     its filter (one evaluation of the slot's filters, then no match).
     """
     names = [f"s{i}" for i in range(max(SESSION_COUNTS))]
-    rules: list[dict[str, Any]] = [{"number": 1 + i, "protocol": "udp", "dst_ports": NOMATCH_PORT + i, "sessions": ["s0"]}
-                                   for i in range(n_rules - (1 if match else 0))]
+    rules: list[dict[str, Any]] = [
+        {"number": 1 + i, "protocol": "udp", "dst_ports": NOMATCH_PORT + i, "sessions": ["s0"]}
+        for i in range(n_rules - (1 if match else 0))
+    ]
     for i, rule in enumerate(rules[:FILTER_RULES] if filters else ()):
         rule["filter"] = FILTER
         if filters == "other":
@@ -136,7 +138,7 @@ class Worker:
         self.problems: dict[str, str] = {}
         self._last: dict[str, int] = {}
 
-    _compiled: dict[tuple[int, bool, int, str], Any] = {}
+    _compiled: ClassVar[dict[tuple[int, bool, int, str], Any]] = {}
 
     @classmethod
     def compile(cls, n_rules: int, match: bool, sessions: int, filters: str = "") -> Any:
@@ -145,7 +147,7 @@ class Worker:
         from bpftap.rules import assign_session_slots
 
         try:
-            from bpftap.classifier import compile_rules  # type: ignore[attr-defined]
+            from bpftap.classifier import compile_rules
         except ImportError:
             from bpftap.rules import compile_rules  # type: ignore[attr-defined,no-redef]
         key = (n_rules, match, sessions, filters)
@@ -291,7 +293,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         for k in SESSION_COUNTS:
             enc = raw[f"encap-{c['family']}-{c['size']}-{k}"]
             s1, floor = raw[c["name"]], raw[f"empty-{c['family']}-{c['size']}"]
-            tot = [a + b for a, b in zip(s1, enc)]
+            tot = [a + b for a, b in zip(s1, enc, strict=True)]
             totals.append({"family": c["family"], "size": c["size"], "rules": c["rules"], "sessions": k,
                            "ns": summarize(tot), "ratio": ratio_summary(tot, floor)})
     return {"rows": rows, "match_totals": totals, "rule_counts": data["rule_counts"], "clipped": data["clipped"],
@@ -314,7 +316,7 @@ def run_tier1(rounds: int = 5, target_ms: float = 60.0) -> dict[str, Any]:
             cpu = "1" if (os.cpu_count() or 1) > 1 else "0"
             cmd = ["ip", "netns", "exec", ns, "taskset", "-c", cpu, sys.executable, "-m", "bpftap.bench.progcost",
                    "--rounds", str(rounds), "--target-ms", str(target_ms), "--out", out.name]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
             if res.returncode:
                 raise RuntimeError(f"tier 1 worker failed: {res.stderr[-2000:]}")
             return summarise(json.loads(Path(out.name).read_text()))

@@ -269,7 +269,6 @@ _libc.vsnprintf.argtypes = [ctypes.c_char_p, c_size_t, ctypes.c_char_p, c_void_p
 _LEVELS = {0: logging.WARNING, 1: logging.DEBUG, 2: logging.DEBUG}
 
 
-@_PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
     buf = ctypes.create_string_buffer(4096)
     _libc.vsnprintf(buf, len(buf), fmt, args)
@@ -279,7 +278,8 @@ def _print(level: int, fmt: bytes, args: int) -> int:
     return 0
 
 
-lib.libbpf_set_print(_print)
+_print_cb = _PRINT_FN(_print)  # kept referenced: libbpf holds the pointer
+lib.libbpf_set_print(_print_cb)
 
 
 def check(ret: int, op: str, target: str = "", hint: str = "") -> int:

@@ -282,8 +282,9 @@ def assemble(code: Sequence[Item]) -> list[Insn]:
             rel = address[item.target] - (pc + 1)
             if rel not in S16:
                 raise AsmError(f"jump to {item.target!r} is {rel} instructions away (at most 32767)")
-            item = Insn(item.code, item.dst, item.src, rel, item.imm)
-        out.append(item)
+            out.append(Insn(item.code, item.dst, item.src, rel, item.imm))
+        else:
+            out.append(item)
         pc += item.slots
     return out
 

@@ -14,7 +14,7 @@ import ctypes
 import ctypes.util
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from bpftap.errors import BpftapError
 
@@ -77,7 +77,12 @@ def _lib() -> ctypes.CDLL:
 
 
 def libpcap_version() -> str:
-    return _lib().pcap_lib_version().decode()
+    version: bytes = _lib().pcap_lib_version()
+    return version.decode()
+
+
+class Matcher(Protocol):
+    def __call__(self, frame: bytes, wire_len: int | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -90,14 +95,14 @@ class CompiledFilter:
     def _program(self) -> _BpfProgram:
         arr = (_BpfInsn * len(self.insns))(*(_BpfInsn(*i) for i in self.insns))
         prog = _BpfProgram(len(self.insns), arr)
-        prog._keep = arr  # type: ignore[attr-defined]  # the array lives as long as the program
+        prog._keep = arr  # the array lives as long as the program
         return prog
 
     def matches(self, frame: bytes, wire_len: int | None = None) -> bool:
         """libpcap's verdict on one Ethernet frame (`wire_len`: its length on the wire, `len`)."""
         return self.matcher()(frame, wire_len)
 
-    def matcher(self):  # type: ignore[no-untyped-def]
+    def matcher(self) -> Matcher:
         """A fast callable(frame, wire_len=None) -> bool, for many frames."""
         lib, prog, hdr = _lib(), self._program(), _PcapPkthdr()
         ref = ctypes.byref(prog)
@@ -106,7 +111,8 @@ class CompiledFilter:
         def match(frame: bytes, wire_len: int | None = None) -> bool:
             hdr.caplen = len(frame)
             hdr.len = len(frame) if wire_len is None else wire_len
-            return lib.pcap_offline_filter(ref, hdr_ref, frame) != 0
+            verdict: int = lib.pcap_offline_filter(ref, hdr_ref, frame)
+            return verdict != 0
 
         return match
 
