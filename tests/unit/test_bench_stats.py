@@ -117,19 +117,29 @@ def test_a_count_is_read_once_it_settles() -> None:
 
 
 def test_tier3_reports_how_much_of_the_room_the_links_copies_filled() -> None:
-    from bpftap.bench.loss import room_fill
+    from bpftap.bench.loss import missing_floor, room_fill
 
     # a 100 Mbit/s link, originals of 1400 B payload (1442 B frames) at 4,000 pps: 53.9 Mbit/s of room;
     # 3,000 copies a second of 1492 B fill 35.8 Mbit/s of it
     point = {"offered_pps": 4000.0, "copies": 6000}
     assert abs(room_fill(point, 1400, 100_000_000, 2.0) - 100 * 35.808 / 53.856) < 0.01
+    # with 5 % headroom copies may take 48.9 Mbit/s
+    assert abs(room_fill(point, 1400, 100_000_000, 2.0, 5.0) - 100 * 35.808 / 48.856) < 0.01
     assert room_fill({"offered_pps": 9000.0, "copies": 10}, 1400, 100_000_000, 2.0) is None  # no room left
+    # every original's copy needs 47.7 Mbit/s: all fit in 53.9, 48.9 with headroom: none must go missing
+    assert missing_floor(point, 1400, 100_000_000) == 0.0
+    assert missing_floor(point, 1400, 100_000_000, 5.0) == 0.0
+    # at 6,000 pps: 30.8 Mbit/s of room for 71.6 Mbit/s of copies: at least 57 % cannot fit
+    assert abs(missing_floor({"offered_pps": 6000.0}, 1400, 100_000_000) - 100 * (1 - 30.784 / 71.616)) < 0.01
+    assert missing_floor({"offered_pps": 9000.0}, 1400, 100_000_000) == 100.0
     row = {"loss_pct": stats.summarize([0.0]), "copies_pct": stats.summarize([50.0]), "resolution_pct": 0.002,
-           "room_fill_pct": stats.summarize([91.0, 90.0, 89.0])}
+           "room_fill_pct": stats.summarize([91.0, 90.0, 89.0]), "allowed_fill_pct": stats.summarize([99.0]),
+           "missing_floor_pct": stats.summarize([30.0]), "missing_floor_headroom_pct": stats.summarize([36.0])}
     t3 = {"reps": 3, "seconds_per_point": 2, "capacity": {"64": {"pps": 40000.0}},
           "table": {c: {"64": {f"{u:.2f}": row for u in stats.UTILISATIONS}} for c in ("none", "links")}}
-    assert "links: copies filled the room originals left (link rate - originals): 50 % of C: 90 %" \
-        in "\n".join(tier3_lines(t3))
+    text = "\n".join(tier3_lines(t3))
+    assert "(rate less headroom, less originals): 50 % of C: 90 % / 99 %" in text
+    assert "(floor of copies missing, no headroom / 5 % headroom): 50 % of C: 30 % / 36 %" in text
 
 
 def test_tier1_shows_the_cost_of_an_original_on_a_listed_link_when_measured() -> None:

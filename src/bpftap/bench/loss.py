@@ -33,6 +33,7 @@ from typing import Any
 from bpftap.bench import labkit as K
 from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, settled, summarize
 from bpftap.bench.sysinfo import proc_stat_cpu
+from bpftap.config_model import Link
 from bpftap.lab import Lab
 
 CONFIGS = ("none", "nomatch", "mirror", "links", "nochain", "mirred")
@@ -90,13 +91,22 @@ def point(lab: Lab, iperf: K.Iperf, payload: int, pps: float, seconds: float) ->
     }
 
 
-def room_fill(p: dict[str, Any], payload: int, rate: int, seconds: float) -> float | None:
-    """Copies delivered as % of the room the originals left on the link (its rate less their offered bits)."""
-    room = rate - p["offered_pps"] * (payload + HEADERS) * 8
+def room_fill(p: dict[str, Any], payload: int, rate: int, seconds: float, headroom: float = 0.0) -> float | None:
+    """Copies delivered as % of the room the originals left on the link: its rate, less `headroom`
+    percent of it, less the originals' offered bits. None where there is no room."""
+    room = rate * (1 - headroom / 100) - p["offered_pps"] * (payload + HEADERS) * 8
     if p["copies"] is None or room <= 0:
         return None
     fill: float = 100.0 * p["copies"] * (payload + HEADERS + VXLAN_HEADERS) * 8 / seconds / room
     return fill
+
+
+def missing_floor(p: dict[str, Any], payload: int, rate: int, headroom: float = 0.0) -> float:
+    """The least % of copies that must go missing: the copies of every original need more than the
+    room the originals leave on the link (its rate less `headroom` percent, less their bits)."""
+    room = max(0.0, rate * (1 - headroom / 100) - p["offered_pps"] * (payload + HEADERS) * 8)
+    need = p["offered_pps"] * (payload + HEADERS + VXLAN_HEADERS) * 8
+    return max(0.0, 100.0 * (1 - room / need)) if need else 0.0
 
 
 def sweep(lab: Lab, iperf: K.Iperf, config: str, caps: dict[int, dict[str, Any]], seconds: float,
@@ -199,6 +209,11 @@ def run_tier3(lab: Lab, reps: int = 3, seconds: float = 2.0, log: Callable[[str]
                     "loss_pct": summarize(r["loss_pct"] for r in runs),
                     "copies_pct": summarize(r["copies_pct"] for r in runs),
                     "room_fill_pct": summarize(room_fill(r, payload, rates[payload], seconds) for r in runs),
+                    "allowed_fill_pct": summarize(room_fill(r, payload, rates[payload], seconds, Link.headroom)
+                                                  for r in runs),
+                    "missing_floor_pct": summarize(missing_floor(r, payload, rates[payload]) for r in runs),
+                    "missing_floor_headroom_pct": summarize(missing_floor(r, payload, rates[payload], Link.headroom)
+                                                            for r in runs),
                     "offered_pps": summarize(r["offered_pps"] for r in runs),
                     "tbf_drops": summarize(r["tbf_drops"] for r in runs),
                     "backlog_drops": summarize(r["backlog_drops"] for r in runs),
@@ -221,6 +236,10 @@ def run_tier3(lab: Lab, reps: int = 3, seconds: float = 2.0, log: Callable[[str]
         "mirror_link_factor": {str(p): round(1 + (p + HEADERS + VXLAN_HEADERS) / (p + HEADERS), 3) for p in PAYLOADS},
         "room_fill": "copies' bits delivered / (link rate - originals' offered bits); with `links:` at most "
                      "(room - headroom) / room: 5 % of the rate stays free",
+        "allowed_fill": "copies' bits delivered / (link rate x (1 - headroom) - originals' offered bits): "
+                        "the room `links:` lets copies take",
+        "missing_floor": "the least % of copies that cannot fit: 100 x (1 - room / bits the copies of every "
+                         "original need), room as in room_fill; missing_floor_headroom: as in allowed_fill",
         "capacity": {str(k): v for k, v in caps.items()},
         "warmup": warm,
         "table": table,

@@ -111,11 +111,19 @@ def tier3_lines(t3: dict[str, Any]) -> list[str]:
             ref = " / ".join(REFERENCE[k][band] for k in ("not mirrored", "mirrored", "copies missing"))
             lines.append(f"    {100 * util:<7.0f}{band:<8}" + "".join(f"{c:>20}" for c in cells) + f"{ref:>48}")
         if "links" in t3["table"]:
-            fills = [(u, t3["table"]["links"][payload][f"{u:.2f}"].get("room_fill_pct", {}).get("median"))
-                     for u in UTILISATIONS]
-            lines.append("    links: copies filled the room originals left (link rate - originals): "
-                         + ", ".join(f"{100 * u:.0f} % of C: " + ("-" if f is None else f"{f:.0f} %")
-                                     for u, f in fills))
+            rows = [(u, t3["table"]["links"][payload][f"{u:.2f}"]) for u in UTILISATIONS]
+
+            def med(row: dict[str, Any], key: str) -> str:
+                v = row.get(key, {}).get("median")
+                return "-" if v is None else f"{v:.0f} %"
+
+            lines.append("    links: copies filled the room originals left (link rate - originals) / the room "
+                         "links: allows (rate less headroom, less originals): "
+                         + ", ".join(f"{100 * u:.0f} % of C: {med(r, 'room_fill_pct')} / {med(r, 'allowed_fill_pct')}"
+                                     for u, r in rows))
+            lines.append("    copies that cannot fit the link (floor of copies missing, no headroom / 5 % headroom): "
+                         + ", ".join(f"{100 * u:.0f} % of C: {med(r, 'missing_floor_pct')} / "
+                                     f"{med(r, 'missing_floor_headroom_pct')}" for u, r in rows))
         res = t3["table"][configs[0]][payload][f"{UTILISATIONS[0]:.2f}"]["resolution_pct"]
         if res:
             lines.append(f"    one lost packet at 50 % of C = {res:.4f} %; '< 0.01 %' with >= 100 lost packets "
