@@ -32,6 +32,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap import abi
+from bpftap.agent.hostiface import HostIface
 from bpftap.bpf import tc
 from bpftap.config import Direction, Source
 from bpftap.errors import BpftapError
@@ -45,15 +46,6 @@ log = logging.getLogger("bpftap.agent.pods")
 NETNS_DIR = "/run/netns"
 POD_IFNAME = "eth0"
 HOOKS = ((tc.Direction.INGRESS, Direction.INGRESS), (tc.Direction.EGRESS, Direction.EGRESS))
-
-
-@dataclass(frozen=True)
-class HostIface:
-    """The host-side interface of one pod, in the agent's namespace."""
-
-    ifname: str
-    ifindex: int
-    pod: str  # for logs: the netns name, or namespace/name in Kubernetes
 
 
 def netns_names(run_dir: str = NETNS_DIR) -> list[str]:
