@@ -21,10 +21,8 @@ only through `PodHost` (five members), so tests drive it with a fake host.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import os
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,17 +58,18 @@ def pod_peer_index(netns: str, ifname: str = POD_IFNAME) -> tuple[int, int] | No
     None if the namespace or the interface is gone, or the interface has no
     peer in another namespace (not a veth whose other end left the pod).
     """
-    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", ifname], capture_output=True, text=True,
-                         check=False)
-    if out.returncode != 0:
-        return None
+    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        return None  # gone: checked first, as pyroute2 leaks a half-made socket when it fails to enter one
     try:
-        link = json.loads(out.stdout)[0]
-    except (ValueError, IndexError):
+        # a socket in the namespace (pyroute2 opens it there); flags 0: never create a missing namespace
+        with IPRoute(netns=netns, flags=0) as ipr:
+            link = ipr.link("get", ifname=ifname)[0]
+    except (OSError, NetlinkError):  # the namespace is gone (ENOENT, EINVAL), or the interface (ENODEV)
         return None
-    if "link_index" not in link or "link_netnsid" not in link:
+    peer = link.get_attr("IFLA_LINK")
+    if not peer or link.get_attr("IFLA_LINK_NETNSID") is None:  # `ip -j` shows link_index only then
         return None
-    return int(link["ifindex"]), int(link["link_index"])
+    return int(link["index"]), int(peer)
 
 
 def host_side(pod_ifindex: int, peer_ifindex: int, ipr: IPRoute) -> str | None:
