@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import enum
 import importlib
 import json
 import logging
@@ -15,6 +14,7 @@ from typing import Any
 
 from bpftap import __version__, abi
 from bpftap.errors import BpfError, BpftapError, ConfigError, NotSupportedError
+from bpftap.exitstatus import ExitStatus
 
 EPILOG = """\
 signals (bpftap run):
@@ -71,16 +71,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
-
-
-class ExitStatus(enum.IntEnum):
-    """Exit codes of every bpftap command."""
-
-    OK = 0
-    ERROR = 1
-    USAGE = 2  # bad arguments or a bad config file: the user's input
-    NOT_SUPPORTED = 3
-    INTERRUPTED = 130
 
 
 class JsonFormatter(logging.Formatter):

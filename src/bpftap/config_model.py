@@ -13,15 +13,14 @@ from bpftap import abi
 from bpftap.config_values import ANY_PORTS, IPAddress, IPNetwork, Ports
 from bpftap.pod_selector import PodSelector
 from bpftap.tunnels import TUNNEL_ID_FIELDS, TUNNELS, TYPES, UDP_PORTS, UDP_TUNNELS  # noqa: F401 (re-exported)
+from bpftap.tunnels.common import ETH_HLEN, VNI_MAX  # noqa: F401 (re-exported)
+from bpftap.tunnels.erspan import SESSION_MAX as ERSPAN_SESSION_MAX  # noqa: F401 (re-exported)
 
 VXLAN_PORT, GENEVE_PORT = UDP_PORTS["vxlan"], UDP_PORTS["geneve"]
-VNI_MAX = 2**24 - 1
 GRE_KEY_MAX = 2**32 - 1
-ERSPAN_SESSION_MAX = 1023
 RULE_NUMBER_MAX = 2**31 - 1
 PRIORITIES = ("high", "normal", "low")
 OVERSIZE = ("fragment", "resegment", "truncate")
-ETH_HLEN = 14
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_SCTP = 1, 6, 17, 58, 132
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
 ONE_FAMILY_PROTOCOLS = {IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 6}  # protocol -> the only family it exists in

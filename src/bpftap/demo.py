@@ -21,6 +21,7 @@ from typing import Any
 
 from bpftap.errors import BpftapError
 from bpftap.lab import Lab
+from bpftap.tunnels.vxlan import VXLAN_PORT
 
 BPFTAP = [sys.executable, "-m", "bpftap.cli"]
 
@@ -98,7 +99,7 @@ def run_demo(keep: bool = False) -> int:
 
         step(f"bpftap collect on the collector host, writing {pcap}")
         collector = lab.popen(
-            lab.col, [*BPFTAP, "collect", "--listen", "[::]:4789", "--out", str(pcap)],
+            lab.col, [*BPFTAP, "collect", "--listen", f"[::]:{VXLAN_PORT}", "--out", str(pcap)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         step(f"bpftap run -c {config} on the tapped host")

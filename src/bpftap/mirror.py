@@ -24,6 +24,7 @@ from bpftap import abi
 from bpftap.config import TUNNEL_ID_FIELDS, TUNNELS, Config, parse_config
 from bpftap.errors import ConfigError
 from bpftap.top import human
+from bpftap.tunnels.vxlan import VXLAN_PORT
 
 SESSION = "mirror"
 RULE_NUMBER = 1
@@ -41,7 +42,7 @@ exit status:
 
 examples:
   bpftap mirror eth0 --to 198.18.2.1
-      both directions of eth0, VXLAN VNI {DEFAULT_ID} to 198.18.2.1:4789, until Ctrl-C
+      both directions of eth0, VXLAN VNI {DEFAULT_ID} to 198.18.2.1:{VXLAN_PORT}, until Ctrl-C
   bpftap mirror eth0 eth1 --to 2001:db8::7 --tunnel geneve --vni 7 --duration 30s
       two interfaces for 30 seconds, GENEVE over IPv6
   bpftap mirror eth0 --to 198.18.2.1 --direction ingress --snaplen 128 --filter 'tcp port 443'

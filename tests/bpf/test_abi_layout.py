@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
-import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from bpftap import abi
 
-HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mirror_abi.h"
+from ..abi_header import header_constants
+
 STRUCTS = {
     "mirror_config": abi.MirrorConfig,
     "mirror_rule": abi.MirrorRule,
@@ -55,25 +53,6 @@ def test_struct_layout_matches_btf(name: str, btf_structs: dict[str, dict[str, o
     members = {m["name"]: m["bits_offset"] // 8 for m in btf["members"]}  # type: ignore[attr-defined]
     ours = {f[0]: getattr(mirror, f[0]).offset for f in mirror._fields_}
     assert ours == members, f"struct {name}: field offsets differ"
-
-
-def header_constants() -> dict[str, int]:
-    text = HEADER.read_text()
-    found = {}
-    # object-like macros whose value is an integer expression of earlier ones
-    for name, macro in re.findall(r"^#define\s+([A-Z]\w*)[ \t]+(.+?)\s*(?:/\*.*)?$", text, re.M):
-        expr = re.sub(r"(0x[0-9a-fA-F]+|\d+)U\b", r"\1", macro.strip())
-        expr = re.sub(r"[A-Z_][A-Z0-9_]*", lambda m: str(found.get(m.group(0), m.group(0))), expr).replace("/", "//")
-        # eval: our own header's text, with no builtins; a macro that is not an integer expression is left out
-        with contextlib.suppress(Exception):
-            found[name] = int(eval(expr, {"__builtins__": {}}))  # noqa: S307
-    for body in re.findall(r"enum \w+ \{(.*?)\};", text, re.S):
-        nxt = 0
-        for name, value in re.findall(r"(\w+)(?:\s*=\s*(\w+))?,", re.sub(r"/\*.*?\*/", "", body, flags=re.S)):
-            nxt = int(value, 0) if value else nxt
-            found[name] = nxt
-            nxt += 1
-    return found
 
 
 def test_constants_match_header() -> None:

@@ -30,6 +30,8 @@ from bpftap.tunnels import (
 )
 from bpftap.tunnels.outer import Outer, encapsulate, header_len
 
+from ..abi_header import tunnels_missing
+
 INNER = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.1", dst="198.18.3.1")
               / UDP(sport=1000, dport=7000) / Raw(b"payload"))
 TAGGED = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=0x123, prio=6)
@@ -256,6 +258,8 @@ def test_the_tunnel_registry_is_the_kernels_list() -> None:
     from bpftap.collector import server
 
     assert [t.upper() for t in tunnels.TUNNELS] == [m.name for m in abi.MirrorTunnel]
+    assert tunnels_missing(tunnels.TYPES) == ([], [])  # against enum mirror_tunnel in bpf/mirror_abi.h itself
+    assert {t.name: t.kernel_code for t in tunnels.TYPES.values()} == {m.name.lower(): m for m in abi.MirrorTunnel}
     assert config_model.TUNNELS is tunnels.TUNNELS and server.UDP_TUNNELS is tunnels.UDP_TUNNELS
     assert set(tunnels.UDP_TUNNELS) | set(tunnels.GRE_TUNNELS) == set(tunnels.TUNNELS)
     assert not set(tunnels.UDP_TUNNELS) & set(tunnels.GRE_TUNNELS)

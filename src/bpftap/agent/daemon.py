@@ -36,7 +36,7 @@ from bpftap.agent.copies import CopySender
 from bpftap.agent.detach import cleanup_leftovers
 from bpftap.agent.kernel_log import KernelLog
 from bpftap.agent.links import LinkGovernor, resolve_links
-from bpftap.agent.pods import PodFollower
+from bpftap.agent.pods import PodFollower, agent_prog
 from bpftap.agent.tables import Tables, class_capacity, member_name
 from bpftap.bpf import pins, tc
 from bpftap.bpf.objects import BpfObject
@@ -205,7 +205,9 @@ class Agent:
                         log.info("also on %s %s: %s", ifname, hook.value, "; ".join(others))
                     prog = abi.PROG_INGRESS if hook is tc.Direction.INGRESS else abi.PROG_EGRESS
                     self._attach(self.obj.program(prog), ifname, ifindex, hook)
-        self.pods = PodFollower.start(self)
+        follower = self.pods = PodFollower(self, self.ipr, self.source_ifindex)
+        self.stack.callback(lambda: follower.close(detach=not self.keep))  # a handover keeps them attached
+        follower.start()
         # what the earlier agent had attached and this config no longer asks for
         for att in self.adopted:
             att.close()
@@ -284,6 +286,35 @@ class Agent:
                 self._undo(tc.destroy_clsact, ifname, ifindex)
         self._undo(att.close)
         return att
+
+    # --- PodHost: what the PodFollower asks of the agent ------------------------------------------
+    def set_sources(self, ifindexes: dict[str, int]) -> None:
+        """Make these the source interfaces: the next compile uses them, copies name them from now on."""
+        with self.lock:
+            self.source_ifindex = dict(ifindexes)
+            self.tables.write_sources(list(ifindexes.values()))
+
+    def attach_source(self, ifname: str, ifindex: int, hook: tc.Direction) -> tc.Attachment:
+        """Attach the source program of `hook` to a pod's interface (the follower owns it). Raises BpftapError."""
+        att = self.place(self.obj.program(agent_prog(hook)), ifname, ifindex, hook)
+        assert isinstance(att, tc.Attachment)
+        with self.lock:
+            self.attachments.append(att)
+        return att
+
+    def detach_sources(self, attachments: list[tc.Attachment]) -> None:
+        """Forget and close attachments the follower made."""
+        with self.lock:
+            self.attachments[:] = [a for a in self.attachments if a not in attachments]
+        for att in attachments:
+            att.close()
+
+    def reapply(self) -> None:
+        """Apply the live config against the current sources; record the state even if that raises BpftapError."""
+        try:
+            self.apply(self.config)
+        finally:
+            self._record()
 
     def _sync_links(self, config: Config) -> None:
         """Follow the links of `config`: each matching device gets a bucket and mirror_link on its egress."""

@@ -34,7 +34,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bpftap.agent.pods import HostIface
+from bpftap.agent.hostiface import HostIface
 from bpftap.errors import ConfigError
 from bpftap.pod_selector import PodSelector
 

@@ -14,46 +14,34 @@ host-side interface by route.
 to interfaces of new pods, forgets attachments whose interface vanished
 (deleting a namespace deletes its veth, and a tcx link or a clsact filter
 goes with the device: nothing to undo, only logged), and then re-applies
-the rules so `interface:` rules see the new ifindexes.
+the rules so `interface:` rules see the new ifindexes. It reaches the agent
+only through `PodHost` (five members), so tests drive it with a fake host.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import os
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap import abi
+from bpftap.agent.hostiface import HostIface
+from bpftap.agent.k8s import PodWatch
 from bpftap.bpf import tc
-from bpftap.config import Direction, Source
+from bpftap.config import Config, Direction, Source
 from bpftap.errors import BpftapError
-
-if TYPE_CHECKING:
-    from bpftap.agent.daemon import Agent
-    from bpftap.agent.k8s import PodWatch
 
 log = logging.getLogger("bpftap.agent.pods")
 
 NETNS_DIR = "/run/netns"
 POD_IFNAME = "eth0"
 HOOKS = ((tc.Direction.INGRESS, Direction.INGRESS), (tc.Direction.EGRESS, Direction.EGRESS))
-
-
-@dataclass(frozen=True)
-class HostIface:
-    """The host-side interface of one pod, in the agent's namespace."""
-
-    ifname: str
-    ifindex: int
-    pod: str  # for logs: the netns name, or namespace/name in Kubernetes
 
 
 def netns_names(run_dir: str = NETNS_DIR) -> list[str]:
@@ -70,17 +58,18 @@ def pod_peer_index(netns: str, ifname: str = POD_IFNAME) -> tuple[int, int] | No
     None if the namespace or the interface is gone, or the interface has no
     peer in another namespace (not a veth whose other end left the pod).
     """
-    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", ifname], capture_output=True, text=True,
-                         check=False)
-    if out.returncode != 0:
-        return None
+    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        return None  # gone: checked first, as pyroute2 leaks a half-made socket when it fails to enter one
     try:
-        link = json.loads(out.stdout)[0]
-    except (ValueError, IndexError):
+        # a socket in the namespace (pyroute2 opens it there); flags 0: never create a missing namespace
+        with IPRoute(netns=netns, flags=0) as ipr:
+            link = ipr.link("get", ifname=ifname)[0]
+    except (OSError, NetlinkError):  # the namespace is gone (ENOENT, EINVAL), or the interface (ENODEV)
         return None
-    if "link_index" not in link or "link_netnsid" not in link:
+    peer = link.get_attr("IFLA_LINK")
+    if not peer or link.get_attr("IFLA_LINK_NETNSID") is None:  # `ip -j` shows link_index only then
         return None
-    return int(link["ifindex"]), int(link["link_index"])
+    return int(link["index"]), int(peer)
 
 
 def host_side(pod_ifindex: int, peer_ifindex: int, ipr: IPRoute) -> str | None:
@@ -96,6 +85,34 @@ def host_side(pod_ifindex: int, peer_ifindex: int, ipr: IPRoute) -> str | None:
     return str(msg.get_attr("IFLA_IFNAME"))
 
 
+class PodHost(Protocol):
+    """What PodFollower needs of the agent (`bpftap.agent.daemon.Agent` is the real one)."""
+
+    @property
+    def config(self) -> Config:
+        """The live config (a reload replaces it): its sources say which pods to follow."""
+        ...
+
+    def set_sources(self, ifindexes: dict[str, int]) -> None:
+        """Make these the source interfaces, by name: rules compile against them, copies name them."""
+
+    def attach_source(self, ifname: str, ifindex: int, hook: tc.Direction) -> tc.Attachment:
+        """Put the source program of `hook` on `ifname` and count it among the host's attachments.
+
+        Raises BpftapError (the interface vanished, the kernel refused).
+        """
+        ...
+
+    def detach_sources(self, attachments: list[tc.Attachment]) -> None:
+        """Take `attachments` out of the host's attachments and close them."""
+
+    def reapply(self) -> None:
+        """Compile and apply the live config against the current sources, and record the agent's state.
+
+        Raises BpftapError if the rules cannot be applied (the running ones stay).
+        """
+
+
 @dataclass
 class _Attached:
     iface: HostIface
@@ -107,29 +124,26 @@ class _Attached:
 class PodFollower:
     """Keeps the agent attached to the host-side interfaces of the pods its config selects."""
 
-    def __init__(self, agent: Agent, run_dir: str = NETNS_DIR) -> None:
-        self.agent, self.run_dir = agent, run_dir
-        self.static = dict(agent.source_ifindex)  # the `interface:` sources, fixed at start
+    def __init__(self, host: PodHost, ipr: IPRoute, static: dict[str, int], run_dir: str = NETNS_DIR) -> None:
+        """`ipr`: the host's netlink socket (used from its thread only); `static`: the `interface:` sources,
+        fixed at start, that pod interfaces join."""
+        self.host, self.ipr, self.run_dir = host, ipr, run_dir
+        self.static = dict(static)
         self.attached: dict[tuple[str, int], _Attached] = {}
         self._netns_cache: dict[str, HostIface] = {}
         self.watch: PodWatch | None = None
 
-    @classmethod
-    def start(cls, agent: Agent) -> PodFollower:
-        """Create the follower, register its cleanup on the agent, and attach to the pods there now.
+    def start(self) -> None:
+        """Start the Kubernetes watch if a selector needs it, and attach to the pods there now.
 
         Raises ConfigError if a Kubernetes selector is configured but the
         agent cannot watch the API (no NODE_NAME, no `kubernetes` package).
         """
-        follower = cls(agent)
-        agent.stack.callback(follower.close)
-        if any(s.pods is not None and s.pods.netns is None for s in agent.config.sources):
-            from bpftap.agent.k8s import PodWatch
-
-            follower.watch = PodWatch.from_environment(agent.config.path)
-            follower.watch.start()
-        follower.sync()
-        return follower
+        config = self.host.config
+        if any(s.pods is not None and s.pods.netns is None for s in config.sources):
+            self.watch = PodWatch.from_environment(config.path)
+            self.watch.start()
+        self.sync()
 
     # --- what should be attached ------------------------------------------------------------
     def desired(self, sources: Iterable[Source], ipr: IPRoute) -> dict[tuple[str, int], tuple[HostIface, Direction]]:
@@ -177,8 +191,7 @@ class PodFollower:
         (logged) and tried again on the next call; a failed re-apply is
         logged and the running rules stay.
         """
-        agent = self.agent
-        want = self.desired(agent.config.sources, agent.ipr)
+        want = self.desired(self.host.config.sources, self.ipr)
         gone = [k for k, a in self.attached.items() if k not in want or want[k][1] != a.direction]
         new = [k for k in want if k not in self.attached or k in gone]
         if not gone and not new:
@@ -194,23 +207,18 @@ class PodFollower:
                 log.warning("pod %s: not attached to %s: %s (trying again)", iface.pod, iface.ifname, exc)
         self._update_sources([])
         try:
-            agent.apply(agent.config)
+            self.host.reapply()
         except BpftapError as exc:
             log.error("pods changed but the rules could not be re-applied: %s", exc)
-        agent._record()
         return True
 
     def _update_sources(self, adding: list[HostIface]) -> None:
-        agent = self.agent
         names = dict(self.static)
         names.update({a.iface.ifname: a.iface.ifindex for a in self.attached.values()})
         names.update({i.ifname: i.ifindex for i in adding})
-        with agent.lock:
-            agent.source_ifindex = names
-            agent.tables.write_sources(list(names.values()))
+        self.host.set_sources(names)
 
     def _attach(self, iface: HostIface, direction: Direction) -> _Attached:
-        agent = self.agent
         done = _Attached(iface, direction)
         try:
             for hook, bit in HOOKS:
@@ -219,13 +227,9 @@ class PodFollower:
                 others = tc.others_on_hook(iface.ifname, iface.ifindex, hook)
                 if others:
                     log.info("also on %s %s: %s", iface.ifname, hook.value, "; ".join(others))
-                prog = agent.obj.program(agent_prog(hook))
-                att = agent.place(prog, iface.ifname, iface.ifindex, hook)
-                assert isinstance(att, tc.Attachment)
+                att = self.host.attach_source(iface.ifname, iface.ifindex, hook)
                 done.attachments.append(att)
                 done.owns_qdisc |= att.owns_qdisc
-                with agent.lock:
-                    agent.attachments.append(att)
                 log.info("pod %s: attached %s", iface.pod, att.describe())
         except BaseException:
             self._drop(done, vanished=False, quiet=True)
@@ -233,11 +237,7 @@ class PodFollower:
         return done
 
     def _drop(self, done: _Attached, vanished: bool, quiet: bool = False) -> None:
-        agent = self.agent
-        with agent.lock:
-            agent.attachments[:] = [a for a in agent.attachments if a not in done.attachments]
-        for att in done.attachments:
-            att.close()
+        self.host.detach_sources(done.attachments)
         still_there = self._exists(done.iface)
         if done.owns_qdisc and still_there:
             tc.destroy_clsact(done.iface.ifname, done.iface.ifindex)
@@ -250,18 +250,21 @@ class PodFollower:
 
     def _exists(self, iface: HostIface) -> bool:
         try:
-            msg = self.agent.ipr.link("get", index=iface.ifindex)[0]
+            msg = self.ipr.link("get", index=iface.ifindex)[0]
         except NetlinkError:  # ENODEV: the interface is gone
             return False
         return bool(msg.get_attr("IFLA_IFNAME") == iface.ifname)
 
-    def close(self) -> None:
-        """Detach from every pod interface and stop the Kubernetes watch (idempotent)."""
+    def close(self, detach: bool = True) -> None:
+        """Stop the Kubernetes watch and detach from every pod interface (idempotent).
+
+        `detach` False: a handover; the attachments stay for the next agent to adopt.
+        """
         if self.watch is not None:
             self.watch.stop()
             self.watch = None
-        if self.agent.keep:
-            return  # a handover: the next agent adopts them
+        if not detach:
+            return
         while self.attached:
             _, done = self.attached.popitem()
             self._drop(done, vanished=False, quiet=True)

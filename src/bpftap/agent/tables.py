@@ -21,6 +21,7 @@ from bpftap.config import ETH_HLEN, Session
 from bpftap.errors import BpftapError
 from bpftap.netlink import NextHop
 from bpftap.rules import session_header_len
+from bpftap.tunnels import TYPES
 
 _PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS, abi.MAP_SESSION_SAMPLES, abi.MAP_FILTER_BITS)
 _ALL = (
@@ -324,7 +325,7 @@ class Tables:
             dst_port=session.port,
             hdr_len=hdr_len,
             family=session.remote.version,
-            tunnel=abi.MirrorTunnel[session.tunnel.upper()],
+            tunnel=TYPES[session.tunnel].kernel_code,
             flags=flags,
             stats_id=stats_id,
             sample=session.sample,

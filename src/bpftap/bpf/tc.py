@@ -14,12 +14,15 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
-import json
 import logging
 import os
-import subprocess
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap import abi
 from bpftap.bpf import pins
@@ -48,6 +51,14 @@ from bpftap.errors import BpfError, NotSupportedError
 
 log = logging.getLogger("bpftap.tc")
 
+# include/uapi/linux/pkt_sched.h: the clsact qdisc's handle and its two hooks' minor numbers
+TC_H_CLSACT = 0xFFFF0000
+TC_H_MIN_INGRESS = 0xFFF2
+TC_H_MIN_EGRESS = 0xFFF3
+
+# include/uapi/linux/pkt_cls.h: a cls_bpf filter's program id (pyroute2 0.9.7 leaves it undecoded)
+TCA_BPF_ID = 11
+
 # handle of bpftap's cls_bpf filters: how a restart finds a crashed run's filters
 FILTER_HANDLE = 0xB7A9
 
@@ -65,6 +76,11 @@ class Direction(enum.Enum):
     @property
     def tc_point(self) -> int:
         return BPF_TC_INGRESS if self is Direction.INGRESS else BPF_TC_EGRESS
+
+    @property
+    def clsact_parent(self) -> int:
+        """The hook's parent handle under a clsact qdisc (ffff:fff2 or ffff:fff3), as filters name it."""
+        return TC_H_CLSACT | (TC_H_MIN_INGRESS if self is Direction.INGRESS else TC_H_MIN_EGRESS)
 
 
 class Mode(enum.Enum):
@@ -312,7 +328,7 @@ def tcx_programs(ifindex: int, direction: Direction) -> list[tuple[int, str]] | 
 
 @dataclass(frozen=True)
 class TcFilter:
-    """A filter on a clsact hook, as `tc -j filter show` reports it."""
+    """A filter on a clsact hook, as `tc filter show` reports it (read through netlink)."""
 
     kind: str
     priority: int
@@ -326,32 +342,46 @@ class TcFilter:
 
 
 def tc_filters(ifname: str, direction: Direction) -> list[TcFilter]:
-    """The filters on a clsact hook (empty without clsact)."""
-    proc = subprocess.run(
-        ["tc", "-j", "filter", "show", "dev", ifname, direction.value],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
+    """The filters on a clsact hook (empty without clsact or without the interface).
+
+    A cls_bpf filter is named by its program's name (as `tc filter show`
+    does), else by the name it was attached with (TCA_BPF_NAME).
+    """
+    try:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=ifname)
+            msgs = ipr.get_filters(index=index[0], parent=direction.clsact_parent) if index else ()
+    except NetlinkError:
         return []
     out = []
-    for entry in json.loads(proc.stdout):
-        opts = entry.get("options") or {}
-        if "handle" not in opts and entry.get("kind") == "bpf":
-            continue  # the per-priority header line
-        prog = opts.get("prog") or {}
-        handle = opts.get("handle", "0")
-        out.append(
-            TcFilter(
-                kind=entry.get("kind", "?"),
-                priority=int(entry.get("pref", 0)),
-                handle=int(handle, 16) if isinstance(handle, str) else int(handle),
-                prog_id=int(prog.get("id", 0)),
-                name=str(prog.get("name", opts.get("bpf_name", ""))),
-            )
-        )
+    for msg in msgs:
+        kind = str(msg.get_attr("TCA_KIND") or "?")
+        handle = int(msg["handle"])
+        if kind == "bpf" and not handle:
+            continue  # the per-priority header entry
+        prog_id, name = 0, ""
+        opts = msg.get_attr("TCA_OPTIONS") if kind == "bpf" else None
+        if opts is not None:
+            prog_id = _bpf_prog_id(opts)
+            name = (prog_name(prog_id) if prog_id else "") or str(opts.get_attr("TCA_BPF_NAME") or "")
+        out.append(TcFilter(kind=kind, priority=int(msg["info"]) >> 16, handle=handle, prog_id=prog_id, name=name))
     return out
+
+
+def _bpf_prog_id(opts: Any) -> int:
+    """TCA_BPF_ID of a cls_bpf filter's TCA_OPTIONS (0 if absent).
+
+    pyroute2 decodes the attribute where it knows it; 0.9.7 does not and
+    keeps it as an UNKNOWN attribute, whose u32 payload follows its 4-byte header.
+    """
+    known = opts.get_attr("TCA_BPF_ID")
+    if known is not None:
+        return int(known)
+    for slot in opts["attrs"]:
+        nla = slot.value
+        if slot.name == "UNKNOWN" and nla["header"].get("type") == TCA_BPF_ID and nla["header"].get("length") == 8:
+            return int(struct.unpack_from("=I", nla.data, nla.offset + 4)[0])
+    return 0
 
 
 def others_on_hook(ifname: str, ifindex: int, direction: Direction) -> list[str]:

@@ -34,14 +34,12 @@ from bpftap.collector.server import (
     parse_listen,
 )
 from bpftap.errors import BpftapError
+from bpftap.exitstatus import ExitStatus
 from bpftap.filter.pcap import CompiledFilter, FilterError, compile_filter
 from bpftap.tunnels import TUNNELS
 from bpftap.tunnels.geneve import GENEVE_PORT
 from bpftap.tunnels.vxlan import VNI_MAX, VXLAN_PORT
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 MB = 1_000_000  # --rotate-mb counts decimal megabytes, as tcpdump -C does
 
 EXAMPLES = f"""\
@@ -262,19 +260,19 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
             inner_filter = compile_filter(args.filter)
         except FilterError as exc:
             _say(args, err, "error", f"--filter: {exc}")
-            return EXIT_USAGE
+            return ExitStatus.USAGE
         except BpftapError as exc:  # no libpcap
             _say(args, err, "error", f"--filter: {exc}")
-            return EXIT_FAILURE
+            return ExitStatus.ERROR
     try:
         addr, port = parse_listen(args.listen)
     except ValueError as exc:
         _say(args, err, "error", f"{exc}")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     problem = _out_problem(args)
     if problem:
         _say(args, err, "error", f"{problem}")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     if _is_stdout(args.out):
         out = err  # the capture is the stream: the summary must not land in it
     rotate = None if args.rotate_mb is None else max(1, int(args.rotate_mb * MB))
@@ -286,7 +284,7 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
         collector.bind()
     except CollectorError as exc:
         _say(args, err, "error", f"{exc}")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     with _stop_on_signals(stop):
         rotating = f", new file every {args.rotate_mb:g} MB" if rotate else ""
         vnis = f", VNIs {','.join(map(str, sorted(set(args.vni))))}" if args.vni else ""
@@ -300,6 +298,6 @@ def run_collect(args: argparse.Namespace, *, stdout: TextIO | None = None,
         except CollectorError as exc:
             _say(args, err, "error", f"{exc}")
             print(format_summary(collector.stats), file=out)
-            return EXIT_FAILURE
+            return ExitStatus.ERROR
     print(format_summary(stats), file=out)
-    return EXIT_OK
+    return ExitStatus.OK

@@ -49,7 +49,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from bpftap.collector.pcapng import PcapngWriter
-from bpftap.collector.reassembly import Limits
+from bpftap.collector.reassembly import MAX_DATAGRAM, Limits
 from bpftap.collector.sequence import SequenceFollower
 from bpftap.collector.sockets import (
     ANC_SPACE,
@@ -71,7 +71,6 @@ from bpftap.tunnels import DECODERS, GRE_TUNNELS, TUNNELS, UDP_TUNNELS, DecapErr
 __all__ = ["Collector", "CollectorError", "CollectorStats", "format_endpoint", "format_summary", "parse_listen"]
 
 POLL_INTERVAL = 0.2
-MAX_DATAGRAM = 65535
 #: a frame read from an interface: the largest IP datagram, Ethernet and two VLAN tags
 MAX_FRAME = MAX_DATAGRAM + 22
 #: pcapng epb_flags direction bits by MirrorDir value: 1 inbound, 2 outbound

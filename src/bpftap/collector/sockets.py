@@ -33,9 +33,9 @@ from typing import Any
 
 from bpftap.errors import BpftapError
 from bpftap.tunnels import vxlan
+from bpftap.tunnels.common import IPPROTO_GRE
 
 RCVBUF_BYTES = 4 << 20
-IPPROTO_GRE = 47
 #: Python's socket module does not export it; 35 is SO_TIMESTAMPNS(_OLD) in
 #: asm-generic and x86 Linux, which with a 64-bit ``long`` carries a
 #: 64-bit ``struct timespec``.

@@ -23,19 +23,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
+from bpftap.collector.pcapng import LINKTYPE_ETHERNET
 from bpftap.collector.reassembly import Limits, Reassembler
 from bpftap.tunnels import GRE_PROTOCOLS
-from bpftap.tunnels.common import DecapError
+from bpftap.tunnels.common import ETH_HLEN, IPPROTO_GRE, IPPROTO_UDP, UDP_HLEN, VLAN_TPIDS, DecapError
 
-ETH_HLEN: Final = 14
 ETH_P_IP: Final = 0x0800
 ETH_P_IPV6: Final = 0x86DD
-VLAN_TPIDS: Final = (0x8100, 0x88A8)
 MAX_TAGS: Final = 2
-IPPROTO_UDP: Final = 17
-IPPROTO_GRE: Final = 47
-UDP_HLEN: Final = 8
-LINKTYPE_ETHERNET: Final = 1
 #: classic pcap magic numbers: microsecond and nanosecond timestamps
 PCAP_MAGIC_US: Final = 0xA1B2C3D4
 PCAP_MAGIC_NS: Final = 0xA1B23C4D

@@ -11,47 +11,160 @@ Decoders return ``(Meta, inner frame)`` and raise only DecapError, whose
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, NoReturn, TypeVar, overload
 
+from bpftap import abi
 from bpftap.tunnels import erspan, geneve, gre, raw, vxlan
-from bpftap.tunnels.common import DecapError, Meta
+from bpftap.tunnels.common import DecapError, Header, Meta
+
+_K = TypeVar("_K")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class TunnelType:
-    """One tunnel type bpftap sends: the one place that says what it is (config, agent, collector derive from it).
+    """One tunnel type bpftap sends: the one place that says what it is.
 
-    Its kernel code is `abi.MirrorTunnel[name.upper()]` (enum mirror_tunnel);
-    tests/unit/test_tunnel_codecs.py checks the two lists agree.
+    Config validation, the outer-header builder (`outer`), the collector and
+    the ABI test all read TYPES, directly or through the views below, so a
+    type registered there is seen by all of them (tests/unit/test_tunnel_registry.py
+    adds a fake one). Its kernel code is `abi.MirrorTunnel[name.upper()]`
+    (enum mirror_tunnel in bpf/mirror_abi.h); tests/unit/test_tunnel_codecs.py
+    checks that the two lists agree.
     """
 
     name: str  # as the config and the collector's --tunnel spell it
     id_field: str  # the session field that identifies its copies (gre's key is optional)
     decode: Callable[[bytes], tuple[Meta, bytes]]
+    encode: Callable[[Header, bytes], bytes]  # the tunnel header and the inner frame (after UDP, or the GRE packet)
+    header_len: Callable[[Header], int]  # the length of what encode puts before the inner frame
     udp_port: int = 0  # its default UDP destination port; 0: carried over GRE (IP protocol 47)
     gre_proto: int = 0  # its GRE protocol type, for those over GRE
     gso: bool = False  # a super-packet's copy can be encapsulated whole (no per-packet sequence number)
 
+    @property
+    def kernel_code(self) -> abi.MirrorTunnel:
+        """Its value in enum mirror_tunnel. Raises KeyError for a type the kernel object does not know."""
+        return abi.MirrorTunnel[self.name.upper()]
+
+
+class _Registry(dict[str, TunnelType]):
+    """TYPES: a dict that counts its changes, so the views below re-derive only after one."""
+
+    generation = 0
+
+    def __setitem__(self, name: str, tunnel: TunnelType) -> None:
+        super().__setitem__(name, tunnel)
+        self.generation += 1
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        self.generation += 1
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("add or remove tunnel types one at a time (TYPES[name] = t, del TYPES[name])")
+
+    pop = popitem = clear = update = setdefault = __ior__ = _read_only
+
 
 #: Every tunnel type, in the order the config and --help list them.
-TYPES: Final = {t.name: t for t in (
-    TunnelType("vxlan", "vni", vxlan.decode, udp_port=vxlan.VXLAN_PORT, gso=True),
-    TunnelType("geneve", "vni", geneve.decode, udp_port=geneve.GENEVE_PORT, gso=True),
-    TunnelType("gre", "key", gre.decode, gre_proto=gre.PROTO_TEB, gso=True),
-    TunnelType("erspan2", "session_id", erspan.decode2, gre_proto=erspan.PROTO_TYPE2),
-    TunnelType("erspan3", "session_id", erspan.decode3, gre_proto=erspan.PROTO_TYPE3),
-)}
-TUNNELS: Final = tuple(TYPES)
-UDP_TUNNELS: Final = tuple(t.name for t in TYPES.values() if t.udp_port)
-GRE_TUNNELS: Final = tuple(t.name for t in TYPES.values() if t.gre_proto)
+TYPES: Final = _Registry({t.name: t for t in (
+    TunnelType("vxlan", "vni", vxlan.decode, lambda h, inner: vxlan.encode(h.tun_id, inner),
+               lambda h: vxlan.HEADER_LEN, udp_port=vxlan.VXLAN_PORT, gso=True),
+    TunnelType("geneve", "vni", geneve.decode,
+               lambda h, inner: geneve.encode(h.tun_id, inner, direction=h.direction, ifindex=h.ifindex, seq=h.seq),
+               lambda h: geneve.HEADER_LEN, udp_port=geneve.GENEVE_PORT, gso=True),
+    TunnelType("gre", "key", gre.decode,
+               lambda h, inner: gre.encode(inner, key=h.tun_id if h.key else None, seq=h.seq if h.seq_on else None),
+               lambda h: 4 + 4 * h.key + 4 * h.seq_on, gre_proto=gre.PROTO_TEB, gso=True),
+    TunnelType("erspan2", "session_id", erspan.decode2,
+               lambda h, inner: erspan.encode2(h.tun_id, inner, seq=h.seq, ifindex=h.ifindex),
+               lambda h: 8 + 8, gre_proto=erspan.PROTO_TYPE2),
+    TunnelType("erspan3", "session_id", erspan.decode3,
+               lambda h, inner: erspan.encode3(h.tun_id, inner, seq=h.seq, direction=h.direction, ifindex=h.ifindex,
+                                               timestamp_ns=h.timestamp_ns, platform=h.platform),
+               lambda h: 8 + 12 + 8 * h.platform, gre_proto=erspan.PROTO_TYPE3),
+)})
+
+
+class _Derived(Generic[_T]):
+    """A value derived from TYPES, recomputed after TYPES changes (a type added there shows up wherever the
+    view was imported, `from bpftap.tunnels import TUNNELS` included)."""
+
+    def __init__(self, derive: Callable[[], _T]) -> None:
+        self._derive, self._generation, self._value = derive, -1, derive()
+
+    @property
+    def value(self) -> _T:
+        if self._generation != TYPES.generation:
+            self._value, self._generation = self._derive(), TYPES.generation
+        return self._value
+
+
+class _Names(Sequence[str]):
+    """Names of tunnel types, in TYPES' order, derived from TYPES (see _Derived)."""
+
+    def __init__(self, keep: Callable[[TunnelType], bool]) -> None:
+        self._names = _Derived(lambda: tuple(name for name, t in TYPES.items() if keep(t)))
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        return self._names.value[index]
+
+    def __len__(self) -> int:
+        return len(self._names.value)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names.value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names.value)
+
+    def __eq__(self, other: object) -> bool:
+        return self._names.value == (tuple(other) if isinstance(other, _Names) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._names.value)
+
+    def __repr__(self) -> str:
+        return repr(self._names.value)
+
+
+class _Table(Mapping[_K, _T]):
+    """A mapping derived from TYPES (see _Derived)."""
+
+    def __init__(self, derive: Callable[[], dict[_K, _T]]) -> None:
+        self._dict = _Derived(derive)
+
+    def __getitem__(self, key: _K) -> _T:
+        return self._dict.value[key]
+
+    def __iter__(self) -> Iterator[_K]:
+        return iter(self._dict.value)
+
+    def __len__(self) -> int:
+        return len(self._dict.value)
+
+    def __repr__(self) -> str:
+        return repr(self._dict.value)
+
+
+TUNNELS: Final = _Names(lambda t: True)
+UDP_TUNNELS: Final = _Names(lambda t: bool(t.udp_port))
+GRE_TUNNELS: Final = _Names(lambda t: bool(t.gre_proto))
 #: Those carried over GRE (a raw socket for IP protocol 47), by GRE protocol type.
-GRE_PROTOCOLS: Final = {t.gre_proto: t.name for t in TYPES.values() if t.gre_proto}
-UDP_PORTS: Final = {t.name: t.udp_port for t in TYPES.values() if t.udp_port}
+GRE_PROTOCOLS: Final = _Table[int, str](lambda: {t.gre_proto: t.name for t in TYPES.values() if t.gre_proto})
+UDP_PORTS: Final = _Table[str, int](lambda: {t.name: t.udp_port for t in TYPES.values() if t.udp_port})
 #: The field that identifies a session's copies, per tunnel type.
-TUNNEL_ID_FIELDS: Final = {t.name: t.id_field for t in TYPES.values()}
-DECODERS: Final[dict[str, Callable[[bytes], tuple[Meta, bytes]]]] = {t.name: t.decode for t in TYPES.values()}
+TUNNEL_ID_FIELDS: Final = _Table[str, str](lambda: {t.name: t.id_field for t in TYPES.values()})
+DECODERS: Final = _Table[str, Callable[[bytes], tuple[Meta, bytes]]](lambda: {t.name: t.decode for t in TYPES.values()})
 
 
 def decode_gre(packet: bytes) -> tuple[Meta, bytes]:

@@ -15,8 +15,14 @@ from typing import Final
 from bpftap import abi
 from bpftap.errors import BpftapError
 
+# the packet constants every tunnel module and the collector's underlay share (one home each)
 ETH_HLEN: Final = 14
 VLAN_TPIDS: Final = (0x8100, 0x88A8)
+UDP_HLEN: Final = 8
+IPPROTO_UDP: Final = 17
+IPPROTO_GRE: Final = 47
+PROTO_TEB: Final = 0x6558  # Transparent Ethernet Bridging: an Ethernet frame follows (GRE, GENEVE)
+VNI_MAX: Final = (1 << 24) - 1  # VXLAN's and GENEVE's 24-bit network identifier
 DIRECTIONS: Final = {int(abi.MirrorDir.INGRESS): "ingress", int(abi.MirrorDir.EGRESS): "egress"}
 
 _WORD = struct.Struct("!I")
@@ -28,6 +34,27 @@ class DecapError(BpftapError):
     def __init__(self, tunnel: str, reason: str, detail: str = "") -> None:
         self.tunnel, self.reason, self.detail = tunnel, reason, detail
         super().__init__(f"{tunnel} decap: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass(frozen=True)
+class Header:
+    """What one copy's tunnel header carries, for an encoder (`TunnelType.encode`, `.header_len`).
+
+    `tun_id` is the VNI, GRE key or ERSPAN session id; `key` and `seq_on`
+    say whether a GRE header carries the key and a sequence number,
+    `platform` whether an ERSPAN III header has the platform sub-header;
+    `seq`, `direction`, `ifindex`, `timestamp_ns` describe the packet.
+    A type reads only the fields it has.
+    """
+
+    tun_id: int = 0
+    key: bool = False
+    seq_on: bool = False
+    platform: bool = True
+    seq: int = 0
+    direction: int = 0
+    ifindex: int = 0
+    timestamp_ns: int = 0
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,12 @@ import struct
 from typing import Final
 
 from bpftap import abi
-from bpftap.tunnels.common import DecapError, Meta, inner_frame, word
+from bpftap.tunnels.common import PROTO_TEB, VNI_MAX, DecapError, Meta, inner_frame, word
 
 GENEVE_PORT: Final = 6081
 BASE_LEN: Final = 8
 OPTION_LEN: Final = 16  # option header 4 + data 12
 HEADER_LEN: Final = BASE_LEN + OPTION_LEN
-PROTO_TEB: Final = 0x6558
-VNI_MAX: Final = (1 << 24) - 1
 TYPE_CRITICAL: Final = 0x80
 
 #: Every reason a DecapError from ``decode`` can carry.

@@ -18,9 +18,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from bpftap.tunnels.common import DecapError, Meta, inner_frame, word
+from bpftap.tunnels.common import PROTO_TEB, DecapError, Meta, inner_frame, word
 
-PROTO_TEB: Final = 0x6558
 F_CSUM: Final = 0x8000
 F_KEY: Final = 0x2000
 F_SEQ: Final = 0x1000

@@ -21,18 +21,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from bpftap import tunnels
-from bpftap.tunnels import erspan, geneve, gre, vxlan
+from bpftap.tunnels import gre
+from bpftap.tunnels.common import ETH_HLEN, IPPROTO_GRE, IPPROTO_UDP, UDP_HLEN, Header
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-ETH_HLEN: Final = 14
 IP_HLEN: Final = {4: 20, 6: 40}
-UDP_HLEN: Final = 8
 UDP_SPORT_BASE: Final = 49152
 UDP_SPORT_MASK: Final = 0x3FFF
 TTL: Final = 64
-IPPROTO_UDP: Final = 17
-IPPROTO_GRE: Final = 47
 
 
 def tunnel_len(tunnel: str, *, key: bool = False, seq: bool = False, platform: bool = True) -> int:
@@ -41,16 +38,14 @@ def tunnel_len(tunnel: str, *, key: bool = False, seq: bool = False, platform: b
 
     Raises ValueError for an unknown tunnel type.
     """
-    lengths = {
-        "vxlan": UDP_HLEN + vxlan.HEADER_LEN,
-        "geneve": UDP_HLEN + geneve.HEADER_LEN,
-        "gre": 4 + 4 * key + 4 * seq,
-        "erspan2": 8 + 8,
-        "erspan3": 8 + 12 + 8 * platform,
-    }
-    if tunnel not in lengths:
+    kind = _type(tunnel)
+    return (UDP_HLEN if kind.udp_port else 0) + kind.header_len(Header(key=key, seq_on=seq, platform=platform))
+
+
+def _type(tunnel: str) -> tunnels.TunnelType:
+    if tunnel not in tunnels.TYPES:
         raise ValueError(f"unknown tunnel type {tunnel!r}")
-    return lengths[tunnel]
+    return tunnels.TYPES[tunnel]
 
 
 def header_len(tunnel: str, family: int, *, key: bool = False, seq: bool = False, platform: bool = True) -> int:
@@ -93,19 +88,13 @@ class Outer:
 
 def tunnel_payload(outer: Outer, inner: bytes, *, seq: int = 0, direction: int = 0, ifindex: int = 0,
                    timestamp_ns: int = 0) -> bytes:
-    """The tunnel header and the inner frame: what follows the UDP header, or the whole GRE packet."""
-    if outer.tunnel == "vxlan":
-        return vxlan.encode(outer.tun_id, inner)
-    if outer.tunnel == "geneve":
-        return geneve.encode(outer.tun_id, inner, direction=direction, ifindex=ifindex, seq=seq)
-    if outer.tunnel == "gre":
-        return gre.encode(inner, key=outer.tun_id if outer.gre_key else None, seq=seq if outer.gre_seq else None)
-    if outer.tunnel == "erspan2":
-        return erspan.encode2(outer.tun_id, inner, seq=seq, ifindex=ifindex)
-    if outer.tunnel == "erspan3":
-        return erspan.encode3(outer.tun_id, inner, seq=seq, direction=direction, ifindex=ifindex,
-                              timestamp_ns=timestamp_ns, platform=outer.erspan_platform)
-    raise ValueError(f"unknown tunnel type {outer.tunnel!r}")
+    """The tunnel header and the inner frame: what follows the UDP header, or the whole GRE packet.
+
+    Raises ValueError for an unknown tunnel type or out-of-range identifiers.
+    """
+    header = Header(outer.tun_id, key=outer.gre_key, seq_on=outer.gre_seq, platform=outer.erspan_platform, seq=seq,
+                    direction=direction, ifindex=ifindex, timestamp_ns=timestamp_ns)
+    return _type(outer.tunnel).encode(header, inner)
 
 
 def internet_checksum(data: bytes) -> int:
@@ -125,7 +114,7 @@ def encapsulate(outer: Outer, inner: bytes, *, hash: int = 0, seq: int = 0, dire
     payload = tunnel_payload(outer, inner, seq=seq, direction=direction, ifindex=ifindex,
                              timestamp_ns=timestamp_ns)
     v6 = outer.family == 6
-    if outer.tunnel in tunnels.UDP_TUNNELS:
+    if _type(outer.tunnel).udp_port:
         sport = UDP_SPORT_BASE + (hash & UDP_SPORT_MASK)
         length = UDP_HLEN + len(payload)
         check = 0

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from bpftap.tunnels.common import DecapError
-
-IPPROTO_GRE: Final = 47
+from bpftap.tunnels.common import IPPROTO_GRE, DecapError
 
 #: Every reason a DecapError from ``strip_ipv4`` can carry.
 REASONS: Final = ("short", "version", "header", "protocol")

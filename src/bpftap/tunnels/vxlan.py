@@ -17,11 +17,10 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from bpftap.tunnels.common import DecapError, Meta, inner_frame
+from bpftap.tunnels.common import VNI_MAX, DecapError, Meta, inner_frame
 
 VXLAN_PORT: Final = 4789
 HEADER_LEN: Final = 8
-VNI_MAX: Final = (1 << 24) - 1
 FLAG_I: Final = 0x08
 FLAG_G: Final = 0x80  # GBP (draft-smith-vxlan-group-policy): a group policy id in bytes 2-3
 
