@@ -106,6 +106,8 @@
 #define MAX_FRAGS 64
 
 /* each field holds its largest value (MAX_RULES and MAX_SESSIONS may be overridden) */
+/* clang-format reads _Static_assert(A * B ...) as a declaration */
+/* clang-format off */
 _Static_assert(RULE_SLOTS * MAX_RULES - 1 <= XFER_RULE_MASK,
 	       "rule indexes (RULE_SLOTS * MAX_RULES) overflow XFER_RULE_MASK");
 _Static_assert((XFER_RULE_MASK & (XFER_RULE_MASK + 1)) == 0,
@@ -135,6 +137,7 @@ _Static_assert((XFER_TAG & ~XFER_TAG_MASK) == 0 &&
 _Static_assert((MIRROR_COPY_MARK & XFER_TAG_MASK) != XFER_TAG &&
 		       (MIRROR_COPY_MARK & XFER_TAG_MASK) != FRAG_TAG,
 	       "MIRROR_COPY_MARK looks like a tagged clone");
+/* clang-format on */
 
 enum mirror_dir {
 	MIRROR_DIR_INGRESS = 1,
