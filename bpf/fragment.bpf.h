@@ -26,6 +26,7 @@
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
 
 #include "mirror_abi.h"
 #include "maps.bpf.h"

@@ -29,10 +29,14 @@
 #include <linux/in.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
 
 #include "mirror_abi.h"
 #include "maps.bpf.h"
-#include "encap.bpf.h"
+#include "tunnels.bpf.h"
+#include "limits.bpf.h"
+#include "copy.bpf.h"
+#include "outer.bpf.h"
 
 /* mirror_gso's verdicts: on through bpftap0 (segmented, stage 2), sent, dropped */
 #define GSO_SLOW TC_ACT_OK

@@ -54,9 +54,7 @@
 #define MIRROR_COPY_MARK 0x62746170U /* "btap" */
 
 /*
- * skb->mark on the way between the stages, drawn once (bit 31 on the left;
- * the _Static_asserts below tie each field to the limits it must hold):
- *
+ * skb->mark on the way between the stages, drawn once (bit 31 on the left):
  *  31   28 27     22 21     16  15  14                                  0
  * +-------+---------+---------+---+-------------------------------------+
  * |  0xb  |  pass   | source  | E |  rule: slot * MAX_RULES + position  |  XFER_TAG
@@ -78,8 +76,7 @@
  *           stage 1 finds it in `source_ids` (ifindex -> id), stage 2 turns
  *           it back into the ifindex with `source_ifindexes` (id -> ifindex);
  *           the daemon writes both. (Not cb[]: the internal veth's NAPI/XDP
- *           receive path reuses it.)
- *   E       XFER_EGRESS: the original was seen on egress.
+ *           receive path reuses it.) E: XFER_EGRESS, seen on egress.
  *   rule    the absolute rule index, the key in `rules`.
  *
  * FRAG_TAG: an encapsulated copy larger than its egress MTU, sent back
@@ -105,38 +102,27 @@
 /* outer fragments of one copy at most: a 64 KiB frame over a 1280-byte MTU */
 #define MAX_FRAGS 64
 
-/* each field holds its largest value (MAX_RULES and MAX_SESSIONS may be overridden) */
-/* clang-format reads _Static_assert(A * B ...) as a declaration */
+/*
+ * each field holds its largest value (MAX_RULES and MAX_SESSIONS may be
+ * overridden); the fields do not overlap (their sum is their union); the
+ * tag nibble tells the marks apart. (clang-format reads A * B as a type.)
+ */
 /* clang-format off */
-_Static_assert(RULE_SLOTS * MAX_RULES - 1 <= XFER_RULE_MASK,
-	       "rule indexes (RULE_SLOTS * MAX_RULES) overflow XFER_RULE_MASK");
-_Static_assert((XFER_RULE_MASK & (XFER_RULE_MASK + 1)) == 0,
-	       "XFER_RULE_MASK: contiguous bits from bit 0");
+_Static_assert(RULE_SLOTS * MAX_RULES - 1 <= XFER_RULE_MASK, "RULE_SLOTS * MAX_RULES overflows XFER_RULE_MASK");
+_Static_assert((XFER_RULE_MASK & (XFER_RULE_MASK + 1)) == 0, "XFER_RULE_MASK: contiguous bits from bit 0");
 _Static_assert(MAX_SESSIONS <= 64, "session sets are 64-bit masks");
-_Static_assert(MAX_SESSIONS - 1 <= XFER_PASS_MASK >> XFER_PASS_SHIFT,
-	       "passes (1 + session slot) overflow XFER_PASS_MASK");
-_Static_assert(MAX_SOURCES - 1 <= XFER_SOURCE_MASK >> XFER_SOURCE_SHIFT,
-	       "source ids overflow XFER_SOURCE_MASK");
-_Static_assert(RULE_SLOTS * MAX_SESSIONS - 1 <= FRAG_SLOT_MASK >> FRAG_SLOT_SHIFT,
-	       "session keys overflow FRAG_SLOT_MASK");
-_Static_assert(MAX_FRAGS - 1 <= FRAG_INDEX_MASK,
-	       "fragment indexes overflow FRAG_INDEX_MASK");
-/* the fields do not overlap: their sum is their union */
-_Static_assert(0ULL + XFER_TAG_MASK + XFER_PASS_MASK + XFER_SOURCE_MASK +
-		       XFER_EGRESS + XFER_RULE_MASK ==
-	       (XFER_TAG_MASK | XFER_PASS_MASK | XFER_SOURCE_MASK |
-		XFER_EGRESS | XFER_RULE_MASK),
-	       "XFER_* fields overlap");
+_Static_assert(MAX_SESSIONS - 1 <= XFER_PASS_MASK >> XFER_PASS_SHIFT, "passes overflow XFER_PASS_MASK");
+_Static_assert(MAX_SOURCES - 1 <= XFER_SOURCE_MASK >> XFER_SOURCE_SHIFT, "source ids overflow XFER_SOURCE_MASK");
+_Static_assert(RULE_SLOTS * MAX_SESSIONS - 1 <= FRAG_SLOT_MASK >> FRAG_SLOT_SHIFT, "session keys overflow FRAG_SLOT_MASK");
+_Static_assert(MAX_FRAGS - 1 <= FRAG_INDEX_MASK, "fragment indexes overflow FRAG_INDEX_MASK");
+_Static_assert(0ULL + XFER_TAG_MASK + XFER_PASS_MASK + XFER_SOURCE_MASK + XFER_EGRESS + XFER_RULE_MASK ==
+	       (XFER_TAG_MASK | XFER_PASS_MASK | XFER_SOURCE_MASK | XFER_EGRESS | XFER_RULE_MASK), "XFER_* overlap");
 _Static_assert(0ULL + XFER_TAG_MASK + FRAG_SLOT_MASK + FRAG_INDEX_MASK ==
-		       (XFER_TAG_MASK | FRAG_SLOT_MASK | FRAG_INDEX_MASK),
-	       "FRAG_* fields overlap");
-/* the three kinds of mark are told apart by the tag nibble */
+	       (XFER_TAG_MASK | FRAG_SLOT_MASK | FRAG_INDEX_MASK), "FRAG_* overlap");
 _Static_assert((XFER_TAG & ~XFER_TAG_MASK) == 0 &&
-		       (FRAG_TAG & ~XFER_TAG_MASK) == 0 && XFER_TAG != FRAG_TAG,
-	       "tags live in XFER_TAG_MASK and differ");
+	       (FRAG_TAG & ~XFER_TAG_MASK) == 0 && XFER_TAG != FRAG_TAG, "tags: in XFER_TAG_MASK, apart");
 _Static_assert((MIRROR_COPY_MARK & XFER_TAG_MASK) != XFER_TAG &&
-		       (MIRROR_COPY_MARK & XFER_TAG_MASK) != FRAG_TAG,
-	       "MIRROR_COPY_MARK looks like a tagged clone");
+	       (MIRROR_COPY_MARK & XFER_TAG_MASK) != FRAG_TAG, "MIRROR_COPY_MARK looks like a tagged clone");
 /* clang-format on */
 
 enum mirror_dir {

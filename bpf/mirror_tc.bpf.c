@@ -28,9 +28,15 @@
 
 #include "mirror_abi.h"
 #include "maps.bpf.h"
+/* stage 1: the source programs */
 #include "parse.bpf.h"
 #include "classify.bpf.h"
+/* stage 2: copies, their outer headers, and how they leave */
+#include "copy.bpf.h"
+#include "group.bpf.h"
+#include "limits.bpf.h"
 #include "encap.bpf.h"
+#include "fragment.bpf.h"
 #include "gso.bpf.h"
 
 /*
