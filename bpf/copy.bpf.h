@@ -19,6 +19,33 @@
 #include "maps.bpf.h"
 #include "tunnels.bpf.h"
 
+/* prepare_copy()'s answer: the packet's copies can be made, or why not */
+enum prep_result {
+	PREP_OK = 0,
+	PREP_VLAN_DEPTH = -1, /* more accelerated tags than MAX_VLAN_TAGS */
+	PREP_UNREADABLE = -2, /* the frame's addresses cannot be read */
+};
+
+/*
+ * What became of one session's copy of a packet. Each step of encap_one()
+ * (admit, write the outer headers, send) answers COPY_GO to go on, or the
+ * copy's fate; count_copy() counts each fate once, in the session's stats
+ * and the global ones.
+ */
+enum copy_fate {
+	COPY_GO = 0,	   /* not decided yet: the next step */
+	COPY_SENT,	   /* cloned, fragmented or put in `copies` */
+	COPY_REDIRECTED,   /* the last copy: the skb itself, bpf_redirect */
+	COPY_UNRESOLVED,   /* the session has no next hop yet */
+	COPY_OVERSIZE,	   /* over the egress MTU, and no fragments */
+	COPY_TOO_LONG,	   /* longer than `copies` takes (counted oversize) */
+	COPY_SAMPLED_OUT,  /* not the 1 in the session's sample */
+	COPY_RATE_LIMITED, /* over the session's rate limit */
+	COPY_SHED,	   /* over the copy budget or its link's room */
+	COPY_RING_FULL,	   /* `copies` full */
+	COPY_ENCAP_FAIL,   /* growing, writing or sending it failed */
+};
+
 /*
  * Accelerated tags live beside the frame (skb->vlan_tci); a copy must carry
  * them inside the inner frame, so pop them (outer first) and keep them.
@@ -60,12 +87,11 @@ static __always_inline void copy_source(struct __sk_buff *skb,
 
 /*
  * What all copies of this packet share, into `ci` (`ring`: they go to
- * `copies`, not redirected). Returns 0, -1 for more tags than
- * MAX_VLAN_TAGS, -2 if the frame cannot be read. What only some
+ * `copies`, not redirected). Returns an enum prep_result. What only some
  * tunnels need (time, VLAN, checksum) is filled on first use.
  */
-static __always_inline int prepare_copy(struct __sk_buff *skb,
-					struct copy_info *ci, __u8 ring)
+static __always_inline enum prep_result
+prepare_copy(struct __sk_buff *skb, struct copy_info *ci, __u8 ring)
 {
 	int ntags;
 
@@ -76,12 +102,12 @@ static __always_inline int prepare_copy(struct __sk_buff *skb,
 	__builtin_memset(&ci->l2, 0, sizeof(ci->l2));
 	ntags = take_vlan_tags(skb, &ci->l2);
 	if (ntags < 0)
-		return -1;
+		return PREP_VLAN_DEPTH;
 	ci->ntags = ntags;
 	if (bpf_skb_load_bytes(skb, 0, ci->l2.macs, sizeof(ci->l2.macs)))
-		return -2;
+		return PREP_UNREADABLE;
 	ci->inner_len = skb->len + ntags * sizeof(struct vlan_ins);
-	return 0;
+	return PREP_OK;
 }
 
 /*

@@ -199,6 +199,7 @@ enum mirror_stat {
 	MS_GSO_SLOW,	  /* GSO super-packets of a GSO session sent on to the per-segment path */
 	MS_FILTER_RUN,	  /* packets whose first candidate rule has a filter: filters evaluated */
 	MS_FILTER_FAIL,	  /* no filter program (or resume entry) to tail-call: passed */
+	MS_NO_ENTRY,	  /* stage 2: a map entry its mark or slot names is missing: dropped */
 	MS__MAX,
 };
 
