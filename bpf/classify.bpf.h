@@ -12,7 +12,12 @@
 #ifndef CLASSIFY_BPF_H
 #define CLASSIFY_BPF_H
 
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "mirror_abi.h"
 #include "maps.bpf.h"
+#include "parse.bpf.h"
 
 /* index of the lowest set bit, by de Bruijn multiplication (x != 0) */
 static const __u8 debruijn64[64] = {

@@ -6,7 +6,7 @@
  * back together. No GPL-only helper: the MTU is the session's, kept by
  * the daemon from the egress route.
  *
- * The slow path: encap_one() writes the whole copy, gives it an
+ * The slow path: encap_one() writes the whole copy; send_copy() gives it an
  * identification, then sends one clone per fragment (hand_fragments)
  * with FRAG_TAG, the session and the fragment's index in the mark, back
  * across the internal pair: out of bpftap1, where stage 1's clones come
@@ -26,6 +26,7 @@
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
 
 #include "mirror_abi.h"
 #include "maps.bpf.h"
@@ -175,16 +176,16 @@ __noinline int send_fragment(struct __sk_buff *skb)
 	__u32 slot, idx, k, fsize, hl, payload, off, len, more;
 
 	if (!skb)
-		return TC_ACT_SHOT;
+		goto no_entry;
 	slot = (skb->mark & FRAG_SLOT_MASK) >> FRAG_SLOT_SHIFT;
 	idx = skb->mark & FRAG_INDEX_MASK;
 	s = bpf_map_lookup_elem(&sessions, &slot);
 	if (!s)
-		return TC_ACT_SHOT;
+		goto no_entry;
 	k = s->stats_id;
 	ss = bpf_map_lookup_elem(&session_stats, &k);
 	if (!ss)
-		return TC_ACT_SHOT;
+		goto no_entry;
 	hl = s->family == 6 ? sizeof(ip6) : sizeof(ip);
 	fsize = frag_size(s);
 	if (!fsize || !s->ifindex || idx >= MAX_FRAGS ||
@@ -236,6 +237,9 @@ fail:
 	count(MS_ENCAP_FAIL);
 	log_event(MIRROR_LOG_ERROR, MIRROR_EV_FRAG_FAIL, 0, 0, s->stats_id + 1,
 		  idx, s->mtu);
+	return TC_ACT_SHOT;
+no_entry:
+	count(MS_NO_ENTRY);
 	return TC_ACT_SHOT;
 }
 

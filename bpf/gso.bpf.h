@@ -29,10 +29,14 @@
 #include <linux/in.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
 
 #include "mirror_abi.h"
 #include "maps.bpf.h"
-#include "encap.bpf.h"
+#include "tunnels.bpf.h"
+#include "limits.bpf.h"
+#include "copy.bpf.h"
+#include "outer.bpf.h"
 
 /* mirror_gso's verdicts: on through bpftap0 (segmented, stage 2), sent, dropped */
 #define GSO_SLOW TC_ACT_OK
@@ -109,11 +113,11 @@ __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 	cfg = bpf_map_lookup_elem(&config, &k);
 	s = bpf_map_lookup_elem(&sessions, &slot);
 	if (!skb || !ci || !cfg || !s)
-		return GSO_SLOW;
+		goto slow;
 	k = s->stats_id;
 	ss = bpf_map_lookup_elem(&session_stats, &k);
 	if (!ss)
-		return GSO_SLOW;
+		goto slow;
 	/*
 	 * per-packet limits count wire frames: they stay exact on the slow
 	 * path; so does redirect_chain: false (this path redirects a clone)

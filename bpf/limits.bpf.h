@@ -7,6 +7,9 @@
 #ifndef LIMITS_BPF_H
 #define LIMITS_BPF_H
 
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
 #include "mirror_abi.h"
 #include "maps.bpf.h"
 

@@ -54,34 +54,76 @@
 #define MIRROR_COPY_MARK 0x62746170U /* "btap" */
 
 /*
- * skb->mark of a clone on its way to the encap stage: tag, pass, source
- * id (below), direction and the absolute rule index. Set on the original
- * only for the clone calls. Pass 0 is for the rule's sessions that take the
- * whole frame; pass n + 1 for session slot n alone: a truncating session
- * (one clone each, cut to its snaplen, so no copy is cut short for
- * another), or a GSO session when the original is a GSO super-packet (one
- * clone each, encapsulated whole by mirror_gso: gso.bpf.h).
+ * skb->mark on the way between the stages, drawn once (bit 31 on the left):
+ *  31   28 27     22 21     16  15  14                                  0
+ * +-------+---------+---------+---+-------------------------------------+
+ * |  0xb  |  pass   | source  | E |  rule: slot * MAX_RULES + position  |  XFER_TAG
+ * +-------+---------+---------+---+-------------------------------------+
+ *  31   28 27                16 15          8 7                         0
+ * +-------+-------------------+--------------+--------------------------+
+ * |  0xc  |  0                |  session key |  fragment index          |  FRAG_TAG
+ * +-------+-------------------+--------------+--------------------------+
+ *  0x62746170 ("btap", tag nibble 0x6): MIRROR_COPY_MARK, a finished copy
+ *
+ * XFER_TAG: a clone from stage 1 on its way to the encap stage. Set on the
+ * original only for the clone calls (act() restores its mark).
+ *   pass    0 for the rule's sessions that take the whole frame; n + 1 for
+ *           session slot n alone: a truncating session (one clone each,
+ *           cut to its snaplen, so no copy is cut short for another), or a
+ *           GSO session when the original is a GSO super-packet (one clone
+ *           each, encapsulated whole by mirror_gso: gso.bpf.h).
+ *   source  the source interface as an id (1..MAX_SOURCES-1, 0 unknown):
+ *           stage 1 finds it in `source_ids` (ifindex -> id), stage 2 turns
+ *           it back into the ifindex with `source_ifindexes` (id -> ifindex);
+ *           the daemon writes both. (Not cb[]: the internal veth's NAPI/XDP
+ *           receive path reuses it.) E: XFER_EGRESS, seen on egress.
+ *   rule    the absolute rule index, the key in `rules`.
+ *
+ * FRAG_TAG: an encapsulated copy larger than its egress MTU, sent back
+ * through the internal device once per outer fragment (the `oversize:
+ * fragment` slow path): the session's key in `sessions` and which fragment
+ * this clone becomes. The encap stage cuts each clone down to its fragment
+ * and sends it; nothing else in the packet changes on the way.
  */
 #define XFER_TAG 0xb0000000U
 #define XFER_TAG_MASK 0xf0000000U
 #define XFER_PASS_SHIFT 22
 #define XFER_PASS_MASK 0x0fc00000U
+#define XFER_SOURCE_SHIFT 16
+#define XFER_SOURCE_MASK 0x003f0000U
 #define XFER_EGRESS 0x00008000U
 #define XFER_RULE_MASK 0x00007fffU
+#define MAX_SOURCES 64
 
-/*
- * skb->mark of an encapsulated copy larger than its egress MTU, sent back
- * through the internal device once per outer fragment (the `oversize:
- * fragment` slow path): tag, the session's key in `sessions`, and which
- * fragment this clone becomes. The encap stage cuts each clone down to its
- * fragment and sends it; nothing else in the packet changes on the way.
- */
 #define FRAG_TAG 0xc0000000U
 #define FRAG_SLOT_SHIFT 8
 #define FRAG_SLOT_MASK 0x0000ff00U
 #define FRAG_INDEX_MASK 0x000000ffU
 /* outer fragments of one copy at most: a 64 KiB frame over a 1280-byte MTU */
 #define MAX_FRAGS 64
+
+/*
+ * each field holds its largest value (MAX_RULES and MAX_SESSIONS may be
+ * overridden); the fields do not overlap (their sum is their union); the
+ * tag nibble tells the marks apart. (clang-format reads A * B as a type.)
+ */
+/* clang-format off */
+_Static_assert(RULE_SLOTS * MAX_RULES - 1 <= XFER_RULE_MASK, "RULE_SLOTS * MAX_RULES overflows XFER_RULE_MASK");
+_Static_assert((XFER_RULE_MASK & (XFER_RULE_MASK + 1)) == 0, "XFER_RULE_MASK: contiguous bits from bit 0");
+_Static_assert(MAX_SESSIONS <= 64, "session sets are 64-bit masks");
+_Static_assert(MAX_SESSIONS - 1 <= XFER_PASS_MASK >> XFER_PASS_SHIFT, "passes overflow XFER_PASS_MASK");
+_Static_assert(MAX_SOURCES - 1 <= XFER_SOURCE_MASK >> XFER_SOURCE_SHIFT, "source ids overflow XFER_SOURCE_MASK");
+_Static_assert(RULE_SLOTS * MAX_SESSIONS - 1 <= FRAG_SLOT_MASK >> FRAG_SLOT_SHIFT, "session keys overflow FRAG_SLOT_MASK");
+_Static_assert(MAX_FRAGS - 1 <= FRAG_INDEX_MASK, "fragment indexes overflow FRAG_INDEX_MASK");
+_Static_assert(0ULL + XFER_TAG_MASK + XFER_PASS_MASK + XFER_SOURCE_MASK + XFER_EGRESS + XFER_RULE_MASK ==
+	       (XFER_TAG_MASK | XFER_PASS_MASK | XFER_SOURCE_MASK | XFER_EGRESS | XFER_RULE_MASK), "XFER_* overlap");
+_Static_assert(0ULL + XFER_TAG_MASK + FRAG_SLOT_MASK + FRAG_INDEX_MASK ==
+	       (XFER_TAG_MASK | FRAG_SLOT_MASK | FRAG_INDEX_MASK), "FRAG_* overlap");
+_Static_assert((XFER_TAG & ~XFER_TAG_MASK) == 0 &&
+	       (FRAG_TAG & ~XFER_TAG_MASK) == 0 && XFER_TAG != FRAG_TAG, "tags: in XFER_TAG_MASK, apart");
+_Static_assert((MIRROR_COPY_MARK & XFER_TAG_MASK) != XFER_TAG &&
+	       (MIRROR_COPY_MARK & XFER_TAG_MASK) != FRAG_TAG, "MIRROR_COPY_MARK looks like a tagged clone");
+/* clang-format on */
 
 enum mirror_dir {
 	MIRROR_DIR_INGRESS = 1,
@@ -130,17 +172,6 @@ enum mirror_tunnel {
 #define ERSPAN3_GRA_1588 2
 #define ERSPAN3_PLATFORM_ID 3
 
-/*
- * The source interface travels from stage 1 to stage 2 as a source id
- * (1..MAX_SOURCES-1) in the clone's mark: stage 1 finds it in
- * `source_ids` (ifindex -> id), stage 2 turns it back into the ifindex with
- * `source_ifindexes` (id -> ifindex); the daemon writes both. Id 0 means
- * unknown. (Not cb[]: the internal veth's NAPI/XDP receive path reuses it.)
- */
-#define XFER_SOURCE_SHIFT 16
-#define XFER_SOURCE_MASK 0x003f0000U
-#define MAX_SOURCES 64
-
 /* global counters, one per-CPU slot each: every exit of both stages */
 enum mirror_stat {
 	MS_SEEN = 0,	  /* packets seen by a source program */
@@ -168,6 +199,7 @@ enum mirror_stat {
 	MS_GSO_SLOW,	  /* GSO super-packets of a GSO session sent on to the per-segment path */
 	MS_FILTER_RUN,	  /* packets whose first candidate rule has a filter: filters evaluated */
 	MS_FILTER_FAIL,	  /* no filter program (or resume entry) to tail-call: passed */
+	MS_NO_ENTRY,	  /* stage 2: a map entry its mark or slot names is missing: dropped */
 	MS__MAX,
 };
 

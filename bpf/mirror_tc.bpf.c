@@ -16,11 +16,13 @@
  * fragment.bpf.h):
  * the clone arrives segmented and with finished checksums (bpftap0 has
  * TSO, GSO and TX checksumming off); per session (slots in ascending
- * header length) the head grows to that session's header, the outer
- * headers are written, and the copy goes with bpf_clone_redirect, the last
- * with bpf_redirect (encap.bpf.h, tunnels.bpf.h). With redirect_chain off
- * (config->ring_copies) no copy is redirected a second time: each goes into
- * the `copies` ring buffer and the daemon sends it (agent/copies.py).
+ * header length) the copy is admitted (admit.bpf.h), the head grows to
+ * that session's header and the outer headers are written (outer.bpf.h),
+ * and the copy goes with bpf_clone_redirect, the last with bpf_redirect
+ * (send.bpf.h); encap.bpf.h counts each copy's fate once. With
+ * redirect_chain off (config->ring_copies) no copy is redirected a second
+ * time: each goes into the `copies` ring buffer and the daemon sends it
+ * (agent/copies.py).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -28,9 +30,15 @@
 
 #include "mirror_abi.h"
 #include "maps.bpf.h"
+/* stage 1: the source programs */
 #include "parse.bpf.h"
 #include "classify.bpf.h"
+/* stage 2: copies, their outer headers, and how they leave */
+#include "copy.bpf.h"
+#include "group.bpf.h"
+#include "limits.bpf.h"
 #include "encap.bpf.h"
+#include "fragment.bpf.h"
 #include "gso.bpf.h"
 
 /*
@@ -237,8 +245,10 @@ int mirror_encap(struct __sk_buff *skb)
 	cfg = bpf_map_lookup_elem(&config, &key);
 	key = skb->mark & XFER_RULE_MASK;
 	r = bpf_map_lookup_elem(&rules, &key);
-	if (!ci || !r || !cfg)
+	if (!ci || !r || !cfg) {
+		count(MS_NO_ENTRY);
 		return TC_ACT_SHOT;
+	}
 	/* the session table of the rule's own slot */
 	base = (key / MAX_RULES) * MAX_SESSIONS;
 	/*
@@ -254,10 +264,11 @@ int mirror_encap(struct __sk_buff *skb)
 	if (r->flags & MIRROR_RF_GROUP)
 		hash = flow_sym_hash(skb) | 1;
 	ret = prepare_copy(skb, ci, !!cfg->ring_copies);
-	if (ret) {
-		count(ret == -1 ? MS_VLAN_DEPTH : MS_ENCAP_FAIL);
+	if (ret != PREP_OK) {
+		count(ret == PREP_VLAN_DEPTH ? MS_VLAN_DEPTH : MS_ENCAP_FAIL);
 		log_event(MIRROR_LOG_WARN,
-			  ret == -1 ? MIRROR_EV_VLAN_DEPTH : MIRROR_EV_ENCAP_FAIL,
+			  ret == PREP_VLAN_DEPTH ? MIRROR_EV_VLAN_DEPTH
+						 : MIRROR_EV_ENCAP_FAIL,
 			  ci->ifindex, r->number, 0, 0, 0);
 		return TC_ACT_SHOT;
 	}

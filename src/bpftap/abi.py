@@ -164,6 +164,7 @@ class MirrorStat(enum.IntEnum):
     GSO_SLOW = 22
     FILTER_RUN = 23
     FILTER_FAIL = 24
+    NO_ENTRY = 25
 
 
 MS__MAX = len(MirrorStat)

@@ -177,6 +177,17 @@ def test_mtu_decision_at_the_edges(edge: Edge, loaded: tuple[BpfObject, Tables],
     assert tables.counters()["fragments"] == edge.fragments
 
 
+def test_a_fragment_mark_naming_no_session_is_dropped_and_counted(loaded: tuple[BpfObject, Tables]) -> None:
+    """A FRAG_TAG mark whose session key is past `sessions` (stale or forged): dropped, counted once as no_entry."""
+    obj, tables = loaded
+    key = abi.RULE_SLOTS * abi.MAX_SESSIONS  # the first key `sessions` does not have
+    assert key <= abi.FRAG_SLOT_MASK >> abi.FRAG_SLOT_SHIFT
+    ctx = SkBuff(mark=abi.FRAG_TAG | key << abi.FRAG_SLOT_SHIFT)
+    result = obj.program(abi.PROG_ENCAP).test_run(inner_frame(100), ctx=ctx)
+    assert result.retval == TC_ACT_SHOT
+    assert {name: n for name, n in tables.counters().items() if n} == {"no_entry": 1}
+
+
 def test_a_fragmented_copy_leaves_the_skb_to_the_next_session(loaded: tuple[BpfObject, Tables],
                                                               kernel_ns: KernelNs) -> None:
     """Two sessions: the first copy over its MTU goes as clones, the second whole, from the same skb."""

@@ -1,7 +1,7 @@
 """Whole copies as the encap stage sends them: outer Ethernet, IPv4 or IPv6, UDP or GRE, tunnel.
 
 `encapsulate` is the Python twin of build_outer() in bpf/tunnels.bpf.h plus
-the UDP checksum of bpf/encap.bpf.h; tests/bpf/test_tunnels_bytes.py holds
+the UDP checksum of bpf/csum.bpf.h; tests/bpf/test_tunnels_bytes.py holds
 the two to the same bytes. `header_len` is the length both agree on, which
 the daemon stores as the session's `hdr_len` and sorts session slots by.
 
