@@ -132,8 +132,9 @@ def dropped(status: dict[str, Any]) -> dict[str, int]:
         for reason in abi.SESSION_NOT_SENT:
             if reason != "sampled_out" and s.get(reason):
                 out[reason] = out.get(reason, 0) + s[reason]
-    if status["counters"].get("clone_fail"):
-        out["clone_fail"] = status["counters"]["clone_fail"]
+    for counter in ("clone_fail", "no_entry"):
+        if status["counters"].get(counter):
+            out[counter] = status["counters"][counter]
     for queue, n in status.get("queue_drops", {}).items():
         if n:
             out[f"{queue}_ring_full"] = n

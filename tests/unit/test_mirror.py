@@ -108,6 +108,8 @@ STATUS = {
 
 def test_summary_counts_copies_sent_and_not_sent_per_session() -> None:
     assert dropped(STATUS) == {"oversize": 3, "clone_fail": 1, "encap_ring_full": 2}
+    with_no_entry = {**STATUS, "counters": {**STATUS["counters"], "no_entry": 4}}
+    assert dropped(with_no_entry)["no_entry"] == 4
     assert format_summary(STATUS, 12.04).splitlines() == [
         "mirrored for 12.0 s: 120 packets seen, 60 matched",
         "session mirror (vxlan 198.18.2.1 vni 42): sent 57 copies (5700 bytes), not sent 3 (oversize 3)",
