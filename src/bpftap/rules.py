@@ -13,18 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bpftap import abi
-from bpftap.config import (
-    ANY_PORTS,
-    IPPROTO_ICMP,
-    IPPROTO_ICMPV6,
-    Config,
-    Direction,
-    IPAddress,
-    Ports,
-    Rule,
-    Session,
-)
-from bpftap.rule_fields import VLAN_UNTAGGED
+from bpftap.config.fields import VLAN_UNTAGGED
+from bpftap.config.model import IPPROTO_ICMP, IPPROTO_ICMPV6, Config, Direction, Rule, Session
+from bpftap.config.values import ANY_PORTS, IPAddress, Ports
 from bpftap.tunnels.outer import header_len
 
 

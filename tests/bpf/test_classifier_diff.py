@@ -22,7 +22,7 @@ from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
 from bpftap.classifier import compile_rules, match_compiled
 from bpftap.config import Config, Direction, parse_config
-from bpftap.rule_fields import VLAN_UNTAGGED
+from bpftap.config.fields import VLAN_UNTAGGED
 from bpftap.rules import PacketInfo, assign_session_slots, reference_match
 
 from .conftest import KernelNs

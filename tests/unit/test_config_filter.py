@@ -9,8 +9,7 @@ import pytest
 from bpftap import abi
 from bpftap.classifier import compile_rules, match_compiled
 from bpftap.cli import ExitStatus, main
-from bpftap.config import load_config
-from bpftap.config_model import Direction
+from bpftap.config import Direction, load_config
 from bpftap.rules import PacketInfo, reference_match
 
 HEAD = """\

@@ -42,7 +42,6 @@ from bpftap.bpf import pins, tc
 from bpftap.bpf.objects import BpfObject
 from bpftap.classifier import CompiledRules, compile_rules
 from bpftap.config import (
-    TUNNEL_ID_FIELDS,
     Config,
     Direction,
     IPAddress,
@@ -64,6 +63,7 @@ from bpftap.netlink import (
     links as netlink_links,
 )
 from bpftap.rules import assign_session_slots
+from bpftap.tunnels import TUNNEL_ID_FIELDS
 
 log = logging.getLogger("bpftap.agent")
 REFRESH_SECONDS = 1.0

@@ -17,11 +17,12 @@ from typing import Any, Generic, TypeVar
 from bpftap import abi
 from bpftap.bpf.objects import U64, BpfObject, num_possible_cpus
 from bpftap.classifier import PORT_DIMS, CompiledRules, rule_bits
-from bpftap.config import ETH_HLEN, Session
+from bpftap.config.model import Session
 from bpftap.errors import BpftapError
 from bpftap.netlink import NextHop
 from bpftap.rules import session_header_len
 from bpftap.tunnels import TYPES
+from bpftap.tunnels.common import ETH_HLEN
 
 _PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS, abi.MAP_SESSION_SAMPLES, abi.MAP_FILTER_BITS)
 _ALL = (
