@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,13 @@ def test_the_pipeline_imports_only_downstream() -> None:
         for path in files:
             bad = sorted(m for m in imported_modules(path) if m.startswith(forbidden))
             assert bad == [], f"{path.relative_to(SRC)} imports {bad}"
+
+
+def test_the_readme_layout_names_every_package_folder() -> None:
+    """README "Layout" lists the folders of src/bpftap, and names no folder that is not there."""
+    readme = (SRC.parents[1] / "README.md").read_text()
+    layout = readme.split("### Layout\n", 1)[1].split("\n#", 1)[0]
+    packages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    named = set(re.findall(r"(?<![\w/.])([a-z_]+)/(?![\w.])", layout)) - {"tests", "src"}
+    assert packages - named == set(), "packages the Layout section does not name"
+    assert named - packages - {"bpf"} == set(), "folders the Layout section names that are not packages"
