@@ -43,12 +43,7 @@ from bpftap.bpf.objects import BpfObject
 from bpftap.compile.classifier import CompiledRules, class_capacity, compile_rules
 from bpftap.compile.sessions import member_name
 from bpftap.compile.slots import assign_session_slots
-from bpftap.config import (
-    Config,
-    Direction,
-    IPAddress,
-    Session,
-)
+from bpftap.config import Config, Direction, IPAddress, Session
 from bpftap.errors import BpfError, ConfigError
 from bpftap.netlink import (
     INTERNAL_A,
