@@ -21,9 +21,10 @@ import time
 from typing import Any, TextIO
 
 from bpftap import abi
-from bpftap.config import TUNNEL_ID_FIELDS, TUNNELS, Config, parse_config
+from bpftap.config import Config, parse_config
 from bpftap.errors import ConfigError
 from bpftap.top import human
+from bpftap.tunnels import TUNNEL_ID_FIELDS, TUNNELS
 from bpftap.tunnels.vxlan import VXLAN_PORT
 
 SESSION = "mirror"

@@ -20,10 +20,11 @@ from scapy.packet import Raw
 from bpftap import abi
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
-from bpftap.classifier import compile_rules, match_compiled
+from bpftap.compile.classifier import compile_rules, match_compiled
+from bpftap.compile.reference import PacketInfo, reference_match
+from bpftap.compile.slots import assign_session_slots
 from bpftap.config import Config, Direction, parse_config
-from bpftap.rule_fields import VLAN_UNTAGGED
-from bpftap.rules import PacketInfo, assign_session_slots, reference_match
+from bpftap.config.fields import VLAN_UNTAGGED
 
 from .conftest import KernelNs
 

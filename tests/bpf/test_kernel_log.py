@@ -11,9 +11,9 @@ from bpftap import abi
 from bpftap.agent.kernel_log import BURST, KernelLog
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
-from bpftap.classifier import compile_rules
+from bpftap.compile.classifier import compile_rules
+from bpftap.compile.slots import assign_session_slots
 from bpftap.config import parse_config
-from bpftap.rules import assign_session_slots
 
 from .conftest import KernelNs
 from .test_mirror_table import CONFIG, INNER_V4, hop, program, xfer_ctx

@@ -30,10 +30,10 @@ from bpftap import abi
 from bpftap.agent.links import LinkGovernor, LinkState
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
-from bpftap.classifier import compile_rules
+from bpftap.compile.classifier import compile_rules
+from bpftap.compile.slots import assign_session_slots
 from bpftap.config import parse_config
 from bpftap.netlink import NextHop
-from bpftap.rules import assign_session_slots
 
 from .conftest import KernelNs
 

@@ -26,10 +26,10 @@ from scapy.packet import Raw
 from bpftap import abi
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
-from bpftap.classifier import compile_rules
+from bpftap.compile.classifier import compile_rules
+from bpftap.compile.slots import assign_session_slots
 from bpftap.config import Config, parse_config
 from bpftap.netlink import NextHop
-from bpftap.rules import assign_session_slots
 from bpftap.tunnels import DECODERS, decode_gre
 from bpftap.tunnels.outer import Outer, encapsulate
 

@@ -438,6 +438,6 @@ def test_a_bad_session_name_is_one_message_not_one_per_rule(tmp_path: Path) -> N
 def test_libyamls_parser_reads_the_config_where_pyyaml_has_it() -> None:
     import yaml
 
-    from bpftap.config_values import _UniqueKeyLoader
+    from bpftap.config.values import _UniqueKeyLoader
 
     assert issubclass(_UniqueKeyLoader, yaml.CSafeLoader) == bool(yaml.__with_libyaml__)

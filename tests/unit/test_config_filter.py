@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from bpftap import abi
-from bpftap.classifier import compile_rules, match_compiled
 from bpftap.cli import ExitStatus, main
-from bpftap.config import load_config
-from bpftap.config_model import Direction
-from bpftap.rules import PacketInfo, reference_match
+from bpftap.compile.classifier import compile_rules, match_compiled
+from bpftap.compile.reference import PacketInfo, reference_match
+from bpftap.config import Direction, load_config
 
 HEAD = """\
 sources: [{interface: eth0}]

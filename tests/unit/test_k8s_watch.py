@@ -19,7 +19,7 @@ from kubernetes.client import ApiClient, V1ListMeta, V1ObjectMeta, V1Pod, V1PodL
 from kubernetes.watch import Watch  # noqa: E402
 
 from bpftap.agent.k8s import PodIndex, PodWatch  # noqa: E402
-from bpftap.pod_selector import PodSelector  # noqa: E402
+from bpftap.config import PodSelector  # noqa: E402
 
 NODE = "node-a"
 WEB = PodSelector(namespace="shop", labels=(("app", "web"),))

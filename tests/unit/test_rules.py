@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpftap import abi
-from bpftap.classifier import compile_rules, match_compiled, rule_bits
+from bpftap.compile.classifier import compile_rules, match_compiled, rule_bits
+from bpftap.compile.reference import PacketInfo, reference_match
+from bpftap.compile.slots import assign_session_slots
 from bpftap.config import Action, Config, Direction, Rule, Session, Source, parse_config
-from bpftap.rules import PacketInfo, assign_session_slots, reference_match
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -222,7 +223,7 @@ def test_compiled_rules_match_like_the_reference(data: dict[str, Any], pkts: lis
 
 
 def test_rendezvous_moves_only_the_removed_collectors_buckets() -> None:
-    from bpftap.agent.tables import rendezvous
+    from bpftap.compile.sessions import rendezvous
 
     three = rendezvous(("198.18.2.1", "198.18.2.2", "198.18.2.3"), 256)
     two = rendezvous(("198.18.2.1", "198.18.2.3"), 256)
@@ -241,9 +242,9 @@ def test_group_members_take_consecutive_slots() -> None:
 
 
 def test_counter_ids_taken_over_from_an_earlier_agent_leave_the_gaps_free() -> None:
-    from bpftap.agent.tables import _Ids
+    from bpftap.compile.ids import StableIds
 
-    ids = _Ids(limit=8)
+    ids: StableIds[str] = StableIds(limit=8)
     ids.restore({"a": 0, "c": 3})
     assert ids.get("a") == (0, False)
     assert {ids.get("x")[0], ids.get("y")[0]} == {1, 2}

@@ -254,13 +254,14 @@ def test_unknown_tunnel_or_family() -> None:
 def test_the_tunnel_registry_is_the_kernels_list() -> None:
     """One list of tunnel types (bpftap.tunnels.TYPES): the same names as enum mirror_tunnel, and every other list
     (config, collector) derived from it."""
-    from bpftap import abi, config_model, tunnels
+    from bpftap import abi, tunnels
     from bpftap.collector import server
+    from bpftap.config import model, validate
 
     assert [t.upper() for t in tunnels.TUNNELS] == [m.name for m in abi.MirrorTunnel]
     assert tunnels_missing(tunnels.TYPES) == ([], [])  # against enum mirror_tunnel in bpf/mirror_abi.h itself
     assert {t.name: t.kernel_code for t in tunnels.TYPES.values()} == {m.name.lower(): m for m in abi.MirrorTunnel}
-    assert config_model.TUNNELS is tunnels.TUNNELS and server.UDP_TUNNELS is tunnels.UDP_TUNNELS
+    assert validate.TUNNELS is tunnels.TUNNELS and server.UDP_TUNNELS is tunnels.UDP_TUNNELS
     assert set(tunnels.UDP_TUNNELS) | set(tunnels.GRE_TUNNELS) == set(tunnels.TUNNELS)
     assert not set(tunnels.UDP_TUNNELS) & set(tunnels.GRE_TUNNELS)
-    assert (config_model.VXLAN_PORT, config_model.GENEVE_PORT) == (4789, 6081)
+    assert (model.VXLAN_PORT, model.GENEVE_PORT) == (4789, 6081)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from bpftap.compile.slots import assign_session_slots, session_header_len
 from bpftap.config import InvalidConfigError, Session, parse_config
-from bpftap.rules import assign_session_slots, session_header_len
 
 
 def sessions(*entries: dict[str, Any]) -> tuple[Session, ...]:

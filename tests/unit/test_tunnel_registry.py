@@ -22,10 +22,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import GRE, Ether
 from scapy.packet import Raw
 
-from bpftap import config_model, tunnels
+from bpftap import tunnels
 from bpftap.collector import cli, server
 from bpftap.collector.pcapng import read_pcapng
-from bpftap.config import InvalidConfigError, Session, parse_config
+from bpftap.config import InvalidConfigError, Session, parse_config, validate
 from bpftap.tunnels import TunnelType, gre, outer
 from bpftap.tunnels.common import DecapError, Header, Meta
 
@@ -67,7 +67,7 @@ def test_every_view_follows_the_registry(monkeypatch: pytest.MonkeyPatch) -> Non
         assert tunnels.GRE_PROTOCOLS[FAKE_PROTO] == "fake" and tunnels.TUNNEL_ID_FIELDS["fake"] == "key"
         assert tunnels.DECODERS["fake"] is fake_decode
         # the same objects where they were imported by name
-        assert config_model.TUNNELS is tunnels.TUNNELS and "fake" in config_model.TUNNELS
+        assert validate.TUNNELS is tunnels.TUNNELS and "fake" in validate.TUNNELS
         assert server.GRE_TUNNELS is tunnels.GRE_TUNNELS and server.DECODERS["fake"] is fake_decode
     assert tuple(tunnels.TUNNELS) == before and "fake" not in tunnels.GRE_PROTOCOLS.values()
     with pytest.raises(TypeError):

@@ -19,8 +19,7 @@ def test_the_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
 def test_the_full_example_is_valid_and_uses_every_key(capsys: pytest.CaptureFixture[str]) -> None:
     from dataclasses import fields
 
-    from bpftap.config import load_config
-    from bpftap.config_model import Link, Rule, Source
+    from bpftap.config import Link, Rule, Source, load_config
 
     full = EXAMPLE.with_name("bpftap-full.yaml")
     assert main(["validate", "-c", str(full)]) == ExitStatus.OK

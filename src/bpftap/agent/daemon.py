@@ -37,17 +37,13 @@ from bpftap.agent.detach import cleanup_leftovers
 from bpftap.agent.kernel_log import KernelLog
 from bpftap.agent.links import LinkGovernor, resolve_links
 from bpftap.agent.pods import PodFollower, agent_prog
-from bpftap.agent.tables import Tables, class_capacity, member_name
+from bpftap.agent.tables import Tables
 from bpftap.bpf import pins, tc
 from bpftap.bpf.objects import BpfObject
-from bpftap.classifier import CompiledRules, compile_rules
-from bpftap.config import (
-    TUNNEL_ID_FIELDS,
-    Config,
-    Direction,
-    IPAddress,
-    Session,
-)
+from bpftap.compile.classifier import CompiledRules, class_capacity, compile_rules
+from bpftap.compile.sessions import member_name
+from bpftap.compile.slots import assign_session_slots
+from bpftap.config import Config, Direction, IPAddress, Session
 from bpftap.errors import BpfError, ConfigError
 from bpftap.netlink import (
     INTERNAL_A,
@@ -63,7 +59,7 @@ from bpftap.netlink import (
 from bpftap.netlink import (
     links as netlink_links,
 )
-from bpftap.rules import assign_session_slots
+from bpftap.tunnels import TUNNEL_ID_FIELDS
 
 log = logging.getLogger("bpftap.agent")
 REFRESH_SECONDS = 1.0

@@ -35,8 +35,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap.agent.hostiface import HostIface
+from bpftap.config import PodSelector
 from bpftap.errors import ConfigError
-from bpftap.pod_selector import PodSelector
 
 log = logging.getLogger("bpftap.agent.k8s")
 

@@ -1,27 +1,26 @@
 """The loaded object's maps, and the one way rule sets, sessions and counters go in and out of them.
 
 Used by the agent and by the kernel tests, so what the tests program is what
-the agent programs.
+the agent programs. It writes maps only: every value it writes is computed
+by bpftap.compile (class tables, session records, flow buckets, ids).
 """
 
 from __future__ import annotations
 
 import array
 import ctypes
-import hashlib
 import ipaddress
 import os
 import time
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from bpftap import abi
 from bpftap.bpf.objects import U64, BpfObject, num_possible_cpus
-from bpftap.classifier import PORT_DIMS, CompiledRules, rule_bits
-from bpftap.config import ETH_HLEN, Session
+from bpftap.compile.classifier import PORT_DIMS, CompiledRules, rule_bits
+from bpftap.compile.ids import StableIds, source_ids
+from bpftap.compile.sessions import Hop, SessionIdentity, group_buckets, session_identity, session_record
+from bpftap.config.model import Session
 from bpftap.errors import BpftapError
-from bpftap.netlink import NextHop
-from bpftap.rules import session_header_len
-from bpftap.tunnels import TYPES
 
 _PERCPU = (abi.MAP_STATS, abi.MAP_RULE_STATS, abi.MAP_SESSION_STATS, abi.MAP_SESSION_SAMPLES, abi.MAP_FILTER_BITS)
 _ALL = (
@@ -47,63 +46,6 @@ _ALL = (
 _DIRECTIONS = (abi.MirrorDir.INGRESS, abi.MirrorDir.EGRESS)
 
 
-def class_capacity(classes: int) -> int:
-    """Classes per slot to size `class_bits` for a rule set with `classes` classes: room to grow 2x."""
-    capacity = abi.CLASS_CAPACITY
-    while capacity < 2 * classes:
-        capacity *= 2
-    return capacity
-
-
-def member_name(session: Session, member: int) -> str:
-    """What a collector of a session is called in counters: the name, or `name@remote` in a group."""
-    return f"{session.name}@{session.members[member]}" if session.remotes else session.name
-
-
-def rendezvous(members: tuple[object, ...], buckets: int) -> list[int]:
-    """For each bucket, the index of the member with the highest hash of (bucket, member)."""
-
-    def score(bucket: int, member: object) -> int:
-        return int.from_bytes(hashlib.blake2b(f"{bucket}/{member}".encode(), digest_size=8).digest(), "big")
-
-    return [max(range(len(members)), key=lambda i: score(b, members[i])) for b in range(buckets)]
-
-
-K = TypeVar("K")
-# a session's counters and sequence numbers are keyed by (name, tunnel, remote, tunnel id)
-SessionIdentity = tuple[str, str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]
-
-
-class _Ids(Generic[K]):
-    """Stable small ids for things that come and go across reloads (counter keys)."""
-
-    def __init__(self, limit: int) -> None:
-        self.ids: dict[K, int] = {}
-        self.free: list[int] = []
-        self.limit = limit
-
-    def get(self, key: K) -> tuple[int, bool]:
-        """The id of `key`, and whether it is new (its counters must be zeroed)."""
-        found = self.ids.get(key)
-        if found is not None:
-            return found, False
-        found = self.free.pop() if self.free else len(self.ids)
-        if found >= self.limit:
-            raise BpftapError(f"more than {self.limit} counter ids in use; restart bpftap")
-        self.ids[key] = found
-        return found, True
-
-    def restore(self, ids: dict[K, int]) -> None:
-        """Take over ids given out by an earlier agent; the unused ones below the highest are free."""
-        self.ids = dict(ids)
-        self.free = sorted(set(range(max(ids.values(), default=-1) + 1)) - set(ids.values()), reverse=True)
-
-    def keep_only(self, live: set[K]) -> None:
-        """Free the ids of everything not in `live`."""
-        for key in [k for k in self.ids if k not in live]:
-            self.free.append(self.ids.pop(key))
-
-
 class Tables:
     """Handles on every map of a loaded mirror object."""
 
@@ -118,8 +60,8 @@ class Tables:
         self._trie_keys: list[list[abi.AddrKey]] = [[], []]
         self._iface_keys: list[list[int]] = [[], []]
         self._tables_written: dict[tuple[str, int], array.array[int]] = {}
-        self._rule_ids: _Ids[int] = _Ids(abi.RULE_SLOTS * abi.MAX_RULES)  # rule number -> `rule_stats` key
-        self._session_ids: _Ids[SessionIdentity] = _Ids(abi.RULE_SLOTS * abi.MAX_SESSIONS)  # -> stats/seq key
+        self._rule_ids: StableIds[int] = StableIds(abi.RULE_SLOTS * abi.MAX_RULES)  # rule number -> `rule_stats` key
+        self._session_ids: StableIds[SessionIdentity] = StableIds(abi.RULE_SLOTS * abi.MAX_SESSIONS)  # -> stats/seq key
         self._staged: set[SessionIdentity] = set()  # identities of the sessions staged for the next flip
         self._source_ids: dict[int, int] = {}  # ifindex -> source id, as written
         self.links: set[int] = set()  # ifindexes of the listed links (config links:): sessions leaving by one say so
@@ -225,9 +167,7 @@ class Tables:
             trie.delete_key(key)
         self._trie_keys[slot] = []
         for entry in compiled.addr:
-            key = abi.AddrKey(prefixlen=32 + entry.network.prefixlen, slot=slot, dim=entry.dim,
-                              family=entry.network.version)
-            key.addr[:] = entry.network.network_address.packed.ljust(16, b"\0")
+            key = entry.key(slot)
             trie.update_key(key, ctypes.c_uint32(entry.class_id))
             self._trie_keys[slot].append(key)
         self._write_filters(slot, compiled.filters)
@@ -286,15 +226,13 @@ class Tables:
         self._tables_written[(name, slot)] = data
 
     def write_session(
-        self, slot: int, session: Session, hop: NextHop | None, live: bool = False, member: int = 0
+        self, slot: int, session: Session, hop: Hop | None, live: bool = False, member: int = 0
     ) -> None:
-        """One session's kernel record; without a next hop its copies count as unresolved.
+        """Write one collector's record (compile.sessions.session_record); without a next hop it is unresolved.
 
         Written into the staging rule slot's session table (live=False: for
         the next write_rules) or the live one (live=True: a next hop that
-        changed). The record carries the tunnel type, its identifier, GRE
-        options and the outer header length the encap program grows the
-        packet to. A session keeps its counters and sequence numbers while
+        changed). A session keeps its counters and sequence numbers while
         its name, tunnel, remote and id stay; the `clock` map gets the
         current realtime-minus-monotonic offset (ERSPAN III timestamps of
         packets without a receive time use it). For a collector group,
@@ -302,45 +240,14 @@ class Tables:
         counters under `member_name`); write_buckets spreads the flows.
         Raises BpfError if a map write fails.
         """
-        flags = (abi.MIRROR_SF_KEY if session.gre_key else 0) | (abi.MIRROR_SF_SEQ if session.gre_seq else 0) \
-            | (abi.MIRROR_SF_PLATFORM if session.erspan_platform else 0) \
-            | (abi.MIRROR_SF_RESEGMENT if session.oversize == "resegment" else 0) \
-            | (abi.MIRROR_SF_LINK if hop is not None and hop.ifindex in self.links else 0)
-        remote = session.members[member]
-        identity = (member_name(session, member), session.tunnel, remote, session.tun_id)
+        identity = session_identity(session, member)
         stats_id, new = self._session_ids.get(identity)
         if new:
             self._update_raw(abi.MAP_SESSION_STATS, stats_id, (abi.SessionStats * self.ncpus)())
             self.maps[abi.MAP_SESSION_SEQS].update(stats_id, abi.SessionSeq())
             self.maps[abi.MAP_SESSION_LIMITS].update(stats_id, abi.SessionLimit())
             self._update_raw(abi.MAP_SESSION_SAMPLES, stats_id, (ctypes.c_uint64 * self.ncpus)())
-        hdr_len = session_header_len(session)
-        snaplen = session.snaplen
-        if session.oversize == "truncate" and hop is not None:
-            # the inner frame's room under the egress MTU: what stage 2 cuts a copy to
-            fit = max(ETH_HLEN, hop.mtu - (hdr_len - ETH_HLEN))
-            snaplen = min(snaplen or fit, fit)
-        value = abi.MirrorSession(
-            tun_id=session.tun_id,
-            dst_port=session.port,
-            hdr_len=hdr_len,
-            family=session.remote.version,
-            tunnel=TYPES[session.tunnel].kernel_code,
-            flags=flags,
-            stats_id=stats_id,
-            sample=session.sample,
-            rate_pps=session.rate_limit[0],
-            rate_bps=session.rate_limit[1],
-            group_size=len(session.members),
-            snaplen=snaplen,
-            priority=abi.MirrorPriority[session.priority.upper()],
-        )
-        abi.set_addr(value.outer_dst, remote.packed)
-        if hop is not None:
-            value.ifindex, value.mtu = hop.ifindex, min(hop.mtu, 0xFFFF)
-            abi.set_addr(value.outer_src, hop.src.packed)
-            value.src_mac[:] = hop.src_mac
-            value.dst_mac[:] = hop.dst_mac
+        value = session_record(session, hop, stats_id, member, on_link=hop is not None and hop.ifindex in self.links)
         rule_slot = self.config().active_slot if live else self.staging_slot()
         if not live:
             self._staged.add(identity)
@@ -348,17 +255,15 @@ class Tables:
         self.write_clock()
 
     def write_buckets(self, slot: int, session: Session, live: bool = False) -> None:
-        """The flow buckets of a collector group at `slot`: which member takes each (rendezvous hashing).
+        """Write the flow buckets of a collector group at `slot` (compile.sessions.group_buckets).
 
-        Each bucket goes to the member whose hash with it is highest, so
-        removing a collector moves only the flows it had. Raises BpfError if
-        the write fails.
+        Raises BpfError if the write fails.
         """
         if len(session.members) < 2:
             return
         rule_slot = self.config().active_slot if live else self.staging_slot()
         first = (rule_slot * abi.MAX_SESSIONS + slot) * abi.GROUP_BUCKETS
-        table = array.array("I", rendezvous(session.members, abi.GROUP_BUCKETS))
+        table = array.array("I", group_buckets(session))
         self.maps[abi.MAP_GROUP_BUCKETS].update_batch(first, (ctypes.c_uint32 * len(table)).from_buffer(table))
 
     def write_clock(self) -> None:
@@ -374,12 +279,7 @@ class Tables:
         that stay keep their number; entries of ones gone are removed.
         Raises BpfError if a map write fails.
         """
-        keep = [i for i in ifindexes if i in self._source_ids]
-        free = sorted(set(range(1, abi.MAX_SOURCES)) - {self._source_ids[i] for i in keep})
-        ids = {i: self._source_ids[i] for i in keep}
-        for ifindex in ifindexes:
-            if ifindex not in ids and free:
-                ids[ifindex] = free.pop(0)
+        ids = source_ids(ifindexes, self._source_ids)
         for ifindex, sid in self._source_ids.items():
             if ids.get(ifindex) != sid:
                 self.maps[abi.MAP_SOURCE_IDS].delete_key(ctypes.c_uint32(ifindex))

@@ -33,7 +33,7 @@ from typing import Any
 from bpftap.bench import labkit as K
 from bpftap.bench.stats import UTILISATIONS, cpu_busy, loss_resolution, settled, summarize
 from bpftap.bench.sysinfo import proc_stat_cpu
-from bpftap.config_model import Link
+from bpftap.config import Link
 from bpftap.lab import Lab
 
 CONFIGS = ("none", "nomatch", "mirror", "links", "nochain", "mirred")

@@ -27,7 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, ClassVar
@@ -108,6 +108,18 @@ def rule_config(n_rules: int, match: bool, sessions: int, filters: str = "") -> 
             "rules": rules}
 
 
+def _class_capacity() -> Callable[[int], int] | None:
+    """How this tree sizes `class_bits` for a rule set (None: its object's tables are not sized at load)."""
+    try:
+        from bpftap.compile.classifier import class_capacity
+    except ImportError:  # a tree from before bpftap.compile
+        from bpftap.agent import tables
+
+        found: Callable[[int], int] | None = getattr(tables, "class_capacity", None)
+        return found
+    return class_capacity
+
+
 class Worker:
     """Runs inside the bench namespace: loads the objects and measures each case."""
 
@@ -122,9 +134,10 @@ class Worker:
         obj = BpfObject.open(abi.object_path())
         # an object whose classifier tables are sized at load (as the agent does it) gets room
         # for the largest rule set measured; an object without them loads as it is
-        if hasattr(tables_mod, "class_capacity") and hasattr(obj, "set_max_entries"):
+        capacity_of = _class_capacity()
+        if capacity_of is not None and hasattr(obj, "set_max_entries"):
             classes = max(self._classes(largest, m, 4) for m in (False, True))
-            capacity = tables_mod.class_capacity(classes)
+            capacity = capacity_of(classes)
             obj.set_max_entries(abi.MAP_CLASS_BITS, abi.RULE_SLOTS * capacity)
             self.obj = obj.load()
             self.tables = tables_mod.Tables(self.obj, capacity)
@@ -144,12 +157,17 @@ class Worker:
     def compile(cls, n_rules: int, match: bool, sessions: int, filters: str = "") -> Any:
         """(config, slots, compiled rules) of a bench rule set, with whichever compiler this tree has."""
         from bpftap.config import parse_config
-        from bpftap.rules import assign_session_slots
 
         try:
-            from bpftap.classifier import compile_rules
-        except ImportError:
-            from bpftap.rules import compile_rules  # type: ignore[attr-defined,no-redef]
+            from bpftap.compile.classifier import compile_rules
+            from bpftap.compile.slots import assign_session_slots
+        except ImportError:  # a tree from before bpftap.compile
+            from bpftap.rules import assign_session_slots  # type: ignore[import-not-found,no-redef]
+
+            try:
+                from bpftap.classifier import compile_rules  # type: ignore[import-not-found,no-redef]
+            except ImportError:
+                from bpftap.rules import compile_rules  # type: ignore[no-redef]
         key = (n_rules, match, sessions, filters)
         if key not in cls._compiled:
             cfg = parse_config(rule_config(n_rules, match, sessions, filters), "bench.yaml")

@@ -2,7 +2,7 @@
 and the YAML loader that refuses a repeated key.
 
 Each raises `Invalid` with the message that follows ``<file>: <location>: ``
-in a config error; bpftap.config says where.
+in a config error; bpftap.config.validate says where.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pod selectors of `sources[].pods`: the model and its parser (used by bpftap.config).
+"""Pod selectors of `sources[].pods`: the model and its parser (used by bpftap.config.validate).
 
 Two forms: `{netns: GLOB}` picks network namespaces by name (fnmatch over
 /run/netns, as `ip netns list` shows them; the lab's stand-in for pods), and
@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bpftap.config_values import _describe, _did_you_mean, _Invalid, shown
+from bpftap.config.values import _describe, _did_you_mean, _Invalid, shown
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,8 @@ mistake is collected, not only the first, and each message has the shape
 0-based index in its list and then the field, as in
 ``bpftap.yaml: rules[2].src: '198.18.0.0/33' is not a CIDR``.
 
-The model (`bpftap.config_model`, re-exported here) is plain frozen
-dataclasses with no kernel types; `bpftap.classifier` turns it into map
-entries.
+The model (`bpftap.config.model`) is plain frozen dataclasses with no
+kernel types; `bpftap.compile` turns it into map entries.
 """
 
 from __future__ import annotations
@@ -23,28 +22,16 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bpftap import abi, rule_fields
-from bpftap.config_model import (  # noqa: F401 (re-exported: the model is the config's vocabulary)
-    ERSPAN_SESSION_MAX,
-    ETH_HLEN,
-    GENEVE_PORT,
+from bpftap import abi
+from bpftap.config import fields as rule_fields
+from bpftap.config.model import (
     GRE_KEY_MAX,
-    IPPROTO_ICMP,
-    IPPROTO_ICMPV6,
-    IPPROTO_SCTP,
     IPPROTO_TCP,
-    IPPROTO_UDP,
     ONE_FAMILY_PROTOCOLS,
     OVERSIZE,
     PORT_PROTOCOLS,
     PRIORITIES,
     RULE_NUMBER_MAX,
-    TUNNEL_ID_FIELDS,
-    TUNNELS,
-    TYPES,
-    UDP_TUNNELS,
-    VNI_MAX,
-    VXLAN_PORT,
     Action,
     Config,
     Direction,
@@ -53,15 +40,11 @@ from bpftap.config_model import (  # noqa: F401 (re-exported: the model is the c
     Session,
     Source,
 )
-from bpftap.config_values import (  # noqa: F401 (re-exported: the config's vocabulary)
+from bpftap.config.pod_selector import _pod_selector
+from bpftap.config.values import (
     ANY_PORTS,
-    IFNAMSIZ,
     MAX_CONFIG_BYTES,
-    PROTOCOLS,
     IPAddress,
-    IPNetwork,
-    PortRange,
-    Ports,
     _boolean,
     _choice,
     _cidr,
@@ -78,14 +61,14 @@ from bpftap.config_values import (  # noqa: F401 (re-exported: the config's voca
     _remote,
     _remotes,
     _session_name,
-    _string,
     _UniqueKeyLoader,
-    _unknown,
     protocol_name,
     shown,
 )
 from bpftap.errors import ConfigError
-from bpftap.pod_selector import PodSelector, _pod_selector  # noqa: F401 (PodSelector re-exported)
+from bpftap.tunnels import TUNNEL_ID_FIELDS, TUNNELS, TYPES, UDP_TUNNELS
+from bpftap.tunnels.common import ETH_HLEN, VNI_MAX
+from bpftap.tunnels.erspan import SESSION_MAX as ERSPAN_SESSION_MAX
 
 _TOP_KEYS = ("sources", "sessions", "rules", "copy_budget", "redirect_chain", "links")
 T = TypeVar("T")

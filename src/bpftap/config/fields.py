@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from bpftap import abi
-from bpftap.config_values import shown
+from bpftap.config.values import shown
 
 # the untagged "VLAN": what `vlan: untagged` matches (the kernel's key for no tag)
 VLAN_UNTAGGED = abi.VLAN_KEYS - 1

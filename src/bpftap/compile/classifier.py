@@ -33,8 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bpftap import abi
-from bpftap.config import ANY_PORTS, Action, Config, Direction, IPNetwork, Rule
-from bpftap.rules import PacketInfo, filter_accepts
+from bpftap.compile.reference import PacketInfo, filter_accepts
+from bpftap.config.model import Action, Config, Direction, Rule
+from bpftap.config.values import ANY_PORTS, IPNetwork
 
 _ACTIONS = {Action.MIRROR: abi.MirrorAction.MIRROR, Action.SKIP: abi.MirrorAction.SKIP}
 _ANY_NET = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
@@ -49,6 +50,12 @@ class AddrEntry:
     dim: abi.MirrorDim
     network: IPNetwork
     class_id: int
+
+    def key(self, slot: int) -> abi.AddrKey:
+        """Its trie key in rule slot `slot`: slot, dim and family are 32 fixed bits ahead of the address."""
+        key = abi.AddrKey(prefixlen=32 + self.network.prefixlen, slot=slot, dim=self.dim, family=self.network.version)
+        key.addr[:] = self.network.network_address.packed.ljust(16, b"\0")
+        return key
 
 
 @dataclass
@@ -250,6 +257,14 @@ def compile_rules(config: Config, slots: Mapping[str, int], ifindex: Mapping[str
     iface = _iface_classes(rules, ifindex, intern)
     filters = [(i, rule.filter) for i, rule in enumerate(rules) if rule.filter is not None]
     return CompiledRules(records, intern.classes, addr, ports, meta, vlan, tcp_flags, iface, ifindex, filters)
+
+
+def class_capacity(classes: int) -> int:
+    """Classes per slot to size `class_bits` for a rule set with `classes` classes: room to grow 2x."""
+    capacity = abi.CLASS_CAPACITY
+    while capacity < 2 * classes:
+        capacity *= 2
+    return capacity
 
 
 def rule_bits(bits: int, words: int) -> abi.RuleBits:

@@ -1,7 +1,7 @@
 """The configuration's model: sources, sessions and rules as plain frozen dataclasses, and their limits.
 
-No kernel types and no parsing: `bpftap.config` validates YAML into these,
-`bpftap.classifier` turns them into map entries.
+No kernel types and no parsing: `bpftap.config.validate` checks YAML into
+these, `bpftap.compile` turns them into map entries.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ import enum
 from dataclasses import dataclass
 
 from bpftap import abi
-from bpftap.config_values import ANY_PORTS, IPAddress, IPNetwork, Ports
-from bpftap.pod_selector import PodSelector
-from bpftap.tunnels import TUNNEL_ID_FIELDS, TUNNELS, TYPES, UDP_PORTS, UDP_TUNNELS  # noqa: F401 (re-exported)
-from bpftap.tunnels.common import ETH_HLEN, VNI_MAX  # noqa: F401 (re-exported)
-from bpftap.tunnels.erspan import SESSION_MAX as ERSPAN_SESSION_MAX  # noqa: F401 (re-exported)
+from bpftap.config.pod_selector import PodSelector
+from bpftap.config.values import ANY_PORTS, IPAddress, IPNetwork, Ports
+from bpftap.tunnels import TUNNEL_ID_FIELDS, TYPES, UDP_PORTS
 
 VXLAN_PORT, GENEVE_PORT = UDP_PORTS["vxlan"], UDP_PORTS["geneve"]
 GRE_KEY_MAX = 2**32 - 1
@@ -138,7 +136,7 @@ class Rule:
     src_ports: Ports = ANY_PORTS  # sorted, disjoint ranges
     dst_ports: Ports = ANY_PORTS
     sessions: tuple[str, ...] = ()
-    vlan: int | None = None  # outer VLAN id, or rule_fields.VLAN_UNTAGGED
+    vlan: int | None = None  # outer VLAN id, or fields.VLAN_UNTAGGED
     tcp_flags: tuple[int, int] | None = None  # (mask, value)
     interface: str | None = None  # name or glob of the source interface
     filter: str | None = None  # a pcap-filter expression (tcpdump syntax) the frame must match too
