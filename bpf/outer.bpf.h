@@ -8,7 +8,7 @@
  *
  * The head only ever grows: shrinking (bpf_skb_adjust_room) would cut the
  * inner frame. The daemon gives session slots in ascending header length
- * (bpftap.rules.assign_session_slots), and mirror_encap walks a rule's
+ * (bpftap.compile.slots.assign_session_slots), and mirror_encap walks a rule's
  * sessions in slot order, so each copy needs the same or a longer head.
  */
 #ifndef OUTER_BPF_H
