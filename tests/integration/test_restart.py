@@ -244,12 +244,12 @@ def test_detach_removes_all_of_bpftap_and_nothing_else(lab: Lab, scope: PinScope
 
 def test_pins_of_an_incompatible_build_are_refused_and_left_mirroring(lab: Lab, scope: PinScope,
                                                                       tmp_path: Path) -> None:
-    """A build whose maps differ (here MAX_SESSIONS=128) cannot adopt: a clear error, exit 1, nothing touched."""
+    """A build whose maps differ (here MAX_SESSIONS=32) cannot adopt: a clear error, exit 1, nothing touched."""
     other = tmp_path / "mirror_tc.other.bpf.o"
     bpf = Path(__file__).resolve().parents[2] / "bpf"
     include = f"-I/usr/include/{os.uname().machine}-linux-gnu"
     subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-Wall", "-Werror", include, f"-I{bpf}",
-                    "-DMAX_SESSIONS=128", "-c", str(bpf / "mirror_tc.bpf.c"), "-o", str(other)], check=True)
+                    "-DMAX_SESSIONS=32", "-c", str(bpf / "mirror_tc.bpf.c"), "-o", str(other)], check=True)
     before = hook_state(lab)
     Agent(lab, config(lab), pins=scope).stop(signal.SIGKILL)
     killed, ids = hook_state(lab), prog_ids(lab)
