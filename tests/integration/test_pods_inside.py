@@ -1,0 +1,164 @@
+"""Pods behind an eBPF CNI's redirects: what host-side attach misses, and what `attach: inside` sees.
+
+The lab (podlab.PodLab with add_outside) puts an outside host behind the
+node's uplink; tests/bpf_progs/cni_redirect.bpf.c, on tc ingress of the
+uplink and of each pod's host-side veth, routes the way Cilium's and
+Calico's eBPF host routing do: traffic for a pod is handed straight to the
+pod's eth0 with bpf_redirect_peer (the host-side veth's hooks never see
+it), traffic from a pod leaves by bpf_redirect to the uplink, past the host
+stack. The node itself does not forward, so every packet that crosses did
+so by those redirects. A CPU is kept busy meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpftap import abi
+
+from .agent_lab import BPFTAP, WIRE
+from .podlab import BRIDGE_MAC, COL4, EXT4, EXT6, EXT_MAC, UPLINK, UPLINK_MAC, VNI, PodLab
+from .test_big_packets import busy_cpu
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="end-to-end tests need root (network namespaces, BPF)"),
+    pytest.mark.skipif(not abi.object_path().exists(), reason="no BPF object: run 'make build'"),
+]
+
+CNI = [sys.executable, str(Path(__file__).resolve().parents[1] / "bpf_progs" / "cni.py")]
+CONFIG = """
+sources: [{{pods: {{netns: "{prefix}-web-1"}}{attach}}}]
+sessions: [{{name: ids, remote: "{col}", vni: {vni}}}]
+rules: [{{number: 100, sessions: [ids]}}]
+"""
+PINGS = 20  # per family
+
+
+@pytest.fixture
+def lab() -> Iterator[PodLab]:
+    with PodLab() as lab:
+        for pod in ("web-1", "db-1"):
+            lab.add_pod(pod)
+        lab.add_outside()
+        yield lab
+
+
+@contextmanager
+def cni(lab: PodLab) -> Iterator[subprocess.Popen[str]]:
+    """cni_redirect on the uplink's and every pod veth's ingress, routing the pods and the outside host."""
+    args = ["--on", UPLINK]
+    for pod, n in lab.pods.items():
+        args += ["--on", f"vp-{pod}"]
+        mac = lab.mac(lab.ns(pod))
+        for addr in (f"198.18.10.{n}", f"2001:db8:10::{n:x}"):
+            args += ["--route", f"{addr},vp-{pod},peer,{mac},{BRIDGE_MAC}"]
+    for addr in (EXT4, EXT6):
+        args += ["--route", f"{addr},{UPLINK},redirect,{EXT_MAC},{UPLINK_MAC}"]
+    proc = lab.popen(lab.node, [*CNI, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def cni_counts(proc: subprocess.Popen[str]) -> dict[str, int]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("counts\n")
+    proc.stdin.flush()
+    return dict(json.loads(proc.stdout.readline()))
+
+
+def status(lab: PodLab) -> dict[str, Any]:
+    res = lab.run(lab.node, [*BPFTAP, "status", "--json"])
+    return json.loads(res.stdout) if res.returncode == 0 else {}
+
+
+def wait_for(what: str, check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def echo_kind(frame: bytes) -> str | None:
+    """`request` or `reply` for an ICMP/ICMPv6 echo frame (decapsulated, untagged), else None."""
+    kind = frame[12:14]
+    if kind == b"\x08\x00" and len(frame) > 34 and frame[23] == 1:
+        ihl = (frame[14] & 0xF) * 4
+        return {8: "request", 0: "reply"}.get(frame[14 + ihl])
+    if kind == b"\x86\xdd" and len(frame) > 54 and frame[20] == 58:
+        return {128: "request", 129: "reply"}.get(frame[54])
+    return None
+
+
+def ping_outside_to_pod(lab: PodLab, pod: str) -> Counter[str]:
+    """The outside host pings `pod` PINGS times per family; the echo frames the collector got copies of, by kind."""
+    sniffer = lab.popen(lab.col, [*WIRE, "sniff", "vx0", "6"], stdout=subprocess.PIPE, text=True)
+    assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+    n = lab.pods[pod]
+    pingers = [lab.popen(lab.ext, ["ping", "-c", str(PINGS), "-i", "0.05", "-W", "1", addr], stdout=subprocess.PIPE,
+                         text=True)
+               for addr in (f"198.18.10.{n}", f"2001:db8:10::{n:x}")]
+    for p in pingers:
+        out, _ = p.communicate(timeout=20)
+        assert p.returncode == 0, out
+        assert f"{PINGS} received" in out, out
+    out, _ = sniffer.communicate(timeout=20)
+    return Counter(k for line in out.splitlines() if (k := echo_kind(bytes.fromhex(json.loads(line)["hex"]))))
+
+
+@contextmanager
+def agent(lab: PodLab, attach: str = "") -> Iterator[Path]:
+    """The agent in the node namespace, selecting web-1; yields its log file."""
+    work = Path(tempfile.mkdtemp(prefix="bpftap-inside-"))
+    config = work / "bpftap.yaml"
+    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI,
+                                    attach=f", attach: {attach}" if attach else ""))
+    log = work / "agent.log"
+    with log.open("w") as out:
+        proc = lab.popen(lab.node, [*BPFTAP, "run", "-c", str(config)], stdout=out, stderr=out)
+    try:
+        wait_for("the agent", lambda: status(lab).get("sessions") and all(s["via"] for s in status(lab)["sessions"]))
+        wait_for("the pod", lambda: any(f"pod {lab.ns('web-1')}" in line for line in log.read_text().splitlines()))
+        yield log
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_host_side_attach_misses_redirect_peer_ingress(lab: PodLab) -> None:
+    """With the programs on the host-side veth, copies miss every packet the CNI redirected into the pod."""
+    with cni(lab) as proc, agent(lab) as log, busy_cpu():
+        before = cni_counts(proc)
+        seen = ping_outside_to_pod(lab, "web-1")
+        after = cni_counts(proc)
+    peer = after["peer"] - before["peer"]
+    sent = 2 * PINGS  # per kind: v4 + v6
+    print(f"\nhost-side attach, ingress by bpf_redirect_peer: {peer} packets redirected into the pod; "
+          f"copies of echo requests (pod ingress) {seen['request']} of {sent} (missed {sent - seen['request']}), "
+          f"of echo replies (pod egress) {seen['reply']} of {sent}")
+    assert "attached" in log.read_text()
+    assert peer >= sent and after["redirect"] - before["redirect"] >= sent  # the CNI carried both directions
+    assert seen["request"] == 0  # the host-side veth never saw them
+    assert seen["reply"] == sent  # bpftap runs ahead of the CNI on the veth's ingress
