@@ -40,7 +40,7 @@ pytestmark = [
 
 CNI = [sys.executable, str(Path(__file__).resolve().parents[1] / "bpf_progs" / "cni.py")]
 CONFIG = """
-sources: [{{pods: {{netns: "{prefix}-web-1"}}{attach}}}]
+sources: [{{pods: {{netns: "{prefix}-{select}"}}{attach}}}]
 sessions: [{{name: ids, remote: "{col}", vni: {vni}}}]
 rules: [{{number: 100, sessions: [ids]}}]
 """
@@ -126,11 +126,11 @@ def ping_outside_to_pod(lab: PodLab, pod: str) -> Counter[str]:
 
 
 @contextmanager
-def agent(lab: PodLab, attach: str = "") -> Iterator[Path]:
-    """The agent in the node namespace, selecting web-1; yields its log file."""
+def agent(lab: PodLab, attach: str = "", select: str = "web-1") -> Iterator[Path]:
+    """The agent in the node namespace, selecting `select` (web-1 present); yields its log file."""
     work = Path(tempfile.mkdtemp(prefix="bpftap-inside-"))
     config = work / "bpftap.yaml"
-    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI,
+    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI, select=select,
                                     attach=f", attach: {attach}" if attach else ""))
     log = work / "agent.log"
     with log.open("w") as out:
@@ -162,3 +162,62 @@ def test_host_side_attach_misses_redirect_peer_ingress(lab: PodLab) -> None:
     assert peer >= sent and after["redirect"] - before["redirect"] >= sent  # the CNI carried both directions
     assert seen["request"] == 0  # the host-side veth never saw them
     assert seen["reply"] == sent  # bpftap runs ahead of the CNI on the veth's ingress
+
+
+def links(lab: PodLab, ns: str) -> list[str]:
+    return [link["ifname"] for link in json.loads(lab.run(ns, ["ip", "-j", "link", "show"]).stdout)]
+
+
+def test_inside_mirrors_both_directions_and_adds_no_frame_in_the_pod(lab: PodLab) -> None:
+    """`attach: inside`: every echo both ways is mirrored; the pod's eth0 carries exactly the pings, nothing else."""
+    pod = lab.ns("web-1")
+    with cni(lab), agent(lab, "inside") as log, busy_cpu():
+        assert "bpftapi" in links(lab, pod) and any(n.startswith("bpi") for n in links(lab, lab.node))
+        sniffer = lab.popen(pod, [*WIRE, "sniff", "eth0", "8"], stdout=subprocess.PIPE, text=True)
+        assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+        seen = ping_outside_to_pod(lab, "web-1")
+        out, _ = sniffer.communicate(timeout=20)
+        counters = status(lab)["counters"]
+    frames = [bytes.fromhex(json.loads(line)["hex"]) for line in out.splitlines()]
+    on_eth0 = Counter(echo_kind(f) for f in frames)
+    udp = [f for f in frames if f[12:14] == b"\x08\x00" and f[23] == 17]
+    # the rest: the pod's own housekeeping (ARP; ICMPv6 neighbour discovery, MLD after a hop-by-hop header)
+    rest = [f for f in frames if echo_kind(f) is None and not (
+        f[12:14] == b"\x08\x06" or (f[12:14] == b"\x86\xdd" and (f[20] == 0 or (f[20] == 58 and f[54] >= 130))))]
+    sent = 2 * PINGS
+    print(f"\nattach: inside: copies of echo requests (pod ingress) {seen['request']} of {sent}, of echo replies "
+          f"(pod egress) {seen['reply']} of {sent}; frames on the pod's eth0: {len(frames)} "
+          f"({on_eth0['request']} requests, {on_eth0['reply']} replies, {len(udp)} UDP); "
+          f"stage 2 refused {counters.get('xfer_bad', 0)}")
+    assert seen["request"] == sent and seen["reply"] == sent
+    # what the pod's eth0 carries: the pings and their replies, once each; no copy (no UDP at all)
+    assert on_eth0["request"] == sent and on_eth0["reply"] == sent and not udp and not rest, [f.hex() for f in rest]
+    assert counters.get("xfer_bad", 0) == 0
+    text = log.read_text()
+    assert "(in the pod)" in text and "Traceback" not in text, text
+    # nothing left: no pair on either side, no program on the pod's eth0
+    assert not [n for n in links(lab, lab.node) if n.startswith("bpi")]
+    assert "bpftapi" not in links(lab, pod)
+    snippet = ("import json, socket\nfrom bpftap.bpf import tc\ni = socket.if_nametoindex('eth0')\n"
+               "print(json.dumps([d.value for d in tc.Direction if tc.tcx_programs(i, d)]))")
+    res = lab.run(pod, [BPFTAP[0], "-c", snippet])
+    assert res.returncode == 0 and json.loads(res.stdout) == [], res.stderr
+
+
+def test_auto_goes_inside_behind_a_cni_and_follows_pods(lab: PodLab) -> None:
+    """`attach: auto`: inside for a pod whose veth carries the CNI's program, host for one without; a deleted pod's
+    pair goes with it."""
+    with cni(lab), agent(lab, "auto", select="web-*") as log:
+        wait_for("web-1 inside", lambda: "(in the pod)" in log.read_text())
+        bpi = [n for n in links(lab, lab.node) if n.startswith("bpi")]
+        assert len(bpi) == 1
+        seen = ping_outside_to_pod(lab, "web-1")
+        assert seen["request"] == seen["reply"] == 2 * PINGS
+        lab.add_pod("web-2")  # no CNI program on its veth
+        wait_for("web-2 on its host side", lambda: "attached mirror_ingress on vp-web-2" in log.read_text())
+        lab.del_pod("web-1")
+        wait_for("web-1's pair to go", lambda: not [n for n in links(lab, lab.node) if n.startswith("bpi")])
+        wait_for("web-1 forgotten", lambda: "vp-web-1 is gone" in log.read_text())
+    text = log.read_text()
+    assert "attaching inside the pod" in text and "Traceback" not in text and "not attached" not in text, text
+    assert not [n for n in links(lab, lab.node) if n.startswith("bpi")]

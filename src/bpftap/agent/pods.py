@@ -32,6 +32,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap import abi
+from bpftap.agent import inside
 from bpftap.bpf import tc
 from bpftap.config import Direction, Source
 from bpftap.errors import BpftapError
@@ -102,6 +103,7 @@ class _Attached:
     direction: Direction
     attachments: list[tc.Attachment] = field(default_factory=list)
     owns_qdisc: bool = False
+    inside: inside.InsidePod | None = None  # attach: inside (bpftap.agent.inside); then `attachments` is empty
 
 
 class PodFollower:
@@ -112,6 +114,7 @@ class PodFollower:
         self.static = dict(agent.source_ifindex)  # the `interface:` sources, fixed at start
         self.attached: dict[tuple[str, int], _Attached] = {}
         self._netns_cache: dict[str, HostIface] = {}
+        self.attach_of: dict[tuple[str, int], str] = {}  # the `attach:` of the first source selecting each pod
         self.watch: PodWatch | None = None
 
     @classmethod
@@ -152,6 +155,8 @@ class PodFollower:
                 if iface is None or present.get(iface.ifindex) != iface.ifname or iface.ifname in self.static:
                     continue
                 key = (iface.ifname, iface.ifindex)
+                if key not in found:
+                    self.attach_of[key] = src.attach
                 found[key] = (iface, (found[key][1] if key in found else Direction(0)) | src.direction)
         self._netns_cache = {ns: i for ns, i in self._netns_cache.items() if ns in names}
         return found
@@ -204,6 +209,7 @@ class PodFollower:
         agent = self.agent
         names = dict(self.static)
         names.update({a.iface.ifname: a.iface.ifindex for a in self.attached.values()})
+        names.update({a.inside.node_ifname: a.inside.node_ifindex for a in self.attached.values() if a.inside})
         names.update({i.ifname: i.ifindex for i in adding})
         with agent.lock:
             agent.source_ifindex = names
@@ -212,6 +218,11 @@ class PodFollower:
     def _attach(self, iface: HostIface, direction: Direction) -> _Attached:
         agent = self.agent
         done = _Attached(iface, direction)
+        key = (iface.ifname, iface.ifindex)
+        if inside.wants_inside(self.attach_of.get(key, "host"), iface.ifname, iface.ifindex):
+            done.inside = inside.attach(agent, iface.pod, iface.ifindex, bool(direction & Direction.INGRESS),
+                                        bool(direction & Direction.EGRESS))
+            return done
         try:
             for hook, bit in HOOKS:
                 if not direction & bit:
@@ -234,6 +245,8 @@ class PodFollower:
 
     def _drop(self, done: _Attached, vanished: bool, quiet: bool = False) -> None:
         agent = self.agent
+        if done.inside is not None:
+            done.inside.close()
         with agent.lock:
             agent.attachments[:] = [a for a in agent.attachments if a not in done.attachments]
         for att in done.attachments:
