@@ -12,6 +12,7 @@ so by those redirects. A CPU is kept busy meanwhile.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -221,3 +222,64 @@ def test_auto_goes_inside_behind_a_cni_and_follows_pods(lab: PodLab) -> None:
     text = log.read_text()
     assert "attaching inside the pod" in text and "Traceback" not in text and "not attached" not in text, text
     assert not [n for n in links(lab, lab.node) if n.startswith("bpi")]
+
+
+def inner_addresses(frame: bytes) -> set[str]:
+    kind = frame[12:14]
+    if kind == b"\x08\x00":
+        return {str(ipaddress.IPv4Address(frame[26:30])), str(ipaddress.IPv4Address(frame[30:34]))}
+    if kind == b"\x86\xdd":
+        return {str(ipaddress.IPv6Address(frame[22:38])), str(ipaddress.IPv6Address(frame[38:54]))}
+    return set()
+
+
+def test_mirror_one_pod_by_netns(lab: PodLab) -> None:
+    """`bpftap mirror --netns NAME --to COL`: the collector gets that pod's traffic, all of it and nothing else;
+    at the end nothing of bpftap is left (auto goes inside here: the CNI's program is on the pod's veth)."""
+    web, db = lab.ns("web-1"), lab.ns("db-1")
+    with cni(lab), busy_cpu():
+        proc = lab.popen(lab.node, [*BPFTAP, "mirror", "--netns", web, "--to", COL4, "--duration", "9s"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for("the pod attached", lambda: "bpftapi" in links(lab, web)
+                     and all(s["via"] for s in status(lab).get("sessions", [{"via": None}])))
+            sniffer = lab.popen(lab.col, [*WIRE, "sniff", "vx0", "4"], stdout=subprocess.PIPE, text=True)
+            assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+            pingers = [lab.popen(lab.ext, ["ping", "-c", str(PINGS), "-i", "0.05", "-W", "1", addr],
+                                 stdout=subprocess.DEVNULL)
+                       for n in (lab.pods["web-1"], lab.pods["db-1"])
+                       for addr in (f"198.18.10.{n}", f"2001:db8:10::{n:x}")]
+            assert all(p.wait(timeout=20) == 0 for p in pingers)
+            out, _ = sniffer.communicate(timeout=20)
+            summary, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    frames = [bytes.fromhex(json.loads(line)["hex"]) for line in out.splitlines()]
+    kinds = Counter(echo_kind(f) for f in frames)
+    addresses = set().union(*(inner_addresses(f) for f in frames if not f[0] & 1))
+    web_addrs = {"198.18.10.1", "2001:db8:10::1"}
+    print(f"\nbpftap mirror --netns web-1: {len(frames)} copies, {kinds['request']} echo requests, "
+          f"{kinds['reply']} replies; unicast inner addresses {sorted(addresses)}\n{summary}")
+    assert proc.returncode == 0, err
+    assert kinds["request"] == kinds["reply"] == 2 * PINGS
+    # every unicast copy is to or from web-1 (multicast that the bridge floods to every port, such as db-1's
+    # neighbour solicitations for the gateway, rightly reaches web-1's eth0 too)
+    unicast = [f for f in frames if not f[0] & 1 and inner_addresses(f)]
+    assert unicast and all(web_addrs & inner_addresses(f) for f in unicast)
+    assert len([f for f in frames if f[0] & 1]) < 20
+    assert "copies sent" in summary
+    assert not [n for n in links(lab, lab.node) if n.startswith(("bpi", "bpftap"))]
+    assert "bpftapi" not in links(lab, web) and "bpftapi" not in links(lab, db)
+    assert "clsact" not in lab.run(lab.node, ["tc", "qdisc", "show"]).stdout
+
+
+def test_mirror_netns_mistakes(lab: PodLab) -> None:
+    for args, message in (
+        (["--netns", "no-such-ns"], "--netns: 'no-such-ns': no such network namespace"),
+        (["--netns", lab.node], "has no eth0 whose veth peer is in this network namespace"),
+        ([], "give an interface, pod/NAMESPACE/NAME or --netns NAME"),
+    ):
+        res = lab.run(lab.node, [*BPFTAP, "mirror", *args, "--to", COL4, "--duration", "1s"], timeout=30)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
