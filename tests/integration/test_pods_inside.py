@@ -283,3 +283,75 @@ def test_mirror_netns_mistakes(lab: PodLab) -> None:
     ):
         res = lab.run(lab.node, [*BPFTAP, "mirror", *args, "--to", COL4, "--duration", "1s"], timeout=30)
         assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_pod_churn_inside_leaves_nothing(lab: PodLab) -> None:
+    """20 pods attached inside, created and deleted one by one while web-1 takes pings (and 5 more deleted while
+    being attached): each pod's pair and its pinned link go with it, nothing is left at the end, and the
+    agent's RSS grows by less than 10 %."""
+    scope = Path(tempfile.mkdtemp(prefix="bpftap-churn-"))
+    env = {**os.environ, "BPFTAP_PIN_ROOT": str(Path("/sys/fs/bpf") / scope.name),
+           "BPFTAP_STATE_DIR": str(Path("/run") / scope.name)}
+    config = scope / "bpftap.yaml"
+    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI, select="web-*", attach=", attach: inside"))
+    log = scope / "agent.log"
+    pins = Path(env["BPFTAP_PIN_ROOT"])
+
+    def link_pins() -> int:
+        return sum(1 for p in pins.rglob("*") if p.parent.name == "links")
+
+    def bpi() -> list[str]:
+        return [n for n in links(lab, lab.node) if n.startswith("bpi")]
+
+    with cni(lab), log.open("w") as out:
+        # nsenter, not ip netns exec: the agent's pins go to the host's bpffs, where the test can see them
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.node}", *BPFTAP, "run", "-c", str(config)],
+                                stdout=out, stderr=out, env=env)
+        pinger = lab.popen(lab.ext, ["ping", "-i", "0.05", "198.18.10.1"], stdout=subprocess.DEVNULL)
+        try:
+            wait_for("web-1 inside", lambda: len(bpi()) == 1)
+            time.sleep(1)
+            start_rss, start_pins = rss_kib(proc.pid), link_pins()
+            with busy_cpu():
+                for i in range(20):
+                    lab.add_pod(f"web-c{i}")
+                    done = f"pod {lab.ns(f'web-c{i}')}: attached mirror_egress"
+                    wait_for(f"web-c{i} inside", lambda: done in log.read_text())  # noqa: B023 (called at once)
+                    assert len(bpi()) == 2
+                    lab.del_pod(f"web-c{i}")
+                    wait_for(f"web-c{i}'s pair to go", lambda: len(bpi()) == 1)
+                # and 5 deleted while (or before) the agent attaches to them: it must survive the race
+                for i in range(5):
+                    lab.add_pod(f"web-r{i}")
+                    time.sleep(0.3 * i)
+                    lab.del_pod(f"web-r{i}")
+            wait_for("the raced pods' pairs to go", lambda: len(bpi()) == 1)
+            wait_for("the pins of the pods gone", lambda: link_pins() == start_pins)
+            assert proc.poll() is None, log.read_text()
+            end_rss = rss_kib(proc.pid)
+            counters = status(lab)["counters"]
+            proc.terminate()
+            assert proc.wait(timeout=15) == 0, log.read_text()
+        finally:
+            pinger.kill()
+            pinger.wait()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    print(f"\nchurn: 20 pods inside, RSS {start_rss} -> {end_rss} KiB ({(end_rss / start_rss - 1) * 100:+.1f} %), "
+          f"link pins {start_pins} at start and after; {text.count('(in the pod)')} inside attachments logged; "
+          f"counters seen {counters.get('seen')} xfer_bad {counters.get('xfer_bad', 0)}")
+    assert end_rss < start_rss * 1.10
+    # a pod deleted while it is being attached is "not attached ... (trying again)", then forgotten
+    assert "Traceback" not in text and "error" not in text.lower(), text
+    assert not bpi() and "clsact" not in lab.run(lab.node, ["tc", "qdisc", "show"]).stdout
+    assert not pins.exists() or not any(pins.rglob("*")), list(pins.rglob("*"))
+    assert not [n for n in os.listdir("/run/netns") if n.startswith((f"{lab.prefix}-web-c", f"{lab.prefix}-web-r"))]

@@ -82,13 +82,20 @@ def node_end(host_ifindex: int) -> str:
 
 @contextmanager
 def in_netns(path: str) -> Iterator[None]:
-    """Run the block with this thread in the network namespace at `path` (the agent's other threads stay)."""
+    """Run the block with this thread in the network namespace at `path` (the agent's other threads stay).
+
+    Raises InsideError if the namespace is gone (or going: a file of
+    /run/netns whose mount was just removed is no namespace any more).
+    """
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(path, os.O_RDONLY)
+        try:
+            target = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise InsideError(f"{path}: {exc.strerror} (the pod went away)") from None
         try:
             if _libc.setns(target, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {path}")
+                raise InsideError(f"setns {path}: {os.strerror(ctypes.get_errno())} (the pod went away)")
         finally:
             os.close(target)
         try:
@@ -141,7 +148,7 @@ class InsidePod:
                 att.close()  # a link fd: closing detaches, whatever namespace the device is in
         self.pod = []
         if os.path.exists(self.path):
-            with suppress(OSError), in_netns(self.path):
+            with suppress(OSError, InsideError), in_netns(self.path):
                 for att in clsact:
                     att.close()
                     if att.owns_qdisc:
@@ -156,7 +163,10 @@ def attach(agent: Agent, netns: str, host_ifindex: int, ingress: bool, egress: b
     try:
         _make_pair(done, agent.encap_ifindex)
         with in_netns(done.path):
-            eth0 = socket.if_nametoindex("eth0")
+            try:
+                eth0 = socket.if_nametoindex("eth0")
+            except OSError:
+                raise InsideError(f"{done.netns}: no eth0 (the pod went away)") from None
             hooks = [(tc.Direction.INGRESS, abi.PROG_INGRESS)] if ingress else []
             hooks += [(tc.Direction.EGRESS, abi.PROG_EGRESS)] if egress else []
             done.pod.append(tc.attach(agent.obj.program(abi.PROG_XFER_OUT), POD_END, agent.encap_ifindex,
