@@ -15,8 +15,8 @@ APT_PACKAGES := clang llvm libbpf-dev libpcap0.8 bpftool iproute2 ethtool iputil
 BPF_OBJ := build/bpf/mirror_tc.bpf.o
 PKG_OBJ := src/bpftap/data/mirror_tc.bpf.o
 DEBUG_OBJ := build/bpf/mirror_tc.debug.bpf.o
-# programs written for the tests (another vendor's TC program, for coexistence)
-TEST_BPF_OBJS := build/bpf/counter.bpf.o
+# programs written for the tests (another vendor's TC program, for coexistence; a CNI's redirecting one)
+TEST_BPF_OBJS := build/bpf/counter.bpf.o build/bpf/cni_redirect.bpf.o
 ifeq ($(V),1)
 Q :=
 else

@@ -222,8 +222,8 @@ int mirror_egress_filtered(struct __sk_buff *skb)
 	return mirror_filtered(skb, MIRROR_DIR_EGRESS);
 }
 
-SEC("tc")
-int mirror_encap(struct __sk_buff *skb)
+/* stage 2 for a clone whose mark says what stage 1 matched */
+static __always_inline int encap_stage(struct __sk_buff *skb)
 {
 	struct mirror_config *cfg;
 	struct copy_info *ci;
@@ -307,6 +307,15 @@ fail:
 	count(MS_ENCAP_FAIL);
 	return TC_ACT_SHOT;
 }
+
+SEC("tc")
+int mirror_encap(struct __sk_buff *skb)
+{
+	return encap_stage(skb);
+}
+
+/* stage 1 inside a pod's network namespace (attach: inside) */
+#include "inside.bpf.h"
 
 /*
  * On bpftap0's egress: stage 1's clone of a super-packet for one GSO

@@ -64,11 +64,14 @@ PROG_ENCAP = "mirror_encap"
 PROG_GSO = "mirror_gso"
 PROG_NAPI = "mirror_napi"
 PROG_LINK = "mirror_link"
+# a pod source with `attach: inside` (bpf/inside.bpf.h): the pod end's egress, the node end's ingress
+PROG_XFER_OUT = "mirror_xfer_out"
+PROG_ENCAP_INSIDE = "mirror_encap_inside"
 # stage 1 again, after a rule set's filters ran (FILTER_RESUME in filter_progs)
 PROG_INGRESS_FILTERED = "mirror_ingress_filtered"
 PROG_EGRESS_FILTERED = "mirror_egress_filtered"
 PROGRAMS = frozenset({PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_GSO, PROG_NAPI, PROG_LINK, PROG_INGRESS_FILTERED,
-                      PROG_EGRESS_FILTERED})
+                      PROG_EGRESS_FILTERED, PROG_XFER_OUT, PROG_ENCAP_INSIDE})
 MAP_CONFIG = "config"
 MAP_RULES = "rules"
 MAP_ADDR_CLASSES = "addr_classes"

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from bpftap import abi
+from bpftap import abi, mirror_pod
 from bpftap.config import Config, parse_config
 from bpftap.errors import ConfigError
 from bpftap.top import human
@@ -50,6 +50,10 @@ examples:
       what arrives on eth0 for TLS, the first 128 bytes of each frame
   bpftap mirror 'veth*' --to 198.18.2.1 --tunnel erspan3 --vni 5
       every veth (a glob), ERSPAN III session 5
+  bpftap mirror pod/shop/web-7d9f --to 198.18.2.1
+      one Kubernetes pod of this node, both directions, for as long as it runs
+  bpftap mirror --netns web-1 --to 198.18.2.1 --attach inside
+      the pod in network namespace web-1, attached to its own eth0
   bpftap collect --out - | tshark -r -
       the other end, on 198.18.2.1 (see 'bpftap collect --help')
 
@@ -94,8 +98,23 @@ def config_data(args: argparse.Namespace) -> dict[str, Any]:
     if args.filter is not None:
         rule["filter"] = args.filter
     # an interface named twice is one source (the config would refuse the second)
-    sources = [{"interface": name, "direction": args.direction} for name in dict.fromkeys(args.interfaces)]
+    sources = [{"interface": name, "direction": args.direction} for name in dict.fromkeys(args.interfaces)
+               if not mirror_pod.is_pod(name)]
+    sources += getattr(args, "pod_sources", [])  # resolve_pods() made them
     return {"sources": sources, "sessions": [session], "rules": [rule]}
+
+
+def resolve_pods(args: argparse.Namespace) -> None:
+    """Find the pods of `pod/NS/NAME` targets and --netns on this node; their sources go to args.pod_sources.
+
+    Raises ConfigError naming the target of a pod that is not here.
+    """
+    if not args.interfaces and not args.netns:
+        raise ConfigError(f"{ORIGIN}: IFACE: give an interface, pod/NAMESPACE/NAME or --netns NAME")
+    args.pod_sources = [mirror_pod.pod_source(t, args.direction, args.attach)
+                        for t in dict.fromkeys(args.interfaces) if mirror_pod.is_pod(t)]
+    args.pod_sources += [mirror_pod.netns_source(name, args.direction, args.attach)
+                         for name in dict.fromkeys(args.netns)]
 
 
 def name_options(error: ConfigError) -> ConfigError:
@@ -205,11 +224,13 @@ def run_mirror(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
     from bpftap.agent.run import run_config
 
     out, err = stdout or sys.stdout, stderr or sys.stderr
+    resolve_pods(args)
     config = build_config(args)
-    check_interfaces([source.interface for source in config.sources])
+    check_interfaces([source.interface for source in config.sources if source.pods is None])
     session = config.sessions[0]
     ident = getattr(session, TUNNEL_ID_FIELDS[session.tunnel])
-    names = ", ".join(s.interface for s in config.sources)
+    names = ", ".join(s.interface or f"the pod in netns {s.pods.netns if s.pods else '?'} (attach {s.attach})"
+                      for s in config.sources)
     print(f"{ORIGIN}: {names} ({args.direction}) to {session.remote}, {session.tunnel}"
           + (f" {TUNNEL_ID_FIELDS[session.tunnel]} {ident}" if ident is not None else "")
           + (f", for {args.duration:g} s" if args.duration else "") + "; Ctrl-C stops", file=err, flush=True)
@@ -248,8 +269,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "A line of counters is redrawn every second; Ctrl-C or the end of --duration detaches\n"
         "everything and prints what was sent.",
     )
-    p.add_argument("interfaces", metavar="IFACE", nargs="+",
-                   help="interface to mirror (a name or a glob such as 'veth*')")
+    p.add_argument("interfaces", metavar="IFACE", nargs="*",
+                   help="interface to mirror (a name or a glob such as 'veth*'), or pod/NAMESPACE/NAME: a "
+                   "Kubernetes pod on this node")
+    p.add_argument("--netns", metavar="NAME", action="append", default=[],
+                   help="mirror the pod whose network namespace is /run/netns/NAME (pods without a cluster)")
+    p.add_argument("--attach", choices=("auto", "inside", "host"), default="auto",
+                   help="pods: inside the pod (its eth0), on its host-side veth, or auto: inside when an eBPF "
+                   "data path's program is on the veth (README \"Pods behind an eBPF data path\")")
     p.add_argument("--to", metavar="ADDR", required=True,
                    help="the collector's IPv4 or IPv6 address (next hop and source from the routing table)")
     p.add_argument("--tunnel", choices=TUNNELS, default="vxlan", help="the tunnel copies travel in")

@@ -259,6 +259,20 @@ def _link_kind(index: int, ipr: IPRoute) -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info else None
 
 
+def tx_dropped(names: Sequence[str]) -> dict[str, int]:
+    """Each device's transmit drops (IFLA_STATS64 tx_dropped), 0 for a device that is not there.
+
+    Opens its own netlink socket: callers are status and metrics threads.
+    """
+    out = {}
+    with IPRoute() as ipr:
+        for name in names:
+            links = ipr.get_links(ifname=name) if link_index(name, ipr) is not None else []
+            stats = links[0].get_attr("IFLA_STATS64") if links else None
+            out[name] = int(stats["tx_dropped"]) if stats else 0
+    return out
+
+
 def delete_internal_pair(name_a: str = INTERNAL_A, ipr: IPRoute | None = None) -> None:
     """Delete the internal veth pair `name_a` (its peer goes with it); no-op if absent.
 

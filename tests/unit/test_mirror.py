@@ -141,3 +141,60 @@ def test_completion_knows_mirror_and_its_options(capsys: pytest.CaptureFixture[s
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("    mirror) opts="))
     assert all(opt in line for opt in ("--to", "--tunnel", "--vni", "--filter", "--direction", "--duration",
                                        "--snaplen"))
+
+
+class FakePods:
+    """CoreV1Api.read_namespaced_pod over a few pods; a missing one raises as ApiException does (status 404)."""
+
+    class NotFound(Exception):
+        status = 404
+        reason = "Not Found"
+
+    def __init__(self, **pods: argparse.Namespace) -> None:
+        self.pods = pods
+
+    def read_namespaced_pod(self, name: str, namespace: str) -> argparse.Namespace:
+        try:
+            return self.pods[f"{namespace}/{name}"]
+        except KeyError:
+            raise self.NotFound() from None
+
+
+def pod(node: str | None, ip: str | None, host_network: bool = False) -> argparse.Namespace:
+    return argparse.Namespace(spec=argparse.Namespace(node_name=node, host_network=host_network),
+                              status=argparse.Namespace(pod_ip=ip))
+
+
+@pytest.mark.parametrize("target,message", [
+    ("pod/shop", "pod/shop: write pod/NAMESPACE/NAME"),
+    ("pod/shop/web/1", "write pod/NAMESPACE/NAME"),
+    ("pod/shop/gone", "pod/shop/gone: no such pod"),
+    ("pod/shop/away", "pod/shop/away: runs on node n2, not on this one (n1); run bpftap mirror there"),
+    ("pod/shop/pending", "pod/shop/pending: runs on node (none yet)"),
+    ("pod/shop/hostnet", "uses the node's network (hostNetwork)"),
+    ("pod/shop/noip", "pod/shop/noip: has no IP yet"),
+])
+def test_pod_targets_not_here(target: str, message: str) -> None:
+    from bpftap.errors import ConfigError
+    from bpftap.mirror_pod import pod_source
+
+    api = FakePods(**{"shop/away": pod("n2", "198.18.0.9"), "shop/pending": pod(None, None),
+                      "shop/hostnet": pod("n1", "198.18.0.1", host_network=True), "shop/noip": pod("n1", None)})
+    with pytest.raises(ConfigError) as err:
+        pod_source(target, "both", "auto", api=api, node="n1")
+    assert message in str(err.value)
+
+
+def test_pod_and_netns_targets_in_the_config() -> None:
+    args = parse("eth0", "pod/shop/web", "--to", "198.18.2.1", "--attach", "inside")
+    args.pod_sources = [{"pods": {"netns": "cni-1234"}, "direction": "both", "attach": "inside"}]
+    sources = build_config(args).sources
+    assert [s.interface for s in sources] == ["eth0", ""]
+    assert sources[1].pods is not None and sources[1].pods.netns == "cni-1234" and sources[1].attach == "inside"
+    assert parse("--netns", "web-1", "--netns", "web-2", "--to", "198.18.2.1").netns == ["web-1", "web-2"]
+    assert parse("--netns", "web-1", "--to", "198.18.2.1").attach == "auto"
+
+
+def test_nothing_to_mirror(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mirror", "--to", "198.18.2.1"]) == ExitStatus.USAGE
+    assert "IFACE: give an interface, pod/NAMESPACE/NAME or --netns NAME" in capsys.readouterr().err

@@ -56,6 +56,29 @@ def test_pod_source_mistakes(source: dict[str, Any], message: str) -> None:
     assert message in str(err.value)
 
 
+def test_attach_where() -> None:
+    assert parse({"pods": {"netns": "web-*"}})[0].attach == "host"
+    assert parse({"pods": {"netns": "web-*"}, "attach": "inside"})[0].attach == "inside"
+    assert parse({"pods": {"netns": "web-*"}, "attach": "Auto"})[0].attach == "auto"
+    assert parse({"pods": {"labels": {"app": "db"}}, "attach": "host"})[0].attach == "host"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"interface": "eth0", "attach": "inside"},
+         "bpftap.yaml: sources[0].attach: only pod sources have a choice of where to attach"),
+        ({"pods": {"netns": "a"}, "attach": "outside"}, "bpftap.yaml: sources[0].attach: unknown attach 'outside'"),
+        ({"pods": {"labels": {"app": "db"}}, "attach": "inside"},
+         "bpftap.yaml: sources[0].attach: attach: inside needs a pods.netns selector"),
+    ],
+)
+def test_attach_mistakes(source: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidConfigError) as err:
+        parse(source)
+    assert message in str(err.value)
+
+
 def test_same_pod_selector_twice() -> None:
     with pytest.raises(InvalidConfigError, match=r"sources\[1\].pods: 'netns a' is already used by sources\[0\]"):
         parse({"pods": {"netns": "a"}}, {"pods": {"netns": "a"}})

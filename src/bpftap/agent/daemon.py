@@ -31,7 +31,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from bpftap import abi
-from bpftap.agent import state
+from bpftap.agent import inside, state
 from bpftap.agent.copies import CopySender
 from bpftap.agent.detach import cleanup_leftovers
 from bpftap.agent.kernel_log import KernelLog
@@ -55,6 +55,7 @@ from bpftap.netlink import (
     link_index,
     match_interfaces,
     resolve,
+    tx_dropped,
 )
 from bpftap.netlink import (
     links as netlink_links,
@@ -93,15 +94,8 @@ class Plan:
 class Agent:
     """Owns the loaded object and every attachment in this network namespace."""
 
-    def __init__(
-        self,
-        config: Config,
-        mode: tc.Mode = tc.Mode.AUTO,
-        first: bool = True,
-        priority: int = 1,
-        object_path: Path | None = None,
-        upgrade: bool = False,
-    ) -> None:
+    def __init__(self, config: Config, mode: tc.Mode = tc.Mode.AUTO, first: bool = True, priority: int = 1,
+                 object_path: Path | None = None, upgrade: bool = False) -> None:
         self.config, self.mode, self.first, self.priority = config, mode, first, priority
         self.object_path = object_path or abi.object_path()
         self.upgrade = upgrade  # replace the programs of adopted attachments with this object's
@@ -233,21 +227,12 @@ class Agent:
             if name in links:  # the qdisc it made goes when this agent detaches
                 self.created_clsact.append(name)
                 self._undo(tc.destroy_clsact, name, links[name])
-        self.adoption = {
-            **(self.adoption or {}),
-            "pid": leftover.pid if leftover else None,
-            "maps": len(reused),
-            "attachments": len(self.adopted),
-            "programs": "replaced" if self.upgrade else "kept",
-        }
-        log.info(
-            "adopting the pins at %s of an earlier agent (pid %s): %d maps, %d attachments; programs %s, no detach",
-            self.pin_dir,
-            self.adoption["pid"] or "?",
-            len(reused),
-            len(self.adopted),
-            "replaced by " + self.object_path.name if self.upgrade else "kept",
-        )
+        self.adoption = {**(self.adoption or {}), "pid": leftover.pid if leftover else None, "maps": len(reused),
+                         "attachments": len(self.adopted), "programs": "replaced" if self.upgrade else "kept"}
+        log.info("adopting the pins at %s of an earlier agent (pid %s): %d maps, %d attachments; programs %s, "
+                 "no detach",
+                 self.pin_dir, self.adoption["pid"] or "?", len(reused), len(self.adopted),
+                 "replaced by " + self.object_path.name if self.upgrade else "kept")
 
     def place(self, prog: Any, ifname: str, ifindex: int, hook: tc.Direction | None,
               priority: int | None = None) -> tc.Adopted:
@@ -304,6 +289,10 @@ class Agent:
             self.attachments[:] = [a for a in self.attachments if a not in attachments]
         for att in attachments:
             att.close()
+
+    def attach_inside(self, netns: str, host_ifindex: int, ingress: bool, egress: bool) -> inside.InsidePod:
+        """Attach inside a pod (bpftap.agent.inside); the follower owns the result."""
+        return inside.attach(self, netns, host_ifindex, ingress, egress)
 
     def reapply(self) -> None:
         """Apply the live config against the current sources; record the state even if that raises BpftapError."""
@@ -460,31 +449,20 @@ class Agent:
         `encap`: stage 1's clones that found bpftap1's ring full; `fragment`:
         the fragment clones that found bpftap0's full (fragment.bpf.h).
         """
-        out = {}
-        with IPRoute() as ipr:  # its own socket: status and scrapes come from other threads
-            for queue, name in (("encap", INTERNAL_A), ("fragment", INTERNAL_B)):
-                links = ipr.get_links(ifname=name) if link_index(name, ipr) is not None else []
-                stats = links[0].get_attr("IFLA_STATS64") if links else None
-                out[queue] = int(stats["tx_dropped"]) if stats else 0
-        return out
+        drops = tx_dropped((INTERNAL_A, INTERNAL_B))
+        return {"encap": drops[INTERNAL_A], "fragment": drops[INTERNAL_B]}
 
     def status(self) -> dict[str, Any]:
         """Attachments, and per-rule, per-session and global counters, as JSON-able data."""
         with self.lock:
             plan = self.plan
             assert plan is not None
-            rules = []
-            for rule in plan.config.rules:
-                rs = self.tables.rule_stats(rule.number)
-                rules.append(
-                    {
-                        "number": rule.number,
-                        "action": rule.action.value,
-                        "sessions": list(rule.sessions),
-                        "packets": rs.packets,
-                        "bytes": rs.bytes,
-                    }
-                )
+            rules = [
+                {"number": r.number, "action": r.action.value, "sessions": list(r.sessions), "packets": rs.packets,
+                 "bytes": rs.bytes}
+                for r in plan.config.rules
+                for rs in (self.tables.rule_stats(r.number),)
+            ]
             sessions = []
             for name, st in plan.sessions.items():
                 sess = st.session

@@ -31,6 +31,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap import abi
+from bpftap.agent import inside
 from bpftap.agent.hostiface import HostIface
 from bpftap.agent.k8s import PodWatch
 from bpftap.bpf import tc
@@ -106,6 +107,13 @@ class PodHost(Protocol):
     def detach_sources(self, attachments: list[tc.Attachment]) -> None:
         """Take `attachments` out of the host's attachments and close them."""
 
+    def attach_inside(self, netns: str, host_ifindex: int, ingress: bool, egress: bool) -> inside.InsidePod:
+        """Attach inside the pod `netns` (bpftap.agent.inside.attach); the caller closes the result.
+
+        Raises BpftapError (the pod vanished, the kernel refused).
+        """
+        ...
+
     def reapply(self) -> None:
         """Compile and apply the live config against the current sources, and record the agent's state.
 
@@ -119,6 +127,7 @@ class _Attached:
     direction: Direction
     attachments: list[tc.Attachment] = field(default_factory=list)
     owns_qdisc: bool = False
+    inside: inside.InsidePod | None = None  # attach: inside (bpftap.agent.inside); then `attachments` is empty
 
 
 class PodFollower:
@@ -131,6 +140,7 @@ class PodFollower:
         self.static = dict(static)
         self.attached: dict[tuple[str, int], _Attached] = {}
         self._netns_cache: dict[str, HostIface] = {}
+        self.attach_of: dict[tuple[str, int], str] = {}  # the `attach:` of the first source selecting each pod
         self.watch: PodWatch | None = None
 
     def start(self) -> None:
@@ -166,6 +176,8 @@ class PodFollower:
                 if iface is None or present.get(iface.ifindex) != iface.ifname or iface.ifname in self.static:
                     continue
                 key = (iface.ifname, iface.ifindex)
+                if key not in found:
+                    self.attach_of[key] = src.attach
                 found[key] = (iface, (found[key][1] if key in found else Direction(0)) | src.direction)
         self._netns_cache = {ns: i for ns, i in self._netns_cache.items() if ns in names}
         return found
@@ -215,11 +227,17 @@ class PodFollower:
     def _update_sources(self, adding: list[HostIface]) -> None:
         names = dict(self.static)
         names.update({a.iface.ifname: a.iface.ifindex for a in self.attached.values()})
+        names.update({a.inside.node_ifname: a.inside.node_ifindex for a in self.attached.values() if a.inside})
         names.update({i.ifname: i.ifindex for i in adding})
         self.host.set_sources(names)
 
     def _attach(self, iface: HostIface, direction: Direction) -> _Attached:
         done = _Attached(iface, direction)
+        key = (iface.ifname, iface.ifindex)
+        if inside.wants_inside(self.attach_of.get(key, "host"), iface.ifname, iface.ifindex):
+            done.inside = self.host.attach_inside(iface.pod, iface.ifindex, bool(direction & Direction.INGRESS),
+                                                  bool(direction & Direction.EGRESS))
+            return done
         try:
             for hook, bit in HOOKS:
                 if not direction & bit:
@@ -237,6 +255,8 @@ class PodFollower:
         return done
 
     def _drop(self, done: _Attached, vanished: bool, quiet: bool = False) -> None:
+        if done.inside is not None:
+            done.inside.close()
         self.host.detach_sources(done.attachments)
         still_there = self._exists(done.iface)
         if done.owns_qdisc and still_there:

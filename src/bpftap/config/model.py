@@ -45,11 +45,15 @@ class Source:
 
     `pods` replaces `interface` for pod sources: the agent then attaches to
     the host-side interface of each selected pod as pods come and go.
+    `attach` (pod sources only): `host` (that host-side interface), `inside`
+    (the pod's own eth0, in its network namespace) or `auto` (inside where
+    the host side cannot see everything: see bpftap.agent.inside).
     """
 
     interface: str = ""
     direction: Direction = Direction.BOTH
     pods: PodSelector | None = None
+    attach: str = "host"
 
 
 @dataclass(frozen=True)

@@ -307,10 +307,16 @@ def _source(report: _Report, where: str, raw: object, seen: dict[str, str]) -> S
     interface = e.get("interface", _interface, "")
     pods = e.get("pods", _pod_selector, None)
     direction = e.get("direction", _choice("direction", _DIRECTIONS), Direction.BOTH)
+    attach = e.get("attach", _choice("attach", _ATTACH), "host")
+    if "attach" in e.raw and "pods" not in e.raw:
+        e.fail("attach", "only pod sources have a choice of where to attach (an interface source is attached "
+                         "where it is)")
+    elif attach != "host" and pods is not None and pods.netns is None:
+        e.fail("attach", f"attach: {attach} needs a pods.netns selector (the pod's network namespace by name)")
     e.claim("interface", interface, seen, "; list each interface once (direction: both covers both ways)")
     if pods is not None:
         e.claim("pods", pods.describe(), seen, "; list each pod selector once")
-    return Source(interface, direction, pods) if e.ok else None
+    return Source(interface, direction, pods, attach) if e.ok else None
 
 
 def _session(report: _Report, where: str, raw: object, names: dict[str, str]) -> Session | None:
@@ -439,3 +445,4 @@ def _rule(
 
 
 _DIRECTIONS = {"ingress": Direction.INGRESS, "egress": Direction.EGRESS, "both": Direction.BOTH}
+_ATTACH = {"host": "host", "inside": "inside", "auto": "auto"}

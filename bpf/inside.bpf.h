@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * inside.bpf.h: the way from stage 1 inside a pod's network namespace
+ * (a pod source with `attach: inside`) to stage 2 on the node.
+ *
+ * Per pod the agent makes a veth pair of its own: one end in the pod's
+ * namespace, created there with the ifindex of bpftap0 (so stage 1's clone
+ * to cfg->encap_ifindex lands on it, as it does on the node), the other
+ * end in the node's namespace. The pod's eth0 gets mirror_ingress and
+ * mirror_egress as any source does.
+ *
+ * Crossing namespaces, veth scrubs the clone (skb_scrub_packet with xnet:
+ * mark and tstamp cleared; __dev_forward_skb2 zeroes priority too), and
+ * the mark is what tells stage 2 the rule, pass and source. skb->hash is
+ * left alone by the scrub and copied to every segment when the GSO-off
+ * pod end segments a super-packet, so:
+ *   mirror_xfer_out, on the pod end's egress (pod namespace, mark intact):
+ *     puts the mark in the hash; anything not from stage 1 is dropped, so
+ *     nothing of the pod's own reaches the node this way;
+ *   mirror_encap_inside, on the node end's ingress (node namespace):
+ *     takes the mark back from the hash, with the source id of this node
+ *     end (the pod's eth0 ifindex means nothing in the node's namespace),
+ *     and runs stage 2 there: the copy leaves by the session's device, the
+ *     node's uplink, never by the pod's interface.
+ * Included by mirror_tc.bpf.c after encap_stage().
+ */
+#ifndef BPFTAP_INSIDE_BPF_H
+#define BPFTAP_INSIDE_BPF_H
+
+SEC("tc")
+int mirror_xfer_out(struct __sk_buff *skb)
+{
+	if ((skb->mark & XFER_TAG_MASK) != XFER_TAG) {
+		count(MS_XFER_BAD);
+		return TC_ACT_SHOT;
+	}
+	bpf_set_hash(skb, skb->mark);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int mirror_encap_inside(struct __sk_buff *skb)
+{
+	__u32 xfer = skb->hash, ifindex = skb->ifindex, *sid;
+
+	if ((xfer & XFER_TAG_MASK) != XFER_TAG) {
+		count(MS_XFER_BAD);
+		return TC_ACT_SHOT;
+	}
+	sid = bpf_map_lookup_elem(&source_ids, &ifindex);
+	xfer &= ~XFER_SOURCE_MASK;
+	if (sid)
+		xfer |= (*sid << XFER_SOURCE_SHIFT) & XFER_SOURCE_MASK;
+	skb->mark = xfer;
+	return encap_stage(skb);
+}
+
+#endif /* BPFTAP_INSIDE_BPF_H */

@@ -1,0 +1,123 @@
+"""``bpftap mirror pod/NAMESPACE/NAME`` and ``--netns NAME``: one pod's traffic, found on this node.
+
+A target becomes a config source, as an interface does (bpftap.mirror):
+
+- ``--netns NAME``: the pod whose network namespace is /run/netns/NAME
+  (pods without a cluster): a `pods: {netns: NAME}` source with the
+  `--attach` asked for (auto by default), so the agent's pod follower does
+  the attaching, inside the pod or on its host-side veth, and its detaching.
+- ``pod/NAMESPACE/NAME``: read from the Kubernetes API (in-cluster
+  credentials, else ~/.kube/config); it must run on this node ($NODE_NAME,
+  else the host name) and have an IP. Its host-side interface is the one the
+  node's route to that IP names (bpftap.agent.k8s.route_iface). If a named
+  namespace in /run/netns holds the veth's other end (containerd names pod
+  namespaces cni-...), the pod is mirrored as with --netns; otherwise on
+  that interface (`attach: host` only).
+
+Mistakes are ConfigErrors that name the target, before anything is attached.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from bpftap.errors import ConfigError
+
+ORIGIN = "bpftap mirror"
+PREFIX = "pod/"
+
+
+def is_pod(target: str) -> bool:
+    return target.startswith(PREFIX)
+
+
+def netns_source(name: str, direction: str, attach: str) -> dict[str, Any]:
+    """The source for the pod in /run/netns/`name`; ConfigError (--netns) if there is no such pod here."""
+    from pyroute2 import IPRoute
+
+    from bpftap.agent.pods import NETNS_DIR, host_side, pod_peer_index
+
+    if "/" in name or any(c in name for c in "*?["):
+        raise ConfigError(f"{ORIGIN}: --netns: {name!r}: give one namespace's name, as 'ip netns list' shows it")
+    if not os.path.exists(os.path.join(NETNS_DIR, name)):
+        raise ConfigError(f"{ORIGIN}: --netns: {name!r}: no such network namespace in {NETNS_DIR}")
+    pair = pod_peer_index(name)
+    with IPRoute() as ipr:
+        here = host_side(*pair, ipr) if pair else None
+    if here is None:
+        raise ConfigError(f"{ORIGIN}: --netns: {name!r} has no eth0 whose veth peer is in this network namespace")
+    return {"pods": {"netns": name}, "direction": direction, "attach": attach}
+
+
+def netns_of(host_ifindex: int, run_dir: str | None = None) -> str | None:
+    """The named namespace whose eth0 is the veth peer of `host_ifindex` here, or None."""
+    from bpftap.agent.pods import NETNS_DIR, netns_names, pod_peer_index
+
+    for name in netns_names(run_dir or NETNS_DIR):
+        pair = pod_peer_index(name)
+        if pair is not None and pair[1] == host_ifindex:
+            return name
+    return None
+
+
+def k8s_api() -> Any:
+    """A CoreV1Api with in-cluster credentials, else ~/.kube/config; ConfigError if neither works."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise ConfigError(f"{ORIGIN}: pod/...: needs the Kubernetes client: pip install 'bpftap[k8s]' "
+                          "(or use --netns NAME)") from None
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise ConfigError(f"{ORIGIN}: pod/...: no Kubernetes credentials (in-cluster or kubeconfig): {exc}") \
+                from None
+    return client.CoreV1Api()
+
+
+def pod_source(target: str, direction: str, attach: str, api: Any = None, node: str | None = None) -> dict[str, Any]:
+    """The source for `pod/NAMESPACE/NAME` on this node; ConfigError naming the target if it cannot be mirrored here."""
+    from pyroute2 import IPRoute
+
+    from bpftap.agent.k8s import route_iface
+
+    parts = target[len(PREFIX):].split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{ORIGIN}: {target}: write pod/NAMESPACE/NAME")
+    namespace, name = parts
+    api = api if api is not None else k8s_api()
+    node = node or os.environ.get("NODE_NAME") or socket.gethostname()
+    try:
+        pod = api.read_namespaced_pod(name, namespace)
+    except Exception as exc:  # noqa: BLE001 (kubernetes.client.ApiException: 404 and the rest; urllib3's errors)
+        status = getattr(exc, "status", None)
+        what = "no such pod" if status == 404 else f"cannot read it: {getattr(exc, 'reason', None) or exc}"
+        raise ConfigError(f"{ORIGIN}: {target}: {what}") from None
+    where = pod.spec.node_name if pod.spec else None
+    if where != node:
+        raise ConfigError(f"{ORIGIN}: {target}: runs on node {where or '(none yet)'}, not on this one ({node}); "
+                          "run bpftap mirror there")
+    if pod.spec.host_network:
+        raise ConfigError(f"{ORIGIN}: {target}: uses the node's network (hostNetwork): mirror the node's "
+                          "interfaces instead")
+    ip = pod.status.pod_ip if pod.status else None
+    if not ip:
+        raise ConfigError(f"{ORIGIN}: {target}: has no IP yet")
+    with IPRoute() as ipr:
+        found = route_iface(ip, ipr)
+    if found is None:
+        raise ConfigError(f"{ORIGIN}: {target}: the route to its IP {ip} names no veth of a pod here "
+                          "(Cilium's eBPF host routing routes by cilium_host; use --netns NAME)")
+    ifname, ifindex = found
+    netns = netns_of(ifindex)
+    if netns is not None:
+        return {"pods": {"netns": netns}, "direction": direction, "attach": attach}
+    if attach == "inside":
+        raise ConfigError(f"{ORIGIN}: {target}: its network namespace is not named in /run/netns, so it "
+                          "cannot be attached inside; --attach host mirrors it on its veth {ifname}")
+    return {"interface": ifname, "direction": direction}
