@@ -22,10 +22,17 @@
  *     end (the pod's eth0 ifindex means nothing in the node's namespace),
  *     and runs stage 2 there: the copy leaves by the session's device, the
  *     node's uplink, never by the pod's interface.
- * Included by mirror_tc.bpf.c after encap_stage().
  */
 #ifndef BPFTAP_INSIDE_BPF_H
 #define BPFTAP_INSIDE_BPF_H
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "mirror_abi.h"
+#include "maps.bpf.h"
+#include "stage2.bpf.h"
 
 SEC("tc")
 int mirror_xfer_out(struct __sk_buff *skb)

@@ -14,7 +14,7 @@ import pytest
 BPF = Path(__file__).resolve().parents[2] / "bpf"
 STAGE1 = ("parse.bpf.h", "classify.bpf.h")
 STAGE2 = ("copy.bpf.h", "group.bpf.h", "admit.bpf.h", "limits.bpf.h", "csum.bpf.h", "outer.bpf.h", "send.bpf.h",
-          "fragment.bpf.h", "ring.bpf.h", "encap.bpf.h", "gso.bpf.h")
+          "fragment.bpf.h", "ring.bpf.h", "encap.bpf.h", "gso.bpf.h", "stage2.bpf.h", "inside.bpf.h")
 
 
 @pytest.mark.parametrize("header", sorted(p.name for p in BPF.glob("*.h")))
