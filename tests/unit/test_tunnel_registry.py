@@ -48,7 +48,8 @@ def fake_decode(packet: bytes) -> tuple[Meta, bytes]:
     return Meta("fake", id=key, seq=seq), packet[hlen:]
 
 
-FAKE = TunnelType("fake", "key", fake_decode, fake_encode, lambda h: 4 + 4 * h.key, gre_proto=FAKE_PROTO)
+FAKE = TunnelType("fake", "key", fake_decode, fake_encode, lambda h: 4 + 4 * h.key, gre_proto=FAKE_PROTO,
+                  id_optional=True)
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_config_accepts_it(fake: TunnelType) -> None:
                             "t.yaml").sessions
 
     assert parse({"key": 7}) == (Session("s", "fake", V4, port=0, key=7),)
-    assert parse({}) == (Session("s", "fake", V4, port=0),)  # its id field is a key: optional, as gre's
+    assert parse({}) == (Session("s", "fake", V4, port=0),)  # its registry entry says its key is optional, as gre's
     with pytest.raises(InvalidConfigError, match="only vxlan and geneve sessions have vni"):
         parse({"vni": 7})  # it is not carried over UDP: no vni, no port
     with pytest.raises(InvalidConfigError, match="unknown tunnel 'nope'; supported: vxlan, geneve, gre, erspan2, "

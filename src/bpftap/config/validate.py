@@ -66,7 +66,7 @@ from bpftap.config.values import (
     shown,
 )
 from bpftap.errors import ConfigError
-from bpftap.tunnels import TUNNEL_ID_FIELDS, TUNNELS, TYPES, UDP_TUNNELS
+from bpftap.tunnels import TUNNEL_ID_FIELDS, TUNNELS, TYPES, TunnelType
 from bpftap.tunnels.common import ETH_HLEN, VNI_MAX
 from bpftap.tunnels.erspan import SESSION_MAX as ERSPAN_SESSION_MAX
 
@@ -360,19 +360,23 @@ def _session(report: _Report, where: str, raw: object, names: dict[str, str]) ->
     )
 
 
+def _takes(t: TunnelType, field: str) -> bool:
+    return field == t.id_field or field in t.options or (field == "port" and t.udp_port != 0)
+
+
 def _check_tunnel_fields(e: _Entry, tunnel: str) -> None:
-    """Each tunnel type has its identifier (required but gre's key) and refuses the others' fields."""
-    id_field = TUNNEL_ID_FIELDS[tunnel]
-    if id_field in ("vni", "session_id") and id_field not in e.raw:
-        e.fail(id_field, f"missing required field {shown(id_field)}", at_entry=True)
-    owners = {"vni": "vxlan and geneve", "key": "gre", "session_id": "erspan2 and erspan3",
-              "sequence": "gre", "port": "vxlan and geneve", "platform_subheader": "erspan3"}
-    for field, owner in owners.items():
-        if field in e.raw and field != id_field and not (field == "port" and tunnel in UDP_TUNNELS) \
-                and not (field == "sequence" and tunnel == "gre") \
-                and not (field == "platform_subheader" and tunnel == "erspan3"):
+    """Each tunnel type has its identifier (required unless the registry says optional) and refuses the fields
+    only other types take (bpftap.tunnels.TYPES says which)."""
+    t = TYPES[tunnel]
+    if not t.id_optional and t.id_field not in e.raw:
+        e.fail(t.id_field, f"missing required field {shown(t.id_field)}", at_entry=True)
+    every = dict.fromkeys([*(o.id_field for o in TYPES.values()), *(f for o in TYPES.values() for f in o.options),
+                           "port"])
+    for field in every:
+        if field in e.raw and not _takes(t, field):
+            owner = " and ".join(o.name for o in TYPES.values() if _takes(o, field))
             article = "an" if tunnel[0] in "aeiou" else "a"
-            hint = (f"; {article} {tunnel} session is identified by {id_field}"
+            hint = (f"; {article} {tunnel} session is identified by {t.id_field}"
                     if field in TUNNEL_ID_FIELDS.values() else "")
             e.fail(field, f"only {owner} sessions have {field}{hint}")
 

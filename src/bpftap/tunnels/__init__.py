@@ -43,6 +43,8 @@ class TunnelType:
     udp_port: int = 0  # its default UDP destination port; 0: carried over GRE (IP protocol 47)
     gre_proto: int = 0  # its GRE protocol type, for those over GRE
     gso: bool = False  # a super-packet's copy can be encapsulated whole (no per-packet sequence number)
+    id_optional: bool = False  # a session may leave id_field out (gre without a key)
+    options: tuple[str, ...] = ()  # session fields only this type takes (`port`: every UDP type)
 
     @property
     def kernel_code(self) -> abi.MirrorTunnel:
@@ -78,14 +80,16 @@ TYPES: Final = _Registry({t.name: t for t in (
                lambda h: geneve.HEADER_LEN, udp_port=geneve.GENEVE_PORT, gso=True),
     TunnelType("gre", "key", gre.decode,
                lambda h, inner: gre.encode(inner, key=h.tun_id if h.key else None, seq=h.seq if h.seq_on else None),
-               lambda h: 4 + 4 * h.key + 4 * h.seq_on, gre_proto=gre.PROTO_TEB, gso=True),
+               lambda h: 4 + 4 * h.key + 4 * h.seq_on, gre_proto=gre.PROTO_TEB, gso=True,
+               id_optional=True, options=("sequence",)),
     TunnelType("erspan2", "session_id", erspan.decode2,
                lambda h, inner: erspan.encode2(h.tun_id, inner, seq=h.seq, ifindex=h.ifindex),
                lambda h: 8 + 8, gre_proto=erspan.PROTO_TYPE2),
     TunnelType("erspan3", "session_id", erspan.decode3,
                lambda h, inner: erspan.encode3(h.tun_id, inner, seq=h.seq, direction=h.direction, ifindex=h.ifindex,
                                                timestamp_ns=h.timestamp_ns, platform=h.platform),
-               lambda h: 8 + 12 + 8 * h.platform, gre_proto=erspan.PROTO_TYPE3),
+               lambda h: 8 + 12 + 8 * h.platform, gre_proto=erspan.PROTO_TYPE3,
+               options=("platform_subheader",)),
 )})
 
 
