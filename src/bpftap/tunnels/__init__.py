@@ -11,16 +11,13 @@ Decoders return ``(Meta, inner frame)`` and raise only DecapError, whose
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Generic, NoReturn, TypeVar, overload
+from typing import Final, NoReturn
 
 from bpftap import abi
 from bpftap.tunnels import erspan, geneve, gre, raw, vxlan
 from bpftap.tunnels.common import DecapError, Header, Meta
-
-_K = TypeVar("_K")
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -53,17 +50,16 @@ class TunnelType:
 
 
 class _Registry(dict[str, TunnelType]):
-    """TYPES: a dict that counts its changes, so the views below re-derive only after one."""
-
-    generation = 0
+    """TYPES: a dict that re-derives the views below in place after each change, so a type added here shows
+    up wherever a view was imported (`from bpftap.tunnels import TUNNELS` included)."""
 
     def __setitem__(self, name: str, tunnel: TunnelType) -> None:
         super().__setitem__(name, tunnel)
-        self.generation += 1
+        _derive()
 
     def __delitem__(self, name: str) -> None:
         super().__delitem__(name)
-        self.generation += 1
+        _derive()
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("add or remove tunnel types one at a time (TYPES[name] = t, del TYPES[name])")
@@ -93,82 +89,34 @@ TYPES: Final = _Registry({t.name: t for t in (
 )})
 
 
-class _Derived(Generic[_T]):
-    """A value derived from TYPES, recomputed after TYPES changes (a type added there shows up wherever the
-    view was imported, `from bpftap.tunnels import TUNNELS` included)."""
-
-    def __init__(self, derive: Callable[[], _T]) -> None:
-        self._derive, self._generation, self._value = derive, -1, derive()
-
-    @property
-    def value(self) -> _T:
-        if self._generation != TYPES.generation:
-            self._value, self._generation = self._derive(), TYPES.generation
-        return self._value
-
-
-class _Names(Sequence[str]):
-    """Names of tunnel types, in TYPES' order, derived from TYPES (see _Derived)."""
-
-    def __init__(self, keep: Callable[[TunnelType], bool]) -> None:
-        self._names = _Derived(lambda: tuple(name for name, t in TYPES.items() if keep(t)))
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
-
-    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
-        return self._names.value[index]
-
-    def __len__(self) -> int:
-        return len(self._names.value)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names.value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names.value)
-
-    def __eq__(self, other: object) -> bool:
-        return self._names.value == (tuple(other) if isinstance(other, _Names) else other)
-
-    def __hash__(self) -> int:
-        return hash(self._names.value)
-
-    def __repr__(self) -> str:
-        return repr(self._names.value)
-
-
-class _Table(Mapping[_K, _T]):
-    """A mapping derived from TYPES (see _Derived)."""
-
-    def __init__(self, derive: Callable[[], dict[_K, _T]]) -> None:
-        self._dict = _Derived(derive)
-
-    def __getitem__(self, key: _K) -> _T:
-        return self._dict.value[key]
-
-    def __iter__(self) -> Iterator[_K]:
-        return iter(self._dict.value)
-
-    def __len__(self) -> int:
-        return len(self._dict.value)
-
-    def __repr__(self) -> str:
-        return repr(self._dict.value)
-
-
-TUNNELS: Final = _Names(lambda t: True)
-UDP_TUNNELS: Final = _Names(lambda t: bool(t.udp_port))
-GRE_TUNNELS: Final = _Names(lambda t: bool(t.gre_proto))
+# Views of TYPES, kept in step with it by _derive() (names in TYPES' order).
+TUNNELS: Final[list[str]] = []
+UDP_TUNNELS: Final[list[str]] = []
+GRE_TUNNELS: Final[list[str]] = []
 #: Those carried over GRE (a raw socket for IP protocol 47), by GRE protocol type.
-GRE_PROTOCOLS: Final = _Table[int, str](lambda: {t.gre_proto: t.name for t in TYPES.values() if t.gre_proto})
-UDP_PORTS: Final = _Table[str, int](lambda: {t.name: t.udp_port for t in TYPES.values() if t.udp_port})
+GRE_PROTOCOLS: Final[dict[int, str]] = {}
+UDP_PORTS: Final[dict[str, int]] = {}
 #: The field that identifies a session's copies, per tunnel type.
-TUNNEL_ID_FIELDS: Final = _Table[str, str](lambda: {t.name: t.id_field for t in TYPES.values()})
-DECODERS: Final = _Table[str, Callable[[bytes], tuple[Meta, bytes]]](lambda: {t.name: t.decode for t in TYPES.values()})
+TUNNEL_ID_FIELDS: Final[dict[str, str]] = {}
+DECODERS: Final[dict[str, Callable[[bytes], tuple[Meta, bytes]]]] = {}
+
+
+def _derive() -> None:
+    types = list(TYPES.values())
+    TUNNELS[:] = [t.name for t in types]
+    UDP_TUNNELS[:] = [t.name for t in types if t.udp_port]
+    GRE_TUNNELS[:] = [t.name for t in types if t.gre_proto]
+    GRE_PROTOCOLS.clear()
+    GRE_PROTOCOLS.update({t.gre_proto: t.name for t in types if t.gre_proto})
+    UDP_PORTS.clear()
+    UDP_PORTS.update({t.name: t.udp_port for t in types if t.udp_port})
+    TUNNEL_ID_FIELDS.clear()
+    TUNNEL_ID_FIELDS.update({t.name: t.id_field for t in types})
+    DECODERS.clear()
+    DECODERS.update({t.name: t.decode for t in types})
+
+
+_derive()
 
 
 def decode_gre(packet: bytes) -> tuple[Meta, bytes]:
