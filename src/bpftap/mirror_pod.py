@@ -23,6 +23,7 @@ import os
 import socket
 from typing import Any
 
+from bpftap.agent.k8s import core_api
 from bpftap.errors import ConfigError
 
 ORIGIN = "bpftap mirror"
@@ -64,20 +65,7 @@ def netns_of(host_ifindex: int, run_dir: str | None = None) -> str | None:
 
 def k8s_api() -> Any:
     """A CoreV1Api with in-cluster credentials, else ~/.kube/config; ConfigError if neither works."""
-    try:
-        from kubernetes import client, config
-    except ImportError:
-        raise ConfigError(f"{ORIGIN}: pod/...: needs the Kubernetes client: pip install 'bpftap[k8s]' "
-                          "(or use --netns NAME)") from None
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise ConfigError(f"{ORIGIN}: pod/...: no Kubernetes credentials (in-cluster or kubeconfig): {exc}") \
-                from None
-    return client.CoreV1Api()
+    return core_api(f"{ORIGIN}: pod/...", " (or use --netns NAME)")
 
 
 def pod_source(target: str, direction: str, attach: str, api: Any = None, node: str | None = None) -> dict[str, Any]:

@@ -147,6 +147,23 @@ def _bridge_port(ip: str, bridge: int, ipr: IPRoute) -> tuple[str, int] | None:
     return None
 
 
+
+def core_api(where: str, hint: str = "") -> Any:
+    """A CoreV1Api with in-cluster credentials, else ~/.kube/config. Raises ConfigError naming `where` if the
+    client is not installed (`hint`: what to do instead) or neither has credentials."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise ConfigError(f"{where} needs the Kubernetes client: pip install 'bpftap[k8s]'{hint}") from None
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise ConfigError(f"{where}: no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from None
+    return client.CoreV1Api()
+
 class PodWatch:
     """Lists and watches this node's pods into a PodIndex, in a thread; maps selected pods to interfaces."""
 
@@ -168,18 +185,10 @@ class PodWatch:
         where = f"{config_path}: sources: a pods selector with namespace/labels"
         if not node:
             raise ConfigError(f"{where} needs NODE_NAME (the DaemonSet sets it from spec.nodeName)")
-        try:
-            from kubernetes import client, config, watch
-        except ImportError:
-            raise ConfigError(f"{where} needs the Kubernetes client: pip install 'bpftap[k8s]'") from None
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError) as exc:
-                raise ConfigError(f"{where}: no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from None
-        return cls(client.CoreV1Api(), node, watch.Watch)
+        api = core_api(where)
+        from kubernetes import watch
+
+        return cls(api, node, watch.Watch)
 
     @property
     def field_selector(self) -> str:
