@@ -355,3 +355,58 @@ def test_pod_churn_inside_leaves_nothing(lab: PodLab) -> None:
     assert not bpi() and "clsact" not in lab.run(lab.node, ["tc", "qdisc", "show"]).stdout
     assert not pins.exists() or not any(pins.rglob("*")), list(pins.rglob("*"))
     assert not [n for n in os.listdir("/run/netns") if n.startswith((f"{lab.prefix}-web-c", f"{lab.prefix}-web-r"))]
+
+
+def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab) -> None:
+    """kill -9 of an agent attached inside a pod: its pinned links go on copying with no agent; the next agent
+    adopts the pod's pair and links (no new pair, no re-attach), copies go on; SIGTERM then leaves nothing."""
+    scope = Path(tempfile.mkdtemp(prefix="bpftap-adopt-"))
+    env = {**os.environ, "BPFTAP_PIN_ROOT": str(Path("/sys/fs/bpf") / scope.name),
+           "BPFTAP_STATE_DIR": str(Path("/run") / scope.name)}
+    config = scope / "bpftap.yaml"
+    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI, select="web-*", attach=", attach: inside"))
+    pins, pod, sent = Path(env["BPFTAP_PIN_ROOT"]), lab.ns("web-1"), 2 * PINGS
+
+    def run(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("w") as out:  # nsenter, not ip netns exec: the pins go to the host's bpffs and outlive it
+            return subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.node}", *BPFTAP, "run", "-c", str(config)],
+                                    stdout=out, stderr=out, env=env)
+
+    def bpi() -> dict[str, int]:
+        return {link["ifname"]: link["ifindex"] for link in json.loads(lab.run(lab.node, ["ip", "-j", "link"]).stdout)
+                if link["ifname"].startswith("bpi")}
+
+    first, second = scope / "first.log", scope / "second.log"
+    with cni(lab), busy_cpu():
+        proc = run(first)
+        try:
+            wait_for("web-1 inside", lambda: "(in the pod)" in first.read_text())
+            wait_for("the session", lambda: all(s["via"] for s in status(lab).get("sessions", [{"via": None}])))
+            pair = bpi()
+            assert len(pair) == 1
+            if "(tcx link) (in the pod)" in first.read_text():  # clsact filters need no pin
+                assert any(pins.rglob("pods/*/*")), list(pins.rglob("*"))
+            proc.kill()
+            proc.wait()
+            orphaned = ping_outside_to_pod(lab, "web-1")  # no agent: the pinned links do it all
+            proc = run(second)
+            wait_for("the adoption", lambda: "adopted" in second.read_text() and "(in the pod)" in second.read_text())
+            adopted = ping_outside_to_pod(lab, "web-1")
+            assert bpi() == pair  # the same pair, not a new one
+            proc.terminate()
+            assert proc.wait(timeout=15) == 0, second.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = second.read_text()
+    in_pod = sum(1 for line in text.splitlines() if "adopted mirror_" in line and "(in the pod)" in line)
+    print(f"\nrestart with a pod inside: copies with no agent running {orphaned['request']}/{orphaned['reply']} "
+          f"of {sent}/{sent} (requests/replies), after the adoption {adopted['request']}/{adopted['reply']}; "
+          f"links adopted in the pod: {in_pod}")
+    assert orphaned["request"] == orphaned["reply"] == sent
+    assert adopted["request"] == adopted["reply"] == sent
+    assert in_pod == 3 and "adopted mirror_encap_in" in text, text  # bpftapi's, eth0's two; bpi<N>'s on the node
+    assert "attached mirror_ingress on eth0" not in text and "Traceback" not in text, text
+    assert not bpi() and "bpftapi" not in links(lab, pod)
+    assert not pins.exists() or not any(pins.rglob("*")), list(pins.rglob("*"))

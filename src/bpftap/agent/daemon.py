@@ -198,6 +198,8 @@ class Agent:
         follower = self.pods = PodFollower(self, self.ipr, self.source_ifindex)
         self.stack.callback(lambda: follower.close(detach=not self.keep))  # a handover keeps them attached
         follower.start()
+        for line in inside.prune(follower.inside_pods(), self.pin_dir):
+            log.info("%s", line)
         # what the earlier agent had attached and this config no longer asks for
         for att in self.adopted:
             att.close()

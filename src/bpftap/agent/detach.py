@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pyroute2 import IPRoute
 from pyroute2.netns import setns
 
-from bpftap.agent import state
+from bpftap.agent import inside, state
 from bpftap.bpf import pins, tc
 from bpftap.errors import BpftapError
 from bpftap.netlink import INTERNAL_A, INTERNAL_B, delete_internal_pair
@@ -39,6 +39,7 @@ def cleanup_leftovers(old: state.AgentState | None, ipr: IPRoute) -> list[str]:
     if INTERNAL_A in links:
         delete_internal_pair(INTERNAL_A, ipr)
         done.append(f"removed the internal pair {INTERNAL_A}/{INTERNAL_B}")
+    done += inside.prune([])
     for line in done:
         log.info("%s", line)
     return done

@@ -32,14 +32,17 @@ with programs there is one that delivers pod ingress with bpf_redirect_peer.
 Otherwise host: one program fewer in the pod and no per-pod pair.
 
 Pods come and go: deleting a pod's namespace deletes eth0 and bpftapi, and
-with bpftapi its peer bpi<N>; the stage-1 links (tcx, held by fd, not
-pinned) are closed and the pinned bpi<N> link unpinned by close(). A
-restarted agent finds a leftover bpi<N> (its tcx links in the pod died with
-the old process; clsact filters there are replaced, same handle and
-priority), deletes it and attaches afresh: a gap of about a second, not an
-adoption. Only pods selected by `netns:` (named namespaces) can be attached
-inside; `interface:` rule matches see the pod's eth0 ifindex in its own
-namespace, which means nothing on the node, so they do not apply there.
+with bpftapi its peer bpi<N>; close() detaches and unpins what is left.
+Every link is pinned: the node end's with the agent's links, the pod's
+(tcx) under pods/<N> of the agent's pin directory, named by their ifindex
+in the pod. So the copies go on while no agent runs, and a restarted agent
+adopts a pod whose pair is still there (bpi<N> whose peer has bpftap0's
+ifindex): its pinned links and clsact filters are kept as they are (or given
+the new programs, with --upgrade), and no packet goes uncopied. prune()
+removes the pairs and pins of pods no longer attached inside. Only pods
+selected by `netns:` (named namespaces) can be attached inside;
+`interface:` rule matches see the pod's eth0 ifindex in its own namespace,
+which means nothing on the node, so they do not apply there.
 """
 
 from __future__ import annotations
@@ -49,13 +52,18 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
 from bpftap import abi
-from bpftap.bpf import tc
+from bpftap.bpf import pins, tc
+from bpftap.bpf.objects import Program
 from bpftap.errors import BpftapError
 from bpftap.netlink import INTERNAL_MTU
 
@@ -66,6 +74,7 @@ log = logging.getLogger("bpftap.agent.inside")
 
 POD_END = "bpftapi"
 NODE_PREFIX = "bpi"
+PINS = "pods"  # under the agent's pin directory: pods/<N>, the pod links of bpi<N>
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 POD_OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off", "sg", "off")
@@ -131,6 +140,7 @@ class InsidePod:
     netns: str  # the name in /run/netns
     node_ifname: str
     node_ifindex: int
+    pins: Path  # where the pod's tcx links are pinned
     pod: list[tc.Attachment] = field(default_factory=list)  # eth0's and bpftapi's, in the pod's namespace
     node: tc.Adopted | None = None  # mirror_encap_inside on the node end
 
@@ -155,32 +165,86 @@ class InsidePod:
                         tc.destroy_clsact(att.ifname, att.ifindex)
         with suppress(InsideError):
             _run("ip", "link", "del", self.node_ifname)  # and with it bpftapi (gone already with the pod)
+        pins.remove(self.pins)
 
 
 def attach(agent: Agent, netns: str, host_ifindex: int, ingress: bool, egress: bool) -> InsidePod:
-    """Make the pod's pair and attach stage 1 in the pod, stage 2 on the node end. Raises BpftapError."""
-    done = InsidePod(netns, node_end(host_ifindex), 0)
+    """Attach stage 1 in the pod and stage 2 on the node end, adopting an earlier agent's. Raises BpftapError."""
+    done = InsidePod(netns, node_end(host_ifindex), 0, agent.pin_dir / PINS / str(host_ifindex))
     try:
-        _make_pair(done, agent.encap_ifindex)
+        earlier = _earlier_pair(done.node_ifname, agent.encap_ifindex)
+        if earlier is None:
+            pins.remove(done.pins)
+            _make_pair(done, agent.encap_ifindex)
+        else:
+            done.node_ifindex = earlier
         with in_netns(done.path):
             try:
                 eth0 = socket.if_nametoindex("eth0")
             except OSError:
                 raise InsideError(f"{done.netns}: no eth0 (the pod went away)") from None
-            hooks = [(tc.Direction.INGRESS, abi.PROG_INGRESS)] if ingress else []
-            hooks += [(tc.Direction.EGRESS, abi.PROG_EGRESS)] if egress else []
-            done.pod.append(tc.attach(agent.obj.program(abi.PROG_XFER_OUT), POD_END, agent.encap_ifindex,
-                                      tc.Direction.EGRESS, agent.mode, True, agent.priority))
-            for hook, prog in hooks:
-                done.pod.append(tc.attach(agent.obj.program(prog), "eth0", eth0, hook, agent.mode, True,
-                                          agent.priority))
+            wanted = [(POD_END, agent.encap_ifindex, tc.Direction.EGRESS, abi.PROG_XFER_OUT)]
+            wanted += [("eth0", eth0, tc.Direction.INGRESS, abi.PROG_INGRESS)] if ingress else []
+            wanted += [("eth0", eth0, tc.Direction.EGRESS, abi.PROG_EGRESS)] if egress else []
+            found = tc.adopt(done.pins, {eth0: "eth0", agent.encap_ifindex: POD_END}) if earlier else []
+            for ifname, ifindex, hook, name in wanted:
+                prog = agent.obj.program(name)
+                att = _take(found, ifindex, hook, prog, agent.upgrade, netns)
+                if att is None:
+                    att = tc.attach(prog, ifname, ifindex, hook, agent.mode, True, agent.priority)
+                    tc.pin_link(att, done.pins)
+                    log.info("pod %s: attached %s (in the pod)", netns, att.describe())
+                done.pod.append(att)
+            for left in found:  # the earlier agent's, on a hook this config leaves out
+                left.close()
         done.node = agent.place(agent.obj.program(abi.PROG_ENCAP_INSIDE), done.node_ifname, done.node_ifindex,
                                 tc.Direction.INGRESS)
     except BaseException:
         done.close()
         raise
-    for att in done.pod:
-        log.info("pod %s: attached %s (in the pod)", netns, att.describe())
+    return done
+
+
+def _earlier_pair(node_ifname: str, encap_ifindex: int) -> int | None:
+    """The ifindex of an earlier agent's node end `node_ifname` if its pod end has bpftap0's ifindex, else None."""
+    try:
+        with IPRoute() as ipr:
+            msg = ipr.link("get", ifname=node_ifname)[0]
+    except NetlinkError:  # ENODEV: there is none
+        return None
+    return int(msg["index"]) if msg.get_attr("IFLA_LINK") == encap_ifindex else None
+
+
+def _take(found: list[tc.Adopted], ifindex: int, hook: tc.Direction, prog: Program,
+          upgrade: bool, netns: str) -> tc.Attachment | None:
+    """The earlier agent's attachment of `prog` on that hook, out of `found`: kept, or given `prog` with upgrade."""
+    for old in found:
+        if isinstance(old, tc.Attachment) and (old.ifindex, old.direction) == (ifindex, hook) \
+                and old.program == prog.name[: len(old.program)]:
+            found.remove(old)
+            if upgrade:
+                old.replace(prog)
+            log.info("pod %s: %s %s (in the pod)", netns, "upgraded" if upgrade else "adopted", old.describe())
+            return old
+    return None
+
+
+def prune(kept: Iterable[InsidePod], pin_dir: Path | None = None) -> list[str]:
+    """Remove the pairs (and pod pins under `pin_dir`) of pods not in `kept`: an earlier agent's, for pods gone
+    or no longer attached inside. Returns what was removed, a line each."""
+    keep = {p.node_ifname for p in kept}
+    with IPRoute() as ipr:
+        names = [str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()]
+    done = []
+    for name in names:
+        if name.startswith(NODE_PREFIX) and name[len(NODE_PREFIX):].isdigit() and name not in keep:
+            with suppress(InsideError):
+                _run("ip", "link", "del", name)
+                done.append(f"removed {name}, the node end of a pod's pair (and with it {POD_END} in the pod)")
+    for path in sorted((pin_dir / PINS).glob("*")) if pin_dir is not None else []:
+        if not (path.name.isdigit() and node_end(int(path.name)) in keep):
+            pins.remove(path)
+            done.append(f"removed the pins at {path}")
     return done
 
 

@@ -275,6 +275,10 @@ class PodFollower:
             return False
         return bool(msg.get_attr("IFLA_IFNAME") == iface.ifname)
 
+    def inside_pods(self) -> list[inside.InsidePod]:
+        """The pods attached inside (bpftap.agent.inside)."""
+        return [a.inside for a in self.attached.values() if a.inside is not None]
+
     def close(self, detach: bool = True) -> None:
         """Stop the Kubernetes watch and detach from every pod interface (idempotent).
 
