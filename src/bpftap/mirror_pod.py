@@ -8,17 +8,18 @@ A target becomes a config source, as an interface does (bpftap.mirror):
   the attaching, inside the pod or on its host-side veth, and its detaching.
 - ``pod/NAMESPACE/NAME``: read from the Kubernetes API (in-cluster
   credentials, else ~/.kube/config); it must run on this node ($NODE_NAME,
-  else the host name) and have an IP. Its host-side interface is the one the
-  node's route to that IP names (bpftap.agent.k8s.route_iface). If a named
-  namespace in /run/netns holds the veth's other end (containerd names pod
-  namespaces cni-...), the pod is mirrored as with --netns; otherwise on
-  that interface (`attach: host` only).
+  else the host name) and have an IP. The named namespace in /run/netns
+  that holds that IP (containerd and CRI-O keep pods' namespaces there) is
+  the pod's, and it is mirrored as with --netns; if none does, on the
+  interface the node's route to the IP names (bpftap.agent.k8s.route_iface;
+  `attach: host` only).
 
 Mistakes are ConfigErrors that name the target, before anything is attached.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from typing import Any
@@ -52,17 +53,6 @@ def netns_source(name: str, direction: str, attach: str) -> dict[str, Any]:
     return {"pods": {"netns": name}, "direction": direction, "attach": attach}
 
 
-def netns_of(host_ifindex: int, run_dir: str | None = None) -> str | None:
-    """The named namespace whose eth0 is the veth peer of `host_ifindex` here, or None."""
-    from bpftap.agent.pods import NETNS_DIR, netns_names, pod_peer_index
-
-    for name in netns_names(run_dir or NETNS_DIR):
-        pair = pod_peer_index(name)
-        if pair is not None and pair[1] == host_ifindex:
-            return name
-    return None
-
-
 def k8s_api() -> Any:
     """A CoreV1Api with in-cluster credentials, else ~/.kube/config; ConfigError if neither works."""
     return core_api(f"{ORIGIN}: pod/...", " (or use --netns NAME)")
@@ -73,6 +63,7 @@ def pod_source(target: str, direction: str, attach: str, api: Any = None, node: 
     from pyroute2 import IPRoute
 
     from bpftap.agent.k8s import route_iface
+    from bpftap.agent.pods import addresses, netns_names
 
     parts = target[len(PREFIX):].split("/")
     if len(parts) != 2 or not all(parts):
@@ -96,16 +87,15 @@ def pod_source(target: str, direction: str, attach: str, api: Any = None, node: 
     ip = pod.status.pod_ip if pod.status else None
     if not ip:
         raise ConfigError(f"{ORIGIN}: {target}: has no IP yet")
+    netns = addresses(netns_names()).get(ipaddress.ip_address(ip).compressed)
+    if netns is not None:
+        return {"pods": {"netns": netns}, "direction": direction, "attach": attach}
     with IPRoute() as ipr:
         found = route_iface(ip, ipr)
     if found is None:
-        raise ConfigError(f"{ORIGIN}: {target}: the route to its IP {ip} names no veth of a pod here "
-                          "(Cilium's eBPF host routing routes by cilium_host; use --netns NAME)")
-    ifname, ifindex = found
-    netns = netns_of(ifindex)
-    if netns is not None:
-        return {"pods": {"netns": netns}, "direction": direction, "attach": attach}
+        raise ConfigError(f"{ORIGIN}: {target}: no namespace in /run/netns holds its IP {ip}, and the route to it "
+                          "names no veth of a pod here (is it on this node? else use --netns NAME)")
     if attach == "inside":
-        raise ConfigError(f"{ORIGIN}: {target}: its network namespace is not named in /run/netns, so it "
-                          "cannot be attached inside; --attach host mirrors it on its veth {ifname}")
-    return {"interface": ifname, "direction": direction}
+        raise ConfigError(f"{ORIGIN}: {target}: no namespace in /run/netns holds its IP {ip}, so it cannot be "
+                          f"attached inside; --attach host mirrors it on its veth {found[0]}")
+    return {"interface": found[0], "direction": direction}

@@ -41,7 +41,7 @@ pytestmark = [
 
 CNI = [sys.executable, str(Path(__file__).resolve().parents[1] / "bpf_progs" / "cni.py")]
 CONFIG = """
-sources: [{{pods: {{netns: "{prefix}-{select}"}}{attach}}}]
+sources: [{{pods: {{{select}}}{attach}}}]
 sessions: [{{name: ids, remote: "{col}", vni: {vni}}}]
 rules: [{{number: 100, sessions: [ids]}}]
 """
@@ -126,16 +126,22 @@ def ping_outside_to_pod(lab: PodLab, pod: str) -> Counter[str]:
     return Counter(k for line in out.splitlines() if (k := echo_kind(bytes.fromhex(json.loads(line)["hex"]))))
 
 
+def netns(lab: PodLab, glob: str) -> str:
+    """A `pods:` selector's body for the namespaces of the pods `glob`."""
+    return f'netns: "{lab.prefix}-{glob}"'
+
+
 @contextmanager
-def agent(lab: PodLab, attach: str = "", select: str = "web-1") -> Iterator[Path]:
-    """The agent in the node namespace, selecting `select` (web-1 present); yields its log file."""
+def agent(lab: PodLab, attach: str = "", select: str = "web-1", env: dict[str, str] | None = None) -> Iterator[Path]:
+    """The agent in the node namespace, selecting the namespaces `select` (web-1 present), or Kubernetes pods if
+    `select` is a selector's body; yields its log file."""
     work = Path(tempfile.mkdtemp(prefix="bpftap-inside-"))
     config = work / "bpftap.yaml"
-    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI, select=select,
+    config.write_text(CONFIG.format(col=COL4, vni=VNI, select=select if ":" in select else netns(lab, select),
                                     attach=f", attach: {attach}" if attach else ""))
     log = work / "agent.log"
     with log.open("w") as out:
-        proc = lab.popen(lab.node, [*BPFTAP, "run", "-c", str(config)], stdout=out, stderr=out)
+        proc = lab.popen(lab.node, [*BPFTAP, "run", "-c", str(config)], stdout=out, stderr=out, env=env)
     try:
         wait_for("the agent", lambda: status(lab).get("sessions") and all(s["via"] for s in status(lab)["sessions"]))
         wait_for("the pod", lambda: any(f"pod {lab.ns('web-1')}" in line for line in log.read_text().splitlines()))
@@ -224,6 +230,20 @@ def test_auto_goes_inside_behind_a_cni_and_follows_pods(lab: PodLab) -> None:
     assert not [n for n in links(lab, lab.node) if n.startswith("bpi")]
 
 
+def test_kubernetes_selector_finds_the_pod_by_its_ip_and_goes_inside(lab: PodLab) -> None:
+    """Pods selected by labels from an API server: web-1 is the namespace that holds its IP, `attach: auto` goes
+    inside it (the CNI's program is on its veth), and every echo both ways is mirrored; db-1 (app: db) not at all."""
+    with cni(lab), apiserver(lab) as env, busy_cpu(), \
+            agent(lab, "auto", select="namespace: shop, labels: {app: web}", env=env) as log:
+        web, db = ping_outside_to_pod(lab, "web-1"), ping_outside_to_pod(lab, "db-1")
+    text = log.read_text()
+    print(f"\nkubernetes selector app=web, auto: copies of web-1's requests/replies {web['request']}/{web['reply']} "
+          f"of {2 * PINGS}; of db-1's {db['request']}/{db['reply']}")
+    assert web["request"] == web["reply"] == 2 * PINGS and not db
+    assert "attaching inside the pod" in text and f"pod {lab.ns('web-1')}: attached mirror_ingress" in text, text
+    assert "Traceback" not in text and "cannot be attached inside" not in text, text
+
+
 def inner_addresses(frame: bytes) -> set[str]:
     kind = frame[12:14]
     if kind == b"\x08\x00":
@@ -233,13 +253,36 @@ def inner_addresses(frame: bytes) -> set[str]:
     return set()
 
 
-def test_mirror_one_pod_by_netns(lab: PodLab) -> None:
-    """`bpftap mirror --netns NAME --to COL`: the collector gets that pod's traffic, all of it and nothing else;
-    at the end nothing of bpftap is left (auto goes inside here: the CNI's program is on the pod's veth)."""
+@contextmanager
+def apiserver(lab: PodLab) -> Iterator[dict[str, str]]:
+    """A Kubernetes API server (tests/integration/apiserver.py) in the node namespace, knowing web-1 and db-1 as
+    pods of namespace shop on node lab-node; yields the environment that points bpftap at it."""
+    work = Path(tempfile.mkdtemp(prefix="bpftap-k8s-"))
+    pods = [{"namespace": "shop", "name": pod, "ip": f"198.18.10.{n}", "labels": {"app": pod[:-2]},
+             "node": "lab-node"} for pod, n in lab.pods.items()]
+    proc = lab.popen(lab.node, [sys.executable, "-m", "tests.integration.apiserver", str(work / "kubeconfig"),
+                                json.dumps(pods)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                     cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield {**os.environ, "KUBECONFIG": str(work / "kubeconfig"), "NODE_NAME": "lab-node"}
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("how", ["netns", "kubernetes"])
+def test_mirror_one_pod(lab: PodLab, how: str) -> None:
+    """`bpftap mirror --netns NAME` and `bpftap mirror pod/NAMESPACE/NAME` (read from an API server): the
+    collector gets that pod's traffic, all of it and nothing else; at the end nothing of bpftap is left (auto goes
+    inside here: the CNI's program is on the pod's veth, and the pod's IP names its namespace)."""
     web, db = lab.ns("web-1"), lab.ns("db-1")
-    with cni(lab), busy_cpu():
-        proc = lab.popen(lab.node, [*BPFTAP, "mirror", "--netns", web, "--to", COL4, "--duration", "9s"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with cni(lab), busy_cpu(), apiserver(lab) as env:
+        target = ["--netns", web] if how == "netns" else ["pod/shop/web-1"]
+        proc = lab.popen(lab.node, [*BPFTAP, "mirror", *target, "--to", COL4, "--duration", "9s"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             wait_for("the pod attached", lambda: "bpftapi" in links(lab, web)
                      and all(s["via"] for s in status(lab).get("sessions", [{"via": None}])))
@@ -260,7 +303,7 @@ def test_mirror_one_pod_by_netns(lab: PodLab) -> None:
     kinds = Counter(echo_kind(f) for f in frames)
     addresses = set().union(*(inner_addresses(f) for f in frames if not f[0] & 1))
     web_addrs = {"198.18.10.1", "2001:db8:10::1"}
-    print(f"\nbpftap mirror --netns web-1: {len(frames)} copies, {kinds['request']} echo requests, "
+    print(f"\nbpftap mirror {' '.join(target)}: {len(frames)} copies, {kinds['request']} echo requests, "
           f"{kinds['reply']} replies; unicast inner addresses {sorted(addresses)}\n{summary}")
     assert proc.returncode == 0, err
     assert kinds["request"] == kinds["reply"] == 2 * PINGS
@@ -300,7 +343,7 @@ def test_pod_churn_inside_leaves_nothing(lab: PodLab) -> None:
     env = {**os.environ, "BPFTAP_PIN_ROOT": str(Path("/sys/fs/bpf") / scope.name),
            "BPFTAP_STATE_DIR": str(Path("/run") / scope.name)}
     config = scope / "bpftap.yaml"
-    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI, select="web-*", attach=", attach: inside"))
+    config.write_text(CONFIG.format(col=COL4, vni=VNI, select=netns(lab, "web-*"), attach=", attach: inside"))
     log = scope / "agent.log"
     pins = Path(env["BPFTAP_PIN_ROOT"])
 
@@ -364,7 +407,7 @@ def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab) -
     env = {**os.environ, "BPFTAP_PIN_ROOT": str(Path("/sys/fs/bpf") / scope.name),
            "BPFTAP_STATE_DIR": str(Path("/run") / scope.name)}
     config = scope / "bpftap.yaml"
-    config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI, select="web-*", attach=", attach: inside"))
+    config.write_text(CONFIG.format(col=COL4, vni=VNI, select=netns(lab, "web-*"), attach=", attach: inside"))
     pins, pod, sent = Path(env["BPFTAP_PIN_ROOT"]), lab.ns("web-1"), 2 * PINGS
 
     def run(log: Path) -> subprocess.Popen[bytes]:

@@ -13,6 +13,7 @@ import errno
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from bpftap.agent import pods
 from bpftap.agent.hostiface import HostIface
+from bpftap.agent.k8s import PodIndex, PodWatch
 from bpftap.bpf import tc
 from bpftap.config import Config, Direction, PodSelector, parse_config
 from bpftap.errors import BpfError
@@ -92,6 +94,11 @@ class FakeHost:
         for att in attachments:
             self.calls.append(("detach", att.ifname, att.hook))
             self.attachments.remove(att)
+
+    def attach_inside(self, netns: str, host_ifindex: int, ingress: bool, egress: bool) -> Any:
+        self.calls.append(("inside", netns, host_ifindex, ingress, egress))
+        return SimpleNamespace(node_ifname=f"bpi{host_ifindex}", node_ifindex=100 + host_ifindex,
+                               close=lambda: self.calls.append(("inside closed", netns)))
 
     def reapply(self) -> None:
         self.calls.append(("reapply",))
@@ -255,7 +262,7 @@ def test_kubernetes_selectors_go_through_the_watch(tmp_path: Path, monkeypatch: 
         def __init__(self) -> None:
             self.stopped = False
 
-        def host_ifaces(self, selector: PodSelector, ipr: Any) -> list[HostIface]:
+        def host_ifaces(self, selector: PodSelector, ipr: Any, by_ip: Any = None) -> list[HostIface]:
             assert selector == PodSelector(namespace="shop") and ipr is node.ipr
             # cali9 is not an interface here (the pod's route went away): left out
             return [HostIface("cali1", 11, "shop/web-1"), HostIface("cali9", 19, "shop/web-9")]
@@ -268,3 +275,36 @@ def test_kubernetes_selectors_go_through_the_watch(tmp_path: Path, monkeypatch: 
     assert hooks(host) == [("cali1", "egress"), ("cali1", "ingress")]
     follower.close()
     assert watch.stopped and follower.watch is None and host.attachments == []
+
+
+def test_kubernetes_pods_are_found_by_the_namespace_holding_their_ip_and_go_inside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A pod whose IP a named namespace holds is attached inside it (no route needed: Cilium's eBPF host routing
+    routes by cilium_host); one found only by route is attached on its host side, with a warning."""
+    follower, host, node = follower_for(tmp_path, monkeypatch, {"pods": {"namespace": "shop"}, "attach": "inside"})
+    node.add_pod("cni-1234", "lxc1", 11)
+    node.ipr.links[12] = Link("cali2", peer=2)
+    scans: list[list[str]] = []
+
+    def addresses(names: list[str], run_dir: str) -> dict[str, str]:
+        scans.append(names)
+        return {"2001:db8:20::1": "cni-1234"}
+
+    monkeypatch.setattr(pods, "addresses", addresses)
+    index = PodIndex()
+    for name, ip in (("web-1", "2001:db8:20:0::1"), ("web-2", "198.18.20.2")):
+        index.apply("ADDED", SimpleNamespace(
+            metadata=SimpleNamespace(uid=name, namespace="shop", name=name, labels={}, deletion_timestamp=None),
+            spec=SimpleNamespace(host_network=False), status=SimpleNamespace(pod_ip=ip, phase="Running")))
+    watch = PodWatch(None, "node-1", lambda: None, lambda ip, ipr: ("cali2", 12) if ip == "198.18.20.2" else None)
+    watch.index = index
+    follower.watch = watch
+    with caplog.at_level("WARNING"):
+        assert follower.sync() is True
+    assert ("inside", "cni-1234", 11, True, True) in host.calls
+    assert hooks(host) == [("cali2", "egress"), ("cali2", "ingress")]
+    assert "pod shop/web-2: no namespace in" in caplog.text and "cannot be attached inside" in caplog.text
+    assert host.sources == {"lxc1": 11, "bpi11": 111, "cali2": 12}
+    assert follower.sync() is False and len(scans) == 1  # a miss (web-2) rescans at most every 5 s
+    follower.close()
+    assert ("inside closed", "cni-1234") in host.calls

@@ -61,6 +61,7 @@ def test_attach_where() -> None:
     assert parse({"pods": {"netns": "web-*"}, "attach": "inside"})[0].attach == "inside"
     assert parse({"pods": {"netns": "web-*"}, "attach": "Auto"})[0].attach == "auto"
     assert parse({"pods": {"labels": {"app": "db"}}, "attach": "host"})[0].attach == "host"
+    assert parse({"pods": {"labels": {"app": "db"}}, "attach": "inside"})[0].attach == "inside"
 
 
 @pytest.mark.parametrize(
@@ -69,8 +70,6 @@ def test_attach_where() -> None:
         ({"interface": "eth0", "attach": "inside"},
          "bpftap.yaml: sources[0].attach: only pod sources have a choice of where to attach"),
         ({"pods": {"netns": "a"}, "attach": "outside"}, "bpftap.yaml: sources[0].attach: unknown attach 'outside'"),
-        ({"pods": {"labels": {"app": "db"}}, "attach": "inside"},
-         "bpftap.yaml: sources[0].attach: attach: inside needs a pods.netns selector"),
     ],
 )
 def test_attach_mistakes(source: dict[str, Any], message: str) -> None:

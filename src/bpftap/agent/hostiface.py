@@ -17,3 +17,4 @@ class HostIface:
     ifname: str
     ifindex: int
     pod: str  # for logs: the netns name, or namespace/name in Kubernetes
+    netns: str | None = None  # the pod's network namespace by name (/run/netns), if known: for attach: inside

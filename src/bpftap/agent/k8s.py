@@ -8,8 +8,11 @@ or breaks, a fresh list replaces the whole index (a resync: deletions missed
 in between disappear). The agent asks `host_ifaces(selector)` once a second.
 
 Pod -> interface. The API does not say which network namespace a pod has
-(that is the container runtime's), so the agent goes by the pod IP: the
-node's route to a local pod IP names the pod's host-side interface
+(that is the container runtime's), so the agent goes by the pod IP. First,
+the named namespace (/run/netns, where containerd and CRI-O keep pods'
+namespaces) that holds the IP: its eth0's veth peer is the host side, and
+the pod can be attached inside (any CNI, Cilium's eBPF host routing too).
+Else the node's route to a local pod IP names the pod's host-side interface
 (`ip route get POD_IP`). That is how Calico (cali*), Cilium without eBPF
 host routing (lxc*), the AWS VPC CNI (eni*) and Azure CNI in transparent
 mode (azv*) route to pods. Bridge-based CNIs (the bridge plugin as used by
@@ -248,12 +251,17 @@ class PodWatch:
         if self._watch is not None:
             self._watch.stop()
 
-    def host_ifaces(self, selector: PodSelector, ipr: IPRoute) -> list[HostIface]:
-        """Host-side interfaces of the selected pods that can be found now (see the module docstring)."""
+    def host_ifaces(self, selector: PodSelector, ipr: IPRoute,
+                    by_ip: Callable[[str], HostIface | None] | None = None) -> list[HostIface]:
+        """Host-side interfaces of the selected pods that can be found now: by `by_ip` (the pod's network
+        namespace, which holds its IP) first, else by route (see the module docstring)."""
         found = []
         for pod in self.index.select(selector):
             assert pod.ip is not None
-            hit = self.lookup(pod.ip, ipr)
-            if hit is not None:
-                found.append(HostIface(hit[0], hit[1], f"{pod.namespace}/{pod.name}"))
+            name = f"{pod.namespace}/{pod.name}"
+            iface = by_ip(pod.ip) if by_ip is not None else None
+            if iface is not None:
+                found.append(HostIface(iface.ifname, iface.ifindex, name, iface.netns))
+            elif (hit := self.lookup(pod.ip, ipr)) is not None:
+                found.append(HostIface(hit[0], hit[1], name))
         return found

@@ -7,8 +7,10 @@ there is one end of a veth pair; its peer, found through eth0's IFLA_LINK
 that is where bpftap attaches. The peer is checked from both sides (a veth
 here whose own IFLA_LINK is that eth0), so a stray index never picks a
 wrong interface. A source `pods: {namespace: NS, labels: {...}}` selects
-Kubernetes pods through bpftap.agent.k8s, which maps a pod IP to its
-host-side interface by route.
+Kubernetes pods through bpftap.agent.k8s: a pod is the named namespace
+that holds its IP (`addresses()`, rescanned when the namespaces change or
+an IP is not found, at most every RESCAN_SECONDS), else the interface the
+node's route to its IP names (then it can only be attached on the host side).
 
 `PodFollower.sync()` runs once a second from the agent's loop: it attaches
 to interfaces of new pods, forgets attachments whose interface vanished
@@ -21,8 +23,10 @@ only through `PodHost` (five members), so tests drive it with a fake host.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -42,6 +46,7 @@ log = logging.getLogger("bpftap.agent.pods")
 
 NETNS_DIR = "/run/netns"
 POD_IFNAME = "eth0"
+RESCAN_SECONDS = 5.0
 HOOKS = ((tc.Direction.INGRESS, Direction.INGRESS), (tc.Direction.EGRESS, Direction.EGRESS))
 
 
@@ -71,6 +76,24 @@ def pod_peer_index(netns: str, ifname: str = POD_IFNAME) -> tuple[int, int] | No
     if not peer or link.get_attr("IFLA_LINK_NETNSID") is None:  # `ip -j` shows link_index only then
         return None
     return int(link["index"]), int(peer)
+
+
+def addresses(names: Iterable[str], run_dir: str = NETNS_DIR) -> dict[str, str]:
+    """Each address (compressed) held in the named namespaces `names`, mapped to its namespace's name."""
+    found: dict[str, str] = {}
+    for name in names:
+        if not os.path.exists(os.path.join(run_dir, name)):
+            continue  # gone (see pod_peer_index)
+        try:
+            with IPRoute(netns=name, flags=0) as ipr:
+                msgs = ipr.get_addr()
+        except (OSError, NetlinkError):
+            continue
+        for msg in msgs:
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr and msg.get_attr("IFA_LABEL") != "lo" and not addr.startswith("fe80"):
+                found[ipaddress.ip_address(addr).compressed] = name
+    return found
 
 
 def host_side(pod_ifindex: int, peer_ifindex: int, ipr: IPRoute) -> str | None:
@@ -140,6 +163,8 @@ class PodFollower:
         self.static = dict(static)
         self.attached: dict[tuple[str, int], _Attached] = {}
         self._netns_cache: dict[str, HostIface] = {}
+        self._by_address: dict[str, str] = {}  # pod IP -> netns name (addresses())
+        self._scanned: tuple[list[str], float] = ([], 0.0)  # the names scanned, and when
         self.attach_of: dict[tuple[str, int], str] = {}  # the `attach:` of the first source selecting each pod
         self.watch: PodWatch | None = None
 
@@ -169,7 +194,7 @@ class PodFollower:
                 ifaces = [self._netns_iface(ns, present, ipr)
                           for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]
             elif self.watch is not None:
-                ifaces = self.watch.host_ifaces(src.pods, ipr)
+                ifaces = self.watch.host_ifaces(src.pods, ipr, lambda ip: self._ip_iface(ip, names, present, ipr))
             else:
                 ifaces = []
             for iface in ifaces:
@@ -182,6 +207,15 @@ class PodFollower:
         self._netns_cache = {ns: i for ns, i in self._netns_cache.items() if ns in names}
         return found
 
+    def _ip_iface(self, ip: str, names: list[str], present: dict[int, str], ipr: IPRoute) -> HostIface | None:
+        """The pod that holds `ip` in a named namespace (rescanning them if they changed, or at times on a miss)."""
+        ip = ipaddress.ip_address(ip).compressed
+        scanned, when = self._scanned
+        if names != scanned or (ip not in self._by_address and time.monotonic() - when > RESCAN_SECONDS):
+            self._by_address, self._scanned = addresses(names, self.run_dir), (names, time.monotonic())
+        netns = self._by_address.get(ip)
+        return self._netns_iface(netns, present, ipr) if netns is not None else None
+
     def _netns_iface(self, netns: str, present: dict[int, str], ipr: IPRoute) -> HostIface | None:
         cached = self._netns_cache.get(netns)
         if cached is not None and present.get(cached.ifindex) == cached.ifname:
@@ -191,7 +225,7 @@ class PodFollower:
         if name is None or pair is None:
             self._netns_cache.pop(netns, None)
             return None
-        iface = HostIface(name, pair[1], netns)
+        iface = HostIface(name, pair[1], netns, netns)
         self._netns_cache[netns] = iface
         return iface
 
@@ -235,9 +269,13 @@ class PodFollower:
         done = _Attached(iface, direction)
         key = (iface.ifname, iface.ifindex)
         if inside.wants_inside(self.attach_of.get(key, "host"), iface.ifname, iface.ifindex):
-            done.inside = self.host.attach_inside(iface.pod, iface.ifindex, bool(direction & Direction.INGRESS),
-                                                  bool(direction & Direction.EGRESS))
-            return done
+            if iface.netns is not None:
+                done.inside = self.host.attach_inside(iface.netns, iface.ifindex, bool(direction & Direction.INGRESS),
+                                                      bool(direction & Direction.EGRESS))
+                return done
+            log.warning("pod %s: no namespace in %s holds its IP, so it cannot be attached inside; attaching on "
+                        "its host side %s (copies may miss what an eBPF data path redirects into it)",
+                        iface.pod, self.run_dir, iface.ifname)
         try:
             for hook, bit in HOOKS:
                 if not direction & bit:

@@ -311,8 +311,6 @@ def _source(report: _Report, where: str, raw: object, seen: dict[str, str]) -> S
     if "attach" in e.raw and "pods" not in e.raw:
         e.fail("attach", "only pod sources have a choice of where to attach (an interface source is attached "
                          "where it is)")
-    elif attach != "host" and pods is not None and pods.netns is None:
-        e.fail("attach", f"attach: {attach} needs a pods.netns selector (the pod's network namespace by name)")
     e.claim("interface", interface, seen, "; list each interface once (direction: both covers both ways)")
     if pods is not None:
         e.claim("pods", pods.describe(), seen, "; list each pod selector once")
