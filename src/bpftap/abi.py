@@ -72,6 +72,8 @@ PROG_INGRESS_FILTERED = "mirror_ingress_filtered"
 PROG_EGRESS_FILTERED = "mirror_egress_filtered"
 PROGRAMS = frozenset({PROG_INGRESS, PROG_EGRESS, PROG_ENCAP, PROG_GSO, PROG_NAPI, PROG_LINK, PROG_INGRESS_FILTERED,
                       PROG_EGRESS_FILTERED, PROG_XFER_OUT, PROG_ENCAP_INSIDE})
+# the names as the kernel keeps them (BPF_OBJ_NAME_LEN 16 with the NUL): how an attached program is known
+KERNEL_PROGRAM_NAMES = frozenset(name[:15] for name in PROGRAMS)
 MAP_CONFIG = "config"
 MAP_RULES = "rules"
 MAP_ADDR_CLASSES = "addr_classes"

@@ -400,9 +400,11 @@ def test_pod_churn_inside_leaves_nothing(lab: PodLab) -> None:
     assert not [n for n in os.listdir("/run/netns") if n.startswith((f"{lab.prefix}-web-c", f"{lab.prefix}-web-r"))]
 
 
-def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab) -> None:
-    """kill -9 of an agent attached inside a pod: its pinned links go on copying with no agent; the next agent
-    adopts the pod's pair and links (no new pair, no re-attach), copies go on; SIGTERM then leaves nothing."""
+@pytest.mark.parametrize("mode", ["auto", "tc"])
+def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab, mode: str) -> None:
+    """kill -9 of an agent attached inside a pod: its pinned links (tcx; clsact filters stay by themselves) go on
+    copying with no agent; the next agent adopts the pod's pair and links or filters (no new pair, no re-attach),
+    copies go on; SIGTERM then leaves nothing."""
     scope = Path(tempfile.mkdtemp(prefix="bpftap-adopt-"))
     env = {**os.environ, "BPFTAP_PIN_ROOT": str(Path("/sys/fs/bpf") / scope.name),
            "BPFTAP_STATE_DIR": str(Path("/run") / scope.name)}
@@ -412,8 +414,8 @@ def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab) -
 
     def run(log: Path) -> subprocess.Popen[bytes]:
         with log.open("w") as out:  # nsenter, not ip netns exec: the pins go to the host's bpffs and outlive it
-            return subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.node}", *BPFTAP, "run", "-c", str(config)],
-                                    stdout=out, stderr=out, env=env)
+            return subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.node}", *BPFTAP, "run", "-c", str(config),
+                                     "--attach", mode], stdout=out, stderr=out, env=env)
 
     def bpi() -> dict[str, int]:
         return {link["ifname"]: link["ifindex"] for link in json.loads(lab.run(lab.node, ["ip", "-j", "link"]).stdout)

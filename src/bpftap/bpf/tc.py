@@ -338,7 +338,7 @@ class TcFilter:
 
     @property
     def ours(self) -> bool:
-        return self.kind == "bpf" and self.handle == FILTER_HANDLE and self.name in abi.PROGRAMS
+        return self.kind == "bpf" and self.handle == FILTER_HANDLE and self.name in abi.KERNEL_PROGRAM_NAMES
 
 
 def tc_filters(ifname: str, direction: Direction) -> list[TcFilter]:
@@ -388,7 +388,7 @@ def others_on_hook(ifname: str, ifindex: int, direction: Direction) -> list[str]
     """Human descriptions of every program on a hook that is not bpftap's."""
     found = []
     for prog_id, name in tcx_programs(ifindex, direction) or []:
-        if name not in abi.PROGRAMS:
+        if name not in abi.KERNEL_PROGRAM_NAMES:
             found.append(f"tcx program {name or '?'} (id {prog_id})")
     for flt in tc_filters(ifname, direction):
         if not flt.ours:
