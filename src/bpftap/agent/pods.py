@@ -90,9 +90,10 @@ def addresses(names: Iterable[str], run_dir: str = NETNS_DIR) -> dict[str, str]:
         except (OSError, NetlinkError):
             continue
         for msg in msgs:
-            addr = msg.get_attr("IFA_ADDRESS")
-            if addr and msg.get_attr("IFA_LABEL") != "lo" and not addr.startswith("fe80"):
-                found[ipaddress.ip_address(addr).compressed] = name
+            # IPv4 names its own address IFA_LOCAL, IPv6 only IFA_ADDRESS
+            addr = ipaddress.ip_address(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+            if not addr.is_loopback and not addr.is_link_local:
+                found[addr.compressed] = name
     return found
 
 
