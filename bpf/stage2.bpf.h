@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /*
- * stage2.bpf.h: stage 2's entry, shared by mirror_encap (bpftap1's and
- * bpftap0's ingress) and mirror_encap_inside (a pod pair's node end,
- * inside.bpf.h): the fragments of a copy over the MTU go to
+ * stage2.bpf.h: stage 2's entry, mirror_encap's (bpftap1's and bpftap0's
+ * ingress; clones from pods attached inside come this way too, through
+ * bpftap0: inside.bpf.h): the fragments of a copy over the MTU go to
  * send_fragment(); stage 1's clones are prepared once (copy.bpf.h), cut
  * for a truncating pass, and copied to each session of the pass in slot
  * order by encap_one() (encap.bpf.h).

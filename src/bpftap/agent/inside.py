@@ -8,22 +8,24 @@ How (bpf/inside.bpf.h has the kernel side):
 
     pod netns:  eth0 [mirror_ingress, mirror_egress] --clone--> bpftapi [egress: mirror_xfer_out]
                                                                    | veth, crossing namespaces
-    node netns:                                         bpi<N> [ingress: mirror_encap_inside] --copy--> uplink
+    node netns:  bpi<N> [ingress: mirror_encap_inside] --redirect--> bpftap0 egress: the node's own copy path
 
 - `bpftapi`, the pod end of a veth pair of bpftap's own, is created in the
   pod's namespace with the ifindex of bpftap0 in the node's, so stage 1's
-  clone (to the config's encap_ifindex) lands on it unchanged; TSO, GSO,
-  checksum offload and scatter-gather off, so the kernel segments clones of
-  super-packets into wire frames and finishes their checksums, as on bpftap0.
+  clone (to the config's encap_ifindex) lands on it unchanged. The pair
+  keeps the kernel's offloads: a super-packet's clone crosses it whole.
 - Crossing namespaces clears the clone's mark (skb_scrub_packet with xnet);
-  mirror_xfer_out puts it in skb->hash, which the scrub keeps and
-  segmentation copies to every segment, and drops anything else.
+  mirror_xfer_out puts it in skb->hash, which the scrub keeps, and drops
+  anything else.
 - `bpi<N>` (N: the pod's host-side veth's ifindex), the node end, runs
-  stage 2 (mirror_encap_inside: the mark back from the hash, the source id
-  of bpi<N>); the copy leaves by the session's device, the node's uplink.
-  Nothing is ever sent into the pod: no extra frame on its eth0 (the pod
-  does see an extra interface, bpftapi, whose only traffic is the copies
-  leaving; both ends have IPv6, ARP and multicast off).
+  mirror_encap_inside: the mark back from the hash, with the source id of
+  bpi<N>, and on to bpftap0's egress, where the clone takes the way a clone
+  of a host-side source takes: a GSO session's super-packet encapsulated
+  whole by mirror_gso, the rest segmented for stage 2 on bpftap1; the copy
+  leaves by the session's device, the node's uplink. Nothing is ever sent
+  into the pod: no extra frame on its eth0 (the pod does see an extra
+  interface, bpftapi, whose only traffic is the copies leaving; both ends
+  have IPv6, ARP and multicast off).
 
 `auto` picks inside for a pod when a BPF program other than bpftap's is on
 its host-side veth's tc ingress (tcx or clsact): that is where Cilium
@@ -39,8 +41,9 @@ in the pod. So the copies go on while no agent runs, and a restarted agent
 adopts a pod whose pair is still there (bpi<N> whose peer has bpftap0's
 ifindex): its pinned links and clsact filters are kept as they are (or given
 the new programs, with --upgrade), and no packet goes uncopied. prune()
-removes the pairs and pins of pods no longer attached inside. Only pods
-selected by `netns:` (named namespaces) can be attached inside;
+removes the pairs and pins of pods no longer attached inside. A pod is
+entered by its named namespace (/run/netns): a `netns:` selector's, or for
+a Kubernetes pod the one that holds its IP (bpftap.agent.pods);
 `interface:` rule matches see the pod's eth0 ifindex in its own namespace,
 which means nothing on the node, so they do not apply there.
 """
@@ -77,7 +80,6 @@ NODE_PREFIX = "bpi"
 PINS = "pods"  # under the agent's pin directory: pods/<N>, the pod links of bpi<N>
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
-POD_OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off", "sg", "off")
 
 
 class InsideError(BpftapError):
@@ -249,7 +251,7 @@ def prune(kept: Iterable[InsidePod], pin_dir: Path | None = None) -> list[str]:
 
 
 def _make_pair(done: InsidePod, encap_ifindex: int) -> None:
-    """bpftapi (ifindex `encap_ifindex`) in the pod, its peer bpi<N> here; offloads off, both up, quiet."""
+    """bpftapi (ifindex `encap_ifindex`) in the pod, its peer bpi<N> here (no GRO); both up, quiet."""
     with suppress(InsideError):
         _run("ip", "link", "del", done.node_ifname)  # an earlier agent's
     mtu = str(INTERNAL_MTU)
@@ -266,7 +268,6 @@ def _make_pair(done: InsidePod, encap_ifindex: int) -> None:
         with suppress(InsideError):  # IPv6 off in this kernel or namespace: nothing to turn off
             _run(*prefix, "sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1")
         _run(*prefix, "ip", "link", "set", name, "arp", "off", "multicast", "off", "up")
-    _run(*inside, "ethtool", "-K", POD_END, *POD_OFFLOADS_OFF)
     _run("ethtool", "-K", done.node_ifname, "gro", "off")
 
 
