@@ -40,7 +40,7 @@ SELECTION = [
     "tests/integration/test_big_packets.py::test_a_super_packets_copy_is_encapsulated_whole",
     # attach: inside behind a CNI's bpf_redirect_peer, and its adoption by a restarted agent (clsact on 6.1)
     "tests/integration/test_pods_inside.py::test_inside_mirrors_both_directions_and_adds_no_frame_in_the_pod",
-    "tests/integration/test_pods_inside.py::test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed",
+    "tests/integration/test_pods_lifecycle.py::test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed",
     "tests/integration/test_pods_inside.py::test_inside_copies_super_packets_whole_and_every_byte_arrives",
 ]
 OBJECTS = [abi.object_path(), ROOT / "build" / "bpf" / "mirror_tc.debug.bpf.o"]

@@ -235,8 +235,9 @@ def prune(kept: Iterable[InsidePod], pin_dir: Path | None = None) -> list[str]:
     """Remove the pairs (and pod pins under `pin_dir`) of pods not in `kept`: an earlier agent's, for pods gone
     or no longer attached inside. Returns what was removed, a line each."""
     keep = {p.node_ifname for p in kept}
-    with IPRoute() as ipr:
-        names = [str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()]
+    with IPRoute() as ipr:  # node ends: veths bpi<digits> whose peer is in another namespace
+        names = [str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links() if m.get_attr("IFLA_LINK_NETNSID")
+                 is not None and m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth"]
     done = []
     for name in names:
         if name.startswith(NODE_PREFIX) and name[len(NODE_PREFIX):].isdigit() and name not in keep:
