@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 
@@ -33,11 +36,17 @@ pytestmark = [
 ]
 
 
-def pin_scope(prefix: str) -> tuple[Path, dict[str, str]]:
-    """A work directory and an environment giving the agent pins and state of its own, on the host's bpffs."""
-    scope = Path(tempfile.mkdtemp(prefix=prefix))
-    return scope, {**os.environ, "BPFTAP_PIN_ROOT": str(Path("/sys/fs/bpf") / scope.name),
-                   "BPFTAP_STATE_DIR": str(Path("/run") / scope.name)}
+@pytest.fixture
+def pin_env() -> Iterator[tuple[Path, dict[str, str]]]:
+    """A work directory and an environment giving the agent pins and state of its own (pins on the host's
+    bpffs); both directories go at the end."""
+    scope = Path(tempfile.mkdtemp(prefix="bpftap-pods-"))
+    pins, state = Path("/sys/fs/bpf") / scope.name, Path("/run") / scope.name
+    yield scope, {**os.environ, "BPFTAP_PIN_ROOT": str(pins), "BPFTAP_STATE_DIR": str(state)}
+    for path in (state, scope):
+        shutil.rmtree(path, ignore_errors=True)
+    with suppress(OSError):
+        pins.rmdir()  # the agent leaves it empty: a test asserts that
 
 
 def pinned_agent(lab: PodLab, config: Path, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -60,11 +69,11 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def test_pod_churn_inside_leaves_nothing(lab: PodLab) -> None:
+def test_pod_churn_inside_leaves_nothing(lab: PodLab, pin_env: tuple[Path, dict[str, str]]) -> None:
     """20 pods attached inside, created and deleted one by one while web-1 takes pings (and 5 more deleted while
     being attached): each pod's pair and its pinned link go with it, nothing is left at the end, and the
     agent's RSS grows by less than 10 %."""
-    scope, env = pin_scope("bpftap-churn-")
+    scope, env = pin_env
     config = scope / "bpftap.yaml"
     config.write_text(CONFIG.format(col=COL4, vni=VNI, select=netns(lab, "web-*"), attach=", attach: inside"))
     log = scope / "agent.log"
@@ -122,11 +131,12 @@ def test_pod_churn_inside_leaves_nothing(lab: PodLab) -> None:
 
 
 @pytest.mark.parametrize("mode", ["auto", "tc"])
-def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab, mode: str) -> None:
+def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab, mode: str,
+                                                                  pin_env: tuple[Path, dict[str, str]]) -> None:
     """kill -9 of an agent attached inside a pod: its pinned links (tcx; clsact filters stay by themselves) go on
     copying with no agent; the next agent adopts the pod's pair and links or filters (no new pair, no re-attach),
     copies go on; SIGTERM then leaves nothing."""
-    scope, env = pin_scope("bpftap-adopt-")
+    scope, env = pin_env
     config = scope / "bpftap.yaml"
     config.write_text(CONFIG.format(col=COL4, vni=VNI, select=netns(lab, "web-*"), attach=", attach: inside"))
     pins, pod, sent = Path(env["BPFTAP_PIN_ROOT"]), lab.ns("web-1"), 2 * PINGS
@@ -171,10 +181,11 @@ def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab, m
     assert not pins.exists() or not any(pins.rglob("*")), list(pins.rglob("*"))
 
 
-def test_a_restart_that_no_longer_attaches_inside_removes_the_pair_and_its_pins(lab: PodLab) -> None:
+def test_a_restart_that_no_longer_attaches_inside_removes_the_pair_and_its_pins(
+        lab: PodLab, pin_env: tuple[Path, dict[str, str]]) -> None:
     """kill -9 of an agent attached inside, then one whose config attaches on the host side: it removes the earlier
     pair (with bpftapi in the pod) and the pod's pinned links, and attaches on the host-side veth."""
-    scope, env = pin_scope("bpftap-prune-")
+    scope, env = pin_env
     config, pins = scope / "bpftap.yaml", Path(env["BPFTAP_PIN_ROOT"])
     config.write_text(CONFIG.format(col=COL4, vni=VNI, select=netns(lab, "web-1"), attach=", attach: inside"))
     first, second = scope / "first.log", scope / "second.log"
