@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,19 @@ def pinned_agent(lab: PodLab, config: Path, log: Path, env: dict[str, str], *arg
     with log.open("w") as out:
         return subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.node}", *BPFTAP, "run", "-c", str(config), *args],
                                 stdout=out, stderr=out, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM to the agent: it detaches and exits 0 (else its log says why)."""
+    proc.terminate()
+    assert proc.wait(timeout=15) == 0, log.read_text()
+
+
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill what a failed test left running."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def bpi_links(lab: PodLab) -> dict[str, int]:
@@ -110,14 +124,11 @@ def test_pod_churn_inside_leaves_nothing(lab: PodLab, pin_env: tuple[Path, dict[
             assert proc.poll() is None, log.read_text()
             end_rss = rss_kib(proc.pid)
             counters = status(lab)["counters"]
-            proc.terminate()
-            assert proc.wait(timeout=15) == 0, log.read_text()
+            stop(proc, log)
         finally:
             pinger.kill()
             pinger.wait()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
     text = log.read_text()
     print(f"\nchurn: 20 pods inside, RSS {start_rss} -> {end_rss} KiB ({(end_rss / start_rss - 1) * 100:+.1f} %), "
           f"link pins {start_pins} at start and after; {text.count('(in the pod)')} inside attachments logged; "
@@ -162,12 +173,9 @@ def test_restarted_agent_adopts_inside_pods_and_no_copy_is_missed(lab: PodLab, m
             wait_for("the adoption", lambda: "adopted" in second.read_text() and "(in the pod)" in second.read_text())
             adopted = ping_outside_to_pod(lab, "web-1")
             assert bpi() == pair  # the same pair, not a new one
-            proc.terminate()
-            assert proc.wait(timeout=15) == 0, second.read_text()
+            stop(proc, second)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
     text = second.read_text()
     in_pod = sum(1 for line in text.splitlines() if "adopted mirror_" in line and "(in the pod)" in line)
     print(f"\nrestart with a pod inside: copies with no agent running {orphaned['request']}/{orphaned['reply']} "
@@ -199,11 +207,8 @@ def test_a_restart_that_no_longer_attaches_inside_removes_the_pair_and_its_pins(
         wait_for("host-side attach", lambda: "attached mirror_ingress on vp-web-1" in second.read_text())
         assert not bpi_links(lab) and "bpftapi" not in links(lab, lab.ns("web-1"))
         assert not list(pins.rglob("pods/*/*")), list(pins.rglob("*"))
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0, second.read_text()
+        stop(proc, second)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     text = second.read_text()
     assert "removed bpi" in text and "removed the pins at" in text and "Traceback" not in text, text
