@@ -22,6 +22,8 @@ examples:
   bpftap bench                      all tiers (about 10 minutes), results in bench/results/
   bpftap bench --tiers 1            program cost only (under a minute)
   bpftap bench --quick --tiers 2,3  shorter points, for trying the instrument out
+  bpftap bench --tiers 2 --link-offloads --direction ingress
+                                    bulk TCP, only the data mirrored, collector link with tunnel TSO
 """
 
 
@@ -40,6 +42,9 @@ def register(sub: Any) -> None:
     p.add_argument("--link-offloads", action="store_true",
                    help="tier 2: the collector link takes tunnel super-packets whole, as a NIC with tunnel TSO "
                         "and checksum offload (default: the kernel segments them before it, as for a NIC without)")
+    p.add_argument("--direction", choices=("both", "ingress", "egress"), default="both",
+                   help="tier 2: the tapped interface's directions mirrored, by bpftap and mirred alike "
+                        "(ingress: the bulk data; egress: its ACKs; default both)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -55,7 +60,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise BpftapError("--reps: at least 3 (the protocol reports median and spread of >= 3)")
     if args.underlay_mtu is not None and not 1280 <= args.underlay_mtu <= 9000:
         raise BpftapError(f"--underlay-mtu: {args.underlay_mtu} is not between 1280 and 9000")
-    res = run_bench(tiers, args.reps, args.quick, args.underlay_mtu, args.link_offloads)
+    res = run_bench(tiers, args.reps, args.quick, args.underlay_mtu, args.link_offloads, args.direction)
     args.out.mkdir(parents=True, exist_ok=True)
     from bpftap.bench.report import format_report, result_stem
 
@@ -76,7 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def run_bench(tiers: set[int], reps: int, quick: bool, underlay_mtu: int | None = None,
-              link_offloads: bool = False) -> dict[str, Any]:
+              link_offloads: bool = False, direction: str = "both") -> dict[str, Any]:
     """Run the chosen tiers in order (1, 2, 4, 3); a tier that fails is recorded and the rest go on."""
     from bpftap import abi
     from bpftap.bench import sysinfo
@@ -114,7 +119,8 @@ def run_bench(tiers: set[int], reps: int, quick: bool, underlay_mtu: int | None 
                 from bpftap.bench.tcp import run_tier2
 
                 tier("tier2", lambda: run_tier2(lab, reps, 3.0 if quick else 10.0, log=log,
-                                                underlay_mtu=underlay_mtu, link_offloads=link_offloads))
+                                                underlay_mtu=underlay_mtu, link_offloads=link_offloads,
+                                                direction=direction))
             if 4 in tiers:
                 from bpftap.bench.memory import run_tier4
 

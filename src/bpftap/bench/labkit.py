@@ -27,7 +27,8 @@ VNI = 42
 IPERF_PORT = 5201
 
 
-def agent_config(remote: str, kind: str, n_rules: int = 10, capacity: int = 0) -> dict[str, Any]:
+def agent_config(remote: str, kind: str, n_rules: int = 10, capacity: int = 0,
+                 direction: str = "both") -> dict[str, Any]:
     """The agent's config for one bench configuration, as data.
 
     ``nomatch``: `n_rules` UDP rules for ports 6000.. that no bench traffic
@@ -36,7 +37,8 @@ def agent_config(remote: str, kind: str, n_rules: int = 10, capacity: int = 0) -
     VXLAN session to `remote`. ``nochain``: ``mirror`` with `redirect_chain: false`
     (the agent sends the copies from user space). ``links``: ``mirror`` with the tapped host's
     uplink eth1 a listed link of `capacity` bits/s. ``many``: `n_rules` rules, the last one
-    matching everything (the memory tier's full rule set).
+    matching everything (the memory tier's full rule set). `direction`: which of eth0's
+    directions are tapped (``both``, ``ingress``, ``egress``).
     """
     session = {"name": "ids", "tunnel": "vxlan", "remote": remote, "vni": VNI, "port": VXLAN_PORT}
     rules: list[dict[str, Any]]
@@ -50,7 +52,7 @@ def agent_config(remote: str, kind: str, n_rules: int = 10, capacity: int = 0) -
                  for i in range(n_rules - 1)] + [{"number": n_rules + 1, "sessions": ["ids"]}]
     else:
         raise ValueError(f"unknown agent config kind {kind!r}")
-    config = {"sources": [{"interface": "eth0", "direction": "both"}], "sessions": [session], "rules": rules}
+    config = {"sources": [{"interface": "eth0", "direction": direction}], "sessions": [session], "rules": rules}
     if kind == "links":
         return {**config, "links": [{"interface": "eth1", "capacity": capacity}]}
     return {**config, "redirect_chain": False} if kind == "nochain" else config
@@ -149,10 +151,10 @@ def copy_count(lab: Lab, host: Host, dev: str) -> int:
     return 0
 
 
-def mirred_on(lab: Lab, host: Host, dev: str, to: str) -> None:
-    """The kernel's way: `tc ... u32 match u32 0 0 action mirred egress mirror dev <to>`, both directions."""
+def mirred_on(lab: Lab, host: Host, dev: str, to: str, direction: str = "both") -> None:
+    """The kernel's way: `tc ... u32 match u32 0 0 action mirred egress mirror dev <to>` on `direction`'s hooks."""
     lab.run(host, ["tc", "qdisc", "add", "dev", dev, "clsact"])
-    for hook in ("ingress", "egress"):
+    for hook in ("ingress", "egress") if direction == "both" else (direction,):
         lab.run(host, ["tc", "filter", "add", "dev", dev, hook, "protocol", "all", "prio", "1", "u32",
                        "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", to])
 

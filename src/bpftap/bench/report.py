@@ -74,7 +74,8 @@ def tier1_lines(t1: dict[str, Any]) -> list[str]:
 def tier2_lines(t2: dict[str, Any]) -> list[str]:
     lines = [f"tier 2: bulk TCP src->dst through tap, iperf3 {t2['seconds']:g} s x {t2['reps']} interleaved rounds"
              f", collector link MTU {t2.get('underlay_mtu', 9000)}"
-             f"{', tunnel TSO on it' if t2.get('link_offloads') else ''}",
+             f"{', tunnel TSO on it' if t2.get('link_offloads') else ''}"
+             f"{'' if t2.get('direction', 'both') == 'both' else ', tapped on ' + t2['direction'] + ' only'}",
              f"  {'config':<9}{'Gbit/s [min-max]':>24}{'x none':>20}{'CPU busy %':>12}{'CPU/GB x none':>20}"
              f"{'coverage %':>12}{'copies/s':>12}"]
     for name, c in t2["configs"].items():

@@ -64,7 +64,7 @@ def one_run(lab: Lab, iperf: K.Iperf, seconds: float) -> dict[str, Any]:
 
 def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: float = 3.0,
               log: Callable[[str], None] = print, underlay_mtu: int | None = None,
-              link_offloads: bool = False) -> dict[str, Any]:
+              link_offloads: bool = False, direction: str = "both") -> dict[str, Any]:
     """Interleaved rounds of the four configurations on a lab that is up.
 
     `underlay_mtu` sets the collector link's MTU first (both ends): at 1500,
@@ -72,6 +72,8 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
     and the kernel's VXLAN device behind mirred fragments its packets.
     `link_offloads` lets the collector link carry tunnel super-packets whole
     (a NIC with tunnel TSO); without, the kernel segments them before it.
+    `direction` taps only the data (``ingress`` of the tapped interface) or
+    only the ACKs (``egress``), for bpftap and mirred alike.
     """
     lab.collector_link_offloads(link_offloads)
     if underlay_mtu is not None:
@@ -91,14 +93,14 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
         for rnd, config in rounds(CONFIGS, reps, warmup=0):
             try:
                 if config == "nomatch":
-                    agent = K.BenchAgent(lab, K.agent_config(str(lab.col.ip4), "nomatch"))
+                    agent = K.BenchAgent(lab, K.agent_config(str(lab.col.ip4), "nomatch", direction=direction))
                 elif config in ("mirror", "nochain"):
                     if agent is None:
-                        agent = K.BenchAgent(lab, K.agent_config(str(lab.col.ip4), config))
+                        agent = K.BenchAgent(lab, K.agent_config(str(lab.col.ip4), config, direction=direction))
                     else:
-                        agent.reload(K.agent_config(str(lab.col.ip4), config))
+                        agent.reload(K.agent_config(str(lab.col.ip4), config, direction=direction))
                 elif config == "mirred":
-                    K.mirred_on(lab, lab.tap, "eth0", "vxm0")
+                    K.mirred_on(lab, lab.tap, "eth0", "vxm0", direction)
                 result = one_run(lab, iperf, seconds)
                 if config in ("mirror", "nochain") and agent is not None:
                     agent_counters.append({"config": config, **agent.status()["counters"]})
@@ -125,7 +127,7 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
 
     base, base_cpu = col("none", "gbps"), col("none", "cpu_s_per_gb")
     out: dict[str, Any] = {"seconds": seconds, "reps": reps, "underlay_mtu": mtu, "link_offloads": link_offloads,
-                           "configs": {},
+                           "direction": direction, "configs": {},
                            "agent_counters": agent_counters, "warmup": warm, "errors": errors}
     for config in CONFIGS:
         gbps = col(config, "gbps")
