@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bpftap.bench import stats
-from bpftap.bench.report import format_report, result_stem, tier1_lines, tier3_lines
+from bpftap.bench.report import format_report, result_stem, tier1_lines, tier2_lines, tier3_lines
 
 
 def test_summarize_median_min_max_and_drops_missing() -> None:
@@ -85,6 +85,18 @@ def test_report_tables_show_ratios_clipping_and_reference() -> None:
             "mitigations_cmdline": ["mitigations=auto"], "commit": "abc", "dirty": True, "duration_s": 1.0}
     report = format_report({"meta": meta, "tier1": t1, "errors": {"tier2": "boom"}})
     assert "(dirty tree)" in report and "tier2: FAILED: boom" in report
+
+
+def test_tier2_names_the_tapped_direction_when_it_is_not_both() -> None:
+    def config(gbps: float) -> dict[str, object]:
+        return {"gbps": stats.summarize([gbps]), "ratio": stats.summarize([gbps / 18.0]),
+                "cpu_busy": stats.summarize([0.65]), "cpu_per_gb_ratio": stats.summarize([1.1])}
+
+    t2 = {"seconds": 10, "reps": 3, "underlay_mtu": 9000, "link_offloads": True, "direction": "ingress",
+          "configs": {"none": config(18.0), "mirror": config(15.0), "mirred": config(16.0)}}
+    text = "\n".join(tier2_lines(t2))
+    assert "tunnel TSO on it, tapped on ingress only" in text and "same run: 0.94x" in text
+    assert "tapped on" not in tier2_lines({**t2, "direction": "both"})[0]
 
 
 def test_result_file_is_named_by_date_and_host() -> None:
