@@ -204,7 +204,9 @@ def test_a_restart_that_no_longer_attaches_inside_removes_the_pair_and_its_pins(
         proc.wait()
         config.write_text(CONFIG.format(col=COL4, vni=VNI, select=netns(lab, "web-1"), attach=""))
         proc = pinned_agent(lab, config, second, env)
-        wait_for("host-side attach", lambda: "attached mirror_ingress on vp-web-1" in second.read_text())
+        # the agent prunes after it has attached, and logs what it removed once it is done
+        wait_for("host-side attach and prune", lambda: "attached mirror_ingress on vp-web-1" in second.read_text()
+                 and "removed the pins at" in second.read_text())
         assert not bpi_links(lab) and "bpftapi" not in links(lab, lab.ns("web-1"))
         assert not list(pins.rglob("pods/*/*")), list(pins.rglob("*"))
         stop(proc, second)

@@ -137,7 +137,9 @@ def run_tier2(lab: Lab, reps: int = 3, seconds: float = 10.0, warmup_seconds: fl
             "cpu_busy": summarize(col(config, "cpu_busy")),
             "cpu_s_per_gb": summarize(col(config, "cpu_s_per_gb")),
             "cpu_per_gb_ratio": ratio_summary(col(config, "cpu_s_per_gb"), base_cpu),
-            "coverage": summarize(col(config, "coverage")) if config in ("mirror", "nochain", "mirred") else None,
+            # the ACKs alone carry no payload to cover
+            "coverage": summarize(col(config, "coverage"))
+            if config in ("mirror", "nochain", "mirred") and direction != "egress" else None,
             "copies_per_s": summarize(col(config, "copies_per_s")) if config in ("mirror", "nochain", "mirred")
             else None,
             "runs": runs[config],
