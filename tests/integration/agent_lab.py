@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -26,6 +27,15 @@ BPFTAP = [sys.executable, "-m", "bpftap.cli"]
 # waits stretch by this factor where everything is slower: the kernel matrix's emulated guests (tools/kernels)
 TIME_SCALE = float(os.environ.get("BPFTAP_TIME_SCALE", "1"))
 WIRE = [sys.executable, str(Path(__file__).with_name("wire.py"))]
+_WORK: list[Path] = []
+
+
+def work_dir(prefix: str) -> Path:
+    """A fresh directory for a test's configs and logs, under one per test run that is removed when the run ends."""
+    if not _WORK:
+        _WORK.append(Path(tempfile.mkdtemp(prefix="bpftap-tests-")))
+        atexit.register(shutil.rmtree, _WORK[0], ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_WORK[0]))
 
 
 def in_tap(lab: Lab, cmd: list[str]) -> list[str]:
@@ -48,7 +58,7 @@ class Agent:
 
     def __init__(self, lab: Lab, config: str, *args: str, pins: PinScope | None = None) -> None:
         self.lab = lab
-        self.dir = Path(tempfile.mkdtemp(prefix="bpftap-test-"))
+        self.dir = work_dir("agent-")
         self.config = self.dir / "bpftap.yaml"
         self.config.write_text(config)
         self.log = self.dir / "agent.log"

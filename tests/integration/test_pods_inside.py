@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ import pytest
 
 from bpftap import abi
 
-from .agent_lab import BPFTAP, WIRE
+from .agent_lab import BPFTAP, WIRE, work_dir
 from .podlab import BRIDGE_MAC, COL4, EXT4, EXT6, EXT_MAC, UPLINK, UPLINK_MAC, VNI, PodLab
 from .test_big_packets import busy_cpu
 
@@ -135,7 +134,7 @@ def netns(lab: PodLab, glob: str) -> str:
 def agent(lab: PodLab, attach: str = "", select: str = "web-1", env: dict[str, str] | None = None) -> Iterator[Path]:
     """The agent in the node namespace, selecting the namespaces `select` (web-1 present), or Kubernetes pods if
     `select` is a selector's body; yields its log file."""
-    work = Path(tempfile.mkdtemp(prefix="bpftap-inside-"))
+    work = work_dir("inside-")
     config = work / "bpftap.yaml"
     config.write_text(CONFIG.format(col=COL4, vni=VNI, select=select if ":" in select else netns(lab, select),
                                     attach=f", attach: {attach}" if attach else ""))
@@ -281,7 +280,7 @@ def inner_addresses(frame: bytes) -> set[str]:
 def apiserver(lab: PodLab) -> Iterator[dict[str, str]]:
     """A Kubernetes API server (tests/integration/apiserver.py) in the node namespace, knowing web-1 and db-1 as
     pods of namespace shop on node lab-node; yields the environment that points bpftap at it."""
-    work = Path(tempfile.mkdtemp(prefix="bpftap-k8s-"))
+    work = work_dir("k8s-")
     pods = [{"namespace": "shop", "name": pod, "ip": f"198.18.10.{n}", "labels": {"app": pod[:-2]},
              "node": "lab-node"} for pod, n in lab.pods.items()]
     proc = lab.popen(lab.node, [sys.executable, "-m", "tests.integration.apiserver", str(work / "kubeconfig"),

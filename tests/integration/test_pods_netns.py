@@ -12,17 +12,15 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bpftap import abi
 
-from .agent_lab import BPFTAP, WIRE
+from .agent_lab import BPFTAP, WIRE, work_dir
 from .podlab import BRIDGE4, COL4, VNI, PodLab
 
 pytestmark = [
@@ -100,7 +98,7 @@ def mirrored_pods(lab: PodLab) -> set[str]:
 
 def test_pods_selected_by_netns_name_followed_as_they_come_and_go(podlab: PodLab) -> None:
     lab = podlab
-    work = Path(tempfile.mkdtemp(prefix="bpftap-pods-"))
+    work = work_dir("pods-")
     config = work / "bpftap.yaml"
     config.write_text(CONFIG.format(prefix=lab.prefix, col=COL4, vni=VNI))
     log = work / "agent.log"
