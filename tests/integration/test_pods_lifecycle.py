@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -22,7 +21,7 @@ import pytest
 
 from bpftap import abi
 
-from .agent_lab import BPFTAP
+from .agent_lab import BPFTAP, PinScope, work_dir
 from .podlab import COL4, VNI, PodLab
 from .test_big_packets import busy_cpu
 from .test_pods_inside import CONFIG, PINGS, cni, lab, links, netns, ping_outside_to_pod, status, wait_for
@@ -38,13 +37,11 @@ pytestmark = [
 
 @pytest.fixture
 def pin_env() -> Iterator[tuple[Path, dict[str, str]]]:
-    """A work directory and an environment giving the agent pins and state of its own (pins on the host's
-    bpffs); both directories go at the end."""
-    scope = Path(tempfile.mkdtemp(prefix="bpftap-pods-"))
-    pins, state = Path("/sys/fs/bpf") / scope.name, Path("/run") / scope.name
-    yield scope, {**os.environ, "BPFTAP_PIN_ROOT": str(pins), "BPFTAP_STATE_DIR": str(state)}
-    # a passing test has asserted the agent left no pin; a failed one's are removed here
-    for path in (state, scope, pins):
+    """A work directory and a PinScope's environment: the agent's pins (on the host's bpffs) and state of its own,
+    removed at the end (a passing test has asserted the agent left no pin)."""
+    scope = PinScope()
+    yield work_dir("pods-"), scope.env
+    for path in (scope.root, scope.state):
         shutil.rmtree(path, ignore_errors=True)
 
 
