@@ -7,6 +7,7 @@ attached to, or sent from, an interface of the root namespace.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,13 +98,18 @@ class BenchAgent:
                           f"{self.log.read_text()[-2000:]}")
 
     def stop(self) -> int:
+        """SIGTERM (SIGKILL after 15 s); its directory goes if it exited 0, else stays for its log, named on stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                return self.proc.wait(timeout=15)
+                self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                return self.proc.wait(timeout=5)
+                self.proc.wait(timeout=5)
+        if self.proc.returncode == 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            print(f"bench: the agent exited {self.proc.returncode}; its log: {self.log}", file=sys.stderr)
         return self.proc.returncode
 
 
