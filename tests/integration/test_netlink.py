@@ -17,7 +17,11 @@ from typing import Any
 
 import pytest
 
-from bpftap.lab import Lab
+from bpftap.lab import JUMBO_MTU, Lab
+from bpftap.netlink import RouteWatch
+
+from ..netns import inside_new_netns
+from .agent_lab import Agent
 
 
 def _unavailable() -> str | None:
@@ -171,3 +175,60 @@ def test_internal_pair_never_deletes_a_foreign_device(lab: Lab) -> None:
         assert "bpftap0" in links and "bpftap1" not in links
     finally:
         lab.run(lab.tap, ["ip", "link", "del", "bpftap0"])
+
+
+def test_route_watch_sees_links_addresses_routes_and_neighbours() -> None:
+    """What `due` says, in a namespace of the test's own where nothing else happens."""
+    with inside_new_netns("btw"):
+        watch = RouteWatch(every=3600)
+        try:
+            assert watch.due()  # the first look
+            assert not watch.due() and watch.due(waiting=True)
+            for change in (["link", "add", "w0", "type", "veth", "peer", "name", "w1"],
+                           ["link", "set", "w0", "up"],
+                           ["addr", "add", "198.18.60.1/24", "dev", "w0"],
+                           ["route", "add", "198.18.61.0/24", "via", "198.18.60.2"],
+                           ["neigh", "add", "198.18.60.2", "lladdr", "02:00:00:00:00:02", "dev", "w0"],
+                           ["-6", "route", "add", "2001:db8:61::/64", "dev", "w0"]):
+                assert not watch.due(), change
+                subprocess.run(["ip", *change], check=True)
+                assert watch.due(), change
+            assert not watch.due()
+        finally:
+            watch.close()
+        watch = RouteWatch(every=0.2)
+        try:
+            assert watch.due() and not watch.due()
+            time.sleep(0.3)
+            assert watch.due() and not watch.due()  # every `every` seconds, changes or not
+        finally:
+            watch.close()
+
+
+FOLLOW = """
+sources:
+  - interface: eth0
+sessions:
+  - {{name: c, remote: "{remote}", vni: 7}}
+rules:
+  - {{number: 10, sessions: [c]}}
+"""
+
+
+def test_a_running_agent_follows_the_route_and_the_link(lab: Lab) -> None:
+    """A new route's MTU, then the link's, reach the session at once (not at the 30 s re-check)."""
+    remote = str(lab.col.ip4)
+    agent = Agent(lab, FOLLOW.format(remote=remote))
+    try:
+        for change, mtu in ((["route", "add", f"{remote}/32", "dev", "eth2", "mtu", "1300"], 1300),
+                            (["route", "del", f"{remote}/32"], JUMBO_MTU),
+                            (["link", "set", "eth2", "mtu", "1400"], 1400)):
+            seen = len(agent.output())
+            lab.run(lab.tap, ["ip", *change])
+            deadline = time.monotonic() + 10
+            while f"mtu {mtu})" not in agent.output()[seen:]:
+                assert time.monotonic() < deadline, f"{change}: the agent did not follow\n{agent.output()}"
+                time.sleep(0.2)
+    finally:
+        lab.run(lab.tap, ["ip", "link", "set", "eth2", "mtu", str(JUMBO_MTU)])
+        assert agent.stop() == 0, agent.output()

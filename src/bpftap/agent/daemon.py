@@ -50,6 +50,7 @@ from bpftap.netlink import (
     INTERNAL_B,
     NextHop,
     ResolveError,
+    RouteWatch,
     delete_internal_pair,
     ensure_internal_pair,
     link_index,
@@ -103,7 +104,7 @@ class Agent:
         self.pin_dir = pins.netns_dir(state.netns_id())
         self.adopted: list[tc.Adopted] = []  # the earlier agent's attachments not yet taken over
         self.adoption: dict[str, Any] | None = None  # what was adopted, for status
-        self.ipr = IPRoute()
+        self.ipr, self.watch = IPRoute(), RouteWatch()
         self.stack = ExitStack()
         self.attachments: list[tc.Attachment] = []
         self.created_clsact: list[str] = []
@@ -361,6 +362,7 @@ class Agent:
         self.stack.close()
         self.attachments.clear()
         self.ipr.close()
+        self.watch.close()
 
     # --- rule sets and sessions -------------------------------------------------------------
     def compile(self, config: Config) -> tuple[dict[str, int], CompiledRules]:
@@ -397,9 +399,9 @@ class Agent:
         )
 
     def refresh_sessions(self) -> None:
-        """Re-resolve every session's next hop; write the ones that changed."""
+        """Re-resolve every session's next hop when due (RouteWatch); write the ones that changed."""
         with self.lock:
-            if self.plan is not None:
+            if self.plan is not None and self.watch.due(any(st.problem for st in self.plan.sessions.values())):
                 self._write_sessions(self.plan, force=False)
 
     def _write_sessions(self, plan: Plan, force: bool) -> None:
@@ -417,14 +419,8 @@ class Agent:
             if problem and problem != st.problem:
                 log.warning("session %s: %s; its copies are counted as unresolved", name, problem)
             elif hop is not None and hop != st.nexthop:
-                log.info(
-                    "session %s: %s via %s (next hop %s, mtu %d)",
-                    name,
-                    st.remote,
-                    hop.ifname,
-                    hop.dst_mac.hex(":"),
-                    hop.mtu,
-                )
+                log.info("session %s: %s via %s (next hop %s, mtu %d)", name, st.remote, hop.ifname,
+                         hop.dst_mac.hex(":"), hop.mtu)
             st.nexthop, st.problem = hop, problem
             # a full write stages the next rule slot's table; a refresh rewrites the live one
             self.tables.write_session(st.slot, st.session, hop, live=not force, member=st.member)

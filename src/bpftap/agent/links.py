@@ -134,6 +134,7 @@ class LinkGovernor:
         self.links: dict[int, LinkState] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        self.wake = threading.Event()  # set_links or close: the thread sleeps on it while no link is listed
         self.thread: threading.Thread | None = None
 
     def set_links(self, links: list[LinkState]) -> None:
@@ -151,6 +152,7 @@ class LinkGovernor:
                     self.state.update(ifindex, abi.LinkState())
                 self._set_fill(link)
             self.links = new
+        self.wake.set()
 
     def start(self) -> None:
         """Follow the links' queues from now on (until close)."""
@@ -172,6 +174,7 @@ class LinkGovernor:
 
     def close(self) -> None:
         self.stop_event.set()
+        self.wake.set()
         if self.thread is not None:
             self.thread.join(5)
         with self.lock:
@@ -181,7 +184,9 @@ class LinkGovernor:
 
     def _run(self) -> None:
         with IPRoute() as ipr:
-            while not self.stop_event.wait(TICK):
+            while not self.stop_event.is_set():
+                self.wake.wait(TICK if self.links else None)  # (no wake-up 20 times a second for nothing)
+                self.wake.clear()
                 with self.lock:
                     for link in self.links.values():
                         try:

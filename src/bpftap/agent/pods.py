@@ -184,12 +184,14 @@ class PodFollower:
     # --- what should be attached ------------------------------------------------------------
     def desired(self, sources: Iterable[Source], ipr: IPRoute) -> dict[tuple[str, int], tuple[HostIface, Direction]]:
         """Host interfaces of every selected pod now, with the union of directions asked for each."""
+        sources = [src for src in sources if src.pods is not None]
+        if not sources:
+            return {}  # (no need to list every link each second)
         present = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
         found: dict[tuple[str, int], tuple[HostIface, Direction]] = {}
         names = netns_names(self.run_dir)
         for src in sources:
-            if src.pods is None:
-                continue
+            assert src.pods is not None
             ifaces: Sequence[HostIface | None]
             if src.pods.netns is not None:
                 ifaces = [self._netns_iface(ns, present, ipr)
