@@ -1,6 +1,6 @@
 """Big packets in the lab: every byte of a TCP flow reaches the kernel's VXLAN device, a CPU kept busy.
 
-The flow runs at 1 Gbit/s where copies leave whole or resegmented, at
+The flow runs at 1 and 5 Gbit/s where copies leave whole or resegmented, at
 300 Mbit/s where they take the slower fragment path (one clone per outer
 fragment: at 1 Gbit/s, 100,000 a second, and a loaded CI runner's rings
 dropped 325 of them in one run).
@@ -254,6 +254,9 @@ CASES = [
     ("v4-1500-over-1500", 4, 1500, 1500, "resegment", "1G", False),
     ("v6-1500-over-1500", 6, 1500, 1500, "resegment", "1G", False),
     ("v4-1500-over-9000", 4, 9000, 1500, "resegment", "1G", False),
+    # 5 Gbit/s: the sequence space passes 4 GiB after 7 s
+    ("v4-1500-over-1500-5G", 4, 1500, 1500, "resegment", "5G", False),
+    ("v6-1500-over-1500-5G", 6, 1500, 1500, "resegment", "5G", False),
     # segments of 9000-byte frames do not fit 1500 even resegmented: the per-segment path fragments them
     ("v4-jumbo-9000-over-1500", 4, 1500, 9000, "resegment", "300M", True),
     # fragment: the wire's exact frames, per segment and fragment on the internal pair: a slower path
