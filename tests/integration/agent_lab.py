@@ -105,6 +105,10 @@ class PinScope:
         """Remove whatever a failed test left in this scope."""
         if self.root.exists() or self.state.exists():
             self.detach(lab)
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove its pin root and state directory, whatever is in them."""
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
 

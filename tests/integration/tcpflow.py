@@ -77,8 +77,8 @@ def frame_flows(frames: Iterable[bytes]) -> dict[tuple[Endpoint, Endpoint], Dire
         if d.isn is not None:
             base = (d.isn + 1) & 0xFFFFFFFF
             data = [(seq, n) for seq, n, _ in segs if n]
-            d.ranges = [(rel, rel + n) for rel, (_, n) in zip(_unwrap((seq - base) & 0xFFFFFFFF for seq, _ in data),
-                                                              data, strict=True)]
+            starts = _unwrap((seq - base) & 0xFFFFFFFF for seq, _ in data)
+            d.ranges = [(start, start + n) for start, (_, n) in zip(starts, data, strict=True)]
         out[key] = d
     return out
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -41,8 +40,7 @@ def pin_env() -> Iterator[tuple[Path, dict[str, str]]]:
     removed at the end (a passing test has asserted the agent left no pin)."""
     scope = PinScope()
     yield work_dir("pods-"), scope.env
-    for path in (scope.root, scope.state):
-        shutil.rmtree(path, ignore_errors=True)
+    scope.remove()
 
 
 def pinned_agent(lab: PodLab, config: Path, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:

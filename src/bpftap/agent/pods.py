@@ -184,20 +184,18 @@ class PodFollower:
     # --- what should be attached ------------------------------------------------------------
     def desired(self, sources: Iterable[Source], ipr: IPRoute) -> dict[tuple[str, int], tuple[HostIface, Direction]]:
         """Host interfaces of every selected pod now, with the union of directions asked for each."""
-        sources = [src for src in sources if src.pods is not None]
-        if not sources:
+        selected = [(src, src.pods) for src in sources if src.pods is not None]
+        if not selected:
             return {}  # (no need to list every link each second)
         present = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
         found: dict[tuple[str, int], tuple[HostIface, Direction]] = {}
         names = netns_names(self.run_dir)
-        for src in sources:
-            assert src.pods is not None
+        for src, pods in selected:
             ifaces: Sequence[HostIface | None]
-            if src.pods.netns is not None:
-                ifaces = [self._netns_iface(ns, present, ipr)
-                          for ns in names if fnmatch.fnmatchcase(ns, src.pods.netns)]
+            if pods.netns is not None:
+                ifaces = [self._netns_iface(ns, present, ipr) for ns in names if fnmatch.fnmatchcase(ns, pods.netns)]
             elif self.watch is not None:
-                ifaces = self.watch.host_ifaces(src.pods, ipr, lambda ip: self._ip_iface(ip, names, present, ipr))
+                ifaces = self.watch.host_ifaces(pods, ipr, lambda ip: self._ip_iface(ip, names, present, ipr))
             else:
                 ifaces = []
             for iface in ifaces:
