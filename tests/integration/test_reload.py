@@ -87,6 +87,12 @@ def test_reloads_under_load_lose_nothing(lab: Lab) -> None:
             status = agent.status()
             seen_500.append(next(r["packets"] for r in status["rules"] if r["number"] == 500))
             seen_copies.append(status["sessions"][0]["packets"])
+        # a SIGHUP for a file already applied (its change seen by the watch first) installs nothing again
+        agent.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "unchanged; the running rules stay" not in agent.output():
+            assert time.monotonic() < deadline, "a SIGHUP for an unchanged file was not answered"
+            time.sleep(0.05)
         ping_out, _ = pings.communicate(timeout=60)
         flow_out, _ = flow.communicate(timeout=60)
     finally:

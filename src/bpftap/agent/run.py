@@ -143,7 +143,11 @@ def run_config(
                     log.info("SIGHUP: no config file to reload")
                 else:
                     try:
-                        agent.apply(load_config(config_path))
+                        config = load_config(config_path)
+                        if config == agent.config:  # e.g. the file's change was seen, then SIGHUP came for it
+                            log.info("%s unchanged; the running rules stay", config_path)
+                        else:
+                            agent.apply(config)
                     except BpftapError as exc:
                         log.error("reload refused, the running rules stay: %s", exc)
             agent.refresh_sessions()
