@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,3 +148,13 @@ class PodLab:
         """Delete every namespace made here (idempotent); processes are the caller's to end first."""
         while self.created:
             _ip("netns", "del", self.created.pop(), check=False)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0) -> None:
+    """Poll `check` until true; generous, as an agent's start (loading and verifying the object) takes seconds on
+    a loaded machine and more under emulation (make kernels)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)

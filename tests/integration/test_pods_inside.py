@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ import pytest
 from bpftap import abi
 
 from .agent_lab import BPFTAP, WIRE, work_dir
-from .podlab import BRIDGE_MAC, COL4, EXT4, EXT6, EXT_MAC, UPLINK, UPLINK_MAC, VNI, PodLab
+from .podlab import BRIDGE_MAC, COL4, EXT4, EXT6, EXT_MAC, UPLINK, UPLINK_MAC, VNI, PodLab, wait_for
 from .test_big_packets import busy_cpu
 
 pytestmark = [
@@ -88,14 +87,6 @@ def cni_counts(proc: subprocess.Popen[str]) -> dict[str, int]:
 def status(lab: PodLab) -> dict[str, Any]:
     res = lab.run(lab.node, [*BPFTAP, "status", "--json"])
     return json.loads(res.stdout) if res.returncode == 0 else {}
-
-
-def wait_for(what: str, check: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def echo_kind(frame: bytes) -> str | None:

@@ -21,9 +21,9 @@ import pytest
 from bpftap import abi
 
 from .agent_lab import BPFTAP, PinScope, work_dir
-from .podlab import COL4, VNI, PodLab
+from .podlab import COL4, VNI, PodLab, wait_for
 from .test_big_packets import busy_cpu
-from .test_pods_inside import CONFIG, PINGS, cni, lab, links, netns, ping_outside_to_pod, status, wait_for
+from .test_pods_inside import CONFIG, PINGS, cni, lab, links, netns, ping_outside_to_pod, status
 
 __all__ = ["lab"]  # the fixture, shared with test_pods_inside
 

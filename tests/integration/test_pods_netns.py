@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from bpftap import abi
 
 from .agent_lab import BPFTAP, WIRE, work_dir
-from .podlab import BRIDGE4, COL4, VNI, PodLab
+from .podlab import BRIDGE4, COL4, VNI, PodLab, wait_for
 
 pytestmark = [
     pytest.mark.lab,
@@ -53,14 +52,6 @@ def attached(lab: PodLab) -> set[str]:
     """Host interfaces with a source program attached (the encap stage's internal pair left out)."""
     names = {a.split(" on ")[1].split()[0] for a in status(lab).get("attachments", [])}
     return {n for n in names if n not in ("bpftap0", "bpftap1")}
-
-
-def wait_for(what: str, check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def inner_hosts(frame: bytes) -> set[str]:

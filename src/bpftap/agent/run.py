@@ -134,22 +134,23 @@ def run_config(
             wake.clear()
             if stop.is_set():
                 break
-            if config_watch is not None and config_watch.changed():
-                log.info("%s changed; reloading", config_path)
-                reload.set()
-            if reload.is_set():
-                reload.clear()
-                if config_path is None:
-                    log.info("SIGHUP: no config file to reload")
-                else:
-                    try:
-                        config = load_config(config_path)
-                        if config == agent.config:  # e.g. the file's change was seen, then SIGHUP came for it
-                            log.info("%s unchanged; the running rules stay", config_path)
-                        else:
-                            agent.apply(config)
-                    except BpftapError as exc:
-                        log.error("reload refused, the running rules stay: %s", exc)
+            hup, changed = reload.is_set(), config_watch is not None and config_watch.changed()
+            reload.clear()
+            if hup and config_path is None:
+                log.info("SIGHUP: no config file to reload")
+            elif config_path is not None and (hup or changed):
+                try:
+                    config = load_config(config_path)
+                    # SIGHUP always applies (it also re-resolves links: and every session's next hop); a file
+                    # rewritten with the same content (a ConfigMap's periodic sync) changes nothing
+                    if hup or config != agent.config:
+                        if changed:
+                            log.info("%s changed; reloading", config_path)
+                        agent.apply(config)
+                    else:
+                        log.info("%s rewritten with the same content; the running rules stay", config_path)
+                except BpftapError as exc:
+                    log.error("reload refused, the running rules stay: %s", exc)
             agent.refresh_sessions()
             if agent.pods is not None:
                 agent.pods.sync()
