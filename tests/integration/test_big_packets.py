@@ -189,8 +189,7 @@ def covers(data: Direction, received: int) -> bool:
     (Past that, bytes the client wrote may never have crossed the tap: the
     server reset the connection with them in flight.)
     """
-    ranges = data.covered()
-    return bool(ranges) and ranges[0][0] == 0 and ranges[0][1] >= received + COOKIE
+    return coverage(data, received) == 1
 
 
 def coverage(data: Direction, received: int) -> float:
