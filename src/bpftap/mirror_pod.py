@@ -9,8 +9,9 @@ A target becomes a config source, as an interface does (bpftap.mirror):
 - ``pod/NAMESPACE/NAME``: read from the Kubernetes API (in-cluster
   credentials, else ~/.kube/config); it must run on this node ($NODE_NAME,
   else the host name) and have an IP. The named namespace in /run/netns
-  that holds that IP (containerd and CRI-O keep pods' namespaces there) is
-  the pod's, and it is mirrored as with --netns; if none does, on the
+  that holds that IP (containerd and CRI-O keep pods' namespaces there;
+  of several, the one whose eth0's peer is here) is the pod's, and it is
+  mirrored as with --netns; if none does, on the
   interface the node's route to the IP names (bpftap.agent.k8s.route_iface;
   `attach: host` only).
 
@@ -63,7 +64,7 @@ def pod_source(target: str, direction: str, attach: str, api: Any = None, node: 
     from pyroute2 import IPRoute
 
     from bpftap.agent.k8s import route_iface
-    from bpftap.agent.pods import addresses, netns_names
+    from bpftap.agent.pods import addresses, is_pod_here, netns_names
 
     parts = target[len(PREFIX):].split("/")
     if len(parts) != 2 or not all(parts):
@@ -87,10 +88,12 @@ def pod_source(target: str, direction: str, attach: str, api: Any = None, node: 
     ip = pod.status.pod_ip if pod.status else None
     if not ip:
         raise ConfigError(f"{ORIGIN}: {target}: has no IP yet")
-    netns = addresses(netns_names()).get(ipaddress.ip_address(ip).compressed)
-    if netns is not None:
-        return {"pods": {"netns": netns}, "direction": direction, "attach": attach}
+    holders = addresses(netns_names()).get(ipaddress.ip_address(ip).compressed, [])
     with IPRoute() as ipr:
+        # a stale namespace may keep a reused IP too: the pod's is the one whose eth0's peer is here
+        netns = next((ns for ns in holders if is_pod_here(ns, ipr)), holders[0] if holders else None)
+        if netns is not None:
+            return {"pods": {"netns": netns}, "direction": direction, "attach": attach}
         found = route_iface(ip, ipr)
     if found is None:
         raise ConfigError(f"{ORIGIN}: {target}: no namespace in /run/netns holds its IP {ip}, and the route to it "

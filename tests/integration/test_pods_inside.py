@@ -245,8 +245,10 @@ def test_auto_goes_inside_behind_a_cni_and_follows_pods(lab: PodLab) -> None:
 
 
 def test_kubernetes_selector_finds_the_pod_by_its_ip_and_goes_inside(lab: PodLab) -> None:
-    """Pods selected by labels from an API server: web-1 is the namespace that holds its IP, `attach: auto` goes
-    inside it (the CNI's program is on its veth), and every echo both ways is mirrored; db-1 (app: db) not at all."""
+    """Pods selected by labels from an API server: web-1 is the namespace that holds its IP (and a stale namespace
+    that holds it too is passed over: its eth0 is no veth to here), `attach: auto` goes inside it (the CNI's program
+    is on its veth), and every echo both ways is mirrored; db-1 (app: db) not at all."""
+    lab.add_stale("web-1")
     with cni(lab), apiserver(lab) as env, busy_cpu(), \
             agent(lab, "auto", select="namespace: shop, labels: {app: web}", env=env) as log:
         web, db = ping_outside_to_pod(lab, "web-1"), ping_outside_to_pod(lab, "db-1")
@@ -295,24 +297,26 @@ def test_mirror_one_pod(lab: PodLab, how: str) -> None:
     web, db = lab.ns("web-1"), lab.ns("db-1")
     with cni(lab), busy_cpu(), apiserver(lab) as env:
         target = ["--netns", web] if how == "netns" else ["pod/shop/web-1"]
+        if how == "kubernetes":
+            lab.add_stale("web-1")  # bpftap must pick the namespace whose eth0's peer is here
         proc = lab.popen(lab.node, [*BPFTAP, "mirror", *target, "--to", COL4, "--duration", "9s"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            wait_for("the pod attached", lambda: "bpftapi" in links(lab, web)
-                     and all(s["via"] for s in status(lab).get("sessions", [{"via": None}])))
-            sniffer = lab.popen(lab.col, [*WIRE, "sniff", "vx0", "4"], stdout=subprocess.PIPE, text=True)
-            assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
-            pingers = [lab.popen(lab.ext, ["ping", "-c", str(PINGS), "-i", "0.05", "-W", "1", addr],
-                                 stdout=subprocess.DEVNULL)
-                       for n in (lab.pods["web-1"], lab.pods["db-1"])
-                       for addr in (f"198.18.10.{n}", f"2001:db8:10::{n:x}")]
-            assert all(p.wait(timeout=20) == 0 for p in pingers)
-            out, _ = sniffer.communicate(timeout=20)
-            summary, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        with proc:  # (closes its pipes however the test ends)
+            try:
+                wait_for("the pod attached", lambda: "bpftapi" in links(lab, web)
+                         and all(s["via"] for s in status(lab).get("sessions", [{"via": None}])))
+                sniffer = lab.popen(lab.col, [*WIRE, "sniff", "vx0", "4"], stdout=subprocess.PIPE, text=True)
+                assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+                pingers = [lab.popen(lab.ext, ["ping", "-c", str(PINGS), "-i", "0.05", "-W", "1", addr],
+                                     stdout=subprocess.DEVNULL)
+                           for n in (lab.pods["web-1"], lab.pods["db-1"])
+                           for addr in (f"198.18.10.{n}", f"2001:db8:10::{n:x}")]
+                assert all(p.wait(timeout=20) == 0 for p in pingers)
+                out, _ = sniffer.communicate(timeout=20)
+                summary, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
     frames = [bytes.fromhex(json.loads(line)["hex"]) for line in out.splitlines()]
     kinds = Counter(echo_kind(f) for f in frames)
     addresses = set().union(*(inner_addresses(f) for f in frames if not f[0] & 1))

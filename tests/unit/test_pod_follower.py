@@ -280,15 +280,16 @@ def test_kubernetes_selectors_go_through_the_watch(tmp_path: Path, monkeypatch: 
 def test_kubernetes_pods_are_found_by_the_namespace_holding_their_ip_and_go_inside(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A pod whose IP a named namespace holds is attached inside it (no route needed: Cilium's eBPF host routing
-    routes by cilium_host); one found only by route is attached on its host side, with a warning."""
+    routes by cilium_host; of two holders, the one whose eth0's peer is here); one found only by route is attached
+    on its host side, with a warning."""
     follower, host, node = follower_for(tmp_path, monkeypatch, {"pods": {"namespace": "shop"}, "attach": "inside"})
     node.add_pod("cni-1234", "lxc1", 11)
     node.ipr.links[12] = Link("cali2", peer=2)
     scans: list[list[str]] = []
 
-    def addresses(names: list[str], run_dir: str) -> dict[str, str]:
+    def addresses(names: list[str], run_dir: str) -> dict[str, list[str]]:
         scans.append(names)
-        return {"2001:db8:20::1": "cni-1234"}
+        return {"2001:db8:20::1": ["cni-0042", "cni-1234"]}  # cni-0042: a stale sandbox, its eth0 no veth to here
 
     monkeypatch.setattr(pods, "addresses", addresses)
     index = PodIndex()

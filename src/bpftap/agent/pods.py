@@ -8,8 +8,9 @@ that is where bpftap attaches. The peer is checked from both sides (a veth
 here whose own IFLA_LINK is that eth0), so a stray index never picks a
 wrong interface. A source `pods: {namespace: NS, labels: {...}}` selects
 Kubernetes pods through bpftap.agent.k8s: a pod is the named namespace
-that holds its IP (`addresses()`, rescanned when the namespaces change or
-an IP is not found, at most every RESCAN_SECONDS), else the interface the
+that holds its IP and whose eth0's peer is here (`addresses()`, rescanned
+when the namespaces change or an IP is not found, at most every
+RESCAN_SECONDS), else the interface the
 node's route to its IP names (then it can only be attached on the host side).
 
 `PodFollower.sync()` runs once a second from the agent's loop: it attaches
@@ -78,9 +79,10 @@ def pod_peer_index(netns: str, ifname: str = POD_IFNAME) -> tuple[int, int] | No
     return int(link["index"]), int(peer)
 
 
-def addresses(names: Iterable[str], run_dir: str = NETNS_DIR) -> dict[str, str]:
-    """Each address (compressed) held in the named namespaces `names`, mapped to its namespace's name."""
-    found: dict[str, str] = {}
+def addresses(names: Iterable[str], run_dir: str = NETNS_DIR) -> dict[str, list[str]]:
+    """Each address (compressed) held in the named namespaces `names`, mapped to the namespaces that hold it: more
+    than one when a stale namespace (a sandbox a runtime failed to delete) keeps an IP since given to a new pod."""
+    found: dict[str, list[str]] = {}
     for name in names:
         if not os.path.exists(os.path.join(run_dir, name)):
             continue  # gone (see pod_peer_index)
@@ -93,8 +95,14 @@ def addresses(names: Iterable[str], run_dir: str = NETNS_DIR) -> dict[str, str]:
             # IPv4 names its own address IFA_LOCAL, IPv6 only IFA_ADDRESS
             addr = ipaddress.ip_address(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
             if not addr.is_loopback and not addr.is_link_local:
-                found[addr.compressed] = name
+                found.setdefault(addr.compressed, []).append(name)
     return found
+
+
+def is_pod_here(netns: str, ipr: IPRoute) -> bool:
+    """Whether the eth0 of `netns` is a veth whose peer is in the namespace of `ipr`."""
+    pair = pod_peer_index(netns)
+    return pair is not None and host_side(*pair, ipr) is not None
 
 
 def host_side(pod_ifindex: int, peer_ifindex: int, ipr: IPRoute) -> str | None:
@@ -164,7 +172,7 @@ class PodFollower:
         self.static = dict(static)
         self.attached: dict[tuple[str, int], _Attached] = {}
         self._netns_cache: dict[str, HostIface] = {}
-        self._by_address: dict[str, str] = {}  # pod IP -> netns name (addresses())
+        self._by_address: dict[str, list[str]] = {}  # pod IP -> the netns names holding it (addresses())
         self._scanned: tuple[list[str], float] = ([], 0.0)  # the names scanned, and when
         self.attach_of: dict[tuple[str, int], str] = {}  # the `attach:` of the first source selecting each pod
         self.watch: PodWatch | None = None
@@ -214,8 +222,8 @@ class PodFollower:
         scanned, when = self._scanned
         if names != scanned or (ip not in self._by_address and time.monotonic() - when > RESCAN_SECONDS):
             self._by_address, self._scanned = addresses(names, self.run_dir), (names, time.monotonic())
-        netns = self._by_address.get(ip)
-        return self._netns_iface(netns, present, ipr) if netns is not None else None
+        # of several holders, the pod is the one whose eth0's peer is here
+        return next((i for ns in self._by_address.get(ip, ()) if (i := self._netns_iface(ns, present, ipr))), None)
 
     def _netns_iface(self, netns: str, present: dict[int, str], ipr: IPRoute) -> HostIface | None:
         cached = self._netns_cache.get(netns)
