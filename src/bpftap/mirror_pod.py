@@ -11,9 +11,9 @@ A target becomes a config source, as an interface does (bpftap.mirror):
   else the host name) and have an IP. The named namespace in /run/netns
   that holds that IP (containerd and CRI-O keep pods' namespaces there;
   of several, the one whose eth0's peer is here) is the pod's, and it is
-  mirrored as with --netns; if none does, on the
-  interface the node's route to the IP names (bpftap.agent.k8s.route_iface;
-  `attach: host` only).
+  mirrored as with --netns; if none does, on the interface the node's
+  route to the IP names (bpftap.agent.k8s.route_iface; `attach: host`
+  only).
 
 Mistakes are ConfigErrors that name the target, before anything is attached.
 """

@@ -10,8 +10,8 @@ wrong interface. A source `pods: {namespace: NS, labels: {...}}` selects
 Kubernetes pods through bpftap.agent.k8s: a pod is the named namespace
 that holds its IP and whose eth0's peer is here (`addresses()`, rescanned
 when the namespaces change or an IP is not found, at most every
-RESCAN_SECONDS), else the interface the
-node's route to its IP names (then it can only be attached on the host side).
+RESCAN_SECONDS), else the interface the node's route to its IP names (then
+it can only be attached on the host side).
 
 `PodFollower.sync()` runs once a second from the agent's loop: it attaches
 to interfaces of new pods, forgets attachments whose interface vanished
