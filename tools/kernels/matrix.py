@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "kernels"
+GUEST_TMPFS = (Path("/tmp"), Path("/run"))  # noqa: S108 (not used: each guest mounts a fresh tmpfs there, init.sh)
 # row -> Debian package of its kernel (unsigned: the same image without the Secure Boot signature)
 KERNELS = {
     "6.1": "linux-image-6.1.0-56-cloud-amd64-unsigned",
@@ -258,6 +259,11 @@ def main() -> int:
         return 2
     if os.geteuid() != 0:
         print("kernels: needs root (BPF, namespaces, virtiofsd)", file=sys.stderr)
+        return 2
+    hidden = next((d for d in GUEST_TMPFS if ROOT.is_relative_to(d)), None)
+    if hidden is not None and any(r != "host" for r in rows):
+        print(f"kernels: the checkout {ROOT} is under {hidden}, which each guest mounts a fresh tmpfs on, so a guest "
+              "would not see it; clone it elsewhere (e.g. under /var/tmp) and run make kernels there", file=sys.stderr)
         return 2
     results = []
     for row in rows:
