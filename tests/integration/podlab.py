@@ -131,7 +131,7 @@ class PodLab:
         if self.ext in self.created:
             self._pod_routes(pod)
 
-    def add_stale(self, pod: str) -> str:
+    def add_stale(self, pod: str) -> None:
         """A namespace `<prefix>-<pod>-stale` holding `pod`'s addresses on an eth0 wired to nothing here (a veth
         whose peer is in the same namespace): a pod sandbox a runtime failed to delete, whose IP went to a new pod.
         Its name sorts after the pod's."""
@@ -141,7 +141,6 @@ class PodLab:
         _ip("-n", ns, "addr", "add", f"198.18.10.{number}/24", "dev", "eth0")
         _ip("-n", ns, "addr", "add", f"2001:db8:10::{number:x}/64", "dev", "eth0", "nodad")
         _ip("-n", ns, "link", "set", "eth0", "up")
-        return ns
 
     def del_pod(self, pod: str) -> None:
         """Delete the pod's namespace (its veth, and so its host side, go with it)."""
