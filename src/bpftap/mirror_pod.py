@@ -40,16 +40,15 @@ def netns_source(name: str, direction: str, attach: str) -> dict[str, Any]:
     """The source for the pod in /run/netns/`name`; ConfigError (--netns) if there is no such pod here."""
     from pyroute2 import IPRoute
 
-    from bpftap.agent.pods import NETNS_DIR, host_side, pod_peer_index
+    from bpftap.agent.pods import NETNS_DIR, is_pod_here
 
     if "/" in name or any(c in name for c in "*?["):
         raise ConfigError(f"{ORIGIN}: --netns: {name!r}: give one namespace's name, as 'ip netns list' shows it")
     if not os.path.exists(os.path.join(NETNS_DIR, name)):
         raise ConfigError(f"{ORIGIN}: --netns: {name!r}: no such network namespace in {NETNS_DIR}")
-    pair = pod_peer_index(name)
     with IPRoute() as ipr:
-        here = host_side(*pair, ipr) if pair else None
-    if here is None:
+        here = is_pod_here(name, ipr)
+    if not here:
         raise ConfigError(f"{ORIGIN}: --netns: {name!r} has no eth0 whose veth peer is in this network namespace")
     return {"pods": {"netns": name}, "direction": direction, "attach": attach}
 
