@@ -100,7 +100,7 @@ static __always_inline int payload_in_head(struct __sk_buff *skb, __u32 hdrs)
  */
 __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 {
-	__u32 k = 0, hlen, hdrs, size, segs, seg_len, seq = 0;
+	__u32 k = 0, hlen, hdrs = 0, size, segs, seg_len, seq = 0;
 	struct mirror_config *cfg;
 	struct session_stats *ss;
 	struct mirror_session *s;
@@ -126,27 +126,36 @@ __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 	    cfg->budget_pps || cfg->ring_copies || skb->vlan_present)
 		goto slow;
 	size = skb->gso_size;
-	hdrs = gso_hdr_len(skb);
 	hlen = s->hdr_len;
-	if (!size || !hdrs || hlen < TUN_OFF4 || hlen > MIRROR_HDR_MAX)
+	if (hlen < TUN_OFF4 || hlen > MIRROR_HDR_MAX)
 		goto slow;
-	segs = (skb->len - hdrs + size - 1) / size;
-	/* the outer IP length of one segment as it is, and resegmented */
-	seg_len = hlen - ETH_HLEN + hdrs + size;
 	flags = (s->family == 6 ? BPF_F_ADJ_ROOM_ENCAP_L3_IPV6
 				: BPF_F_ADJ_ROOM_ENCAP_L3_IPV4) |
 		(l4_proto(s) == IPPROTO_UDP ? BPF_F_ADJ_ROOM_ENCAP_L4_UDP
 					    : BPF_F_ADJ_ROOM_ENCAP_L4_GRE) |
 		BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) | BPF_F_ADJ_ROOM_ENCAP_L2_ETH;
-	if (seg_len <= s->mtu) {
-		flags |= BPF_F_ADJ_ROOM_FIXED_GSO;
-	} else if (!(s->flags & MIRROR_SF_RESEGMENT) ||
-		   seg_len - hlen > s->mtu || size < hlen + GSO_MIN_SEG ||
-		   payload_in_head(skb, hdrs)) {
-		goto slow;
+	if (!size) {
+		/* a frame of a TCP flow goes whole too, if it fits */
+		segs = 1;
+		if (hlen - ETH_HLEN + skb->len > s->mtu)
+			goto slow;
 	} else {
-		/* gso_size shrinks by the header: segments of the original's size */
-		segs = (skb->len - hdrs + size - hlen - 1) / (size - hlen);
+		hdrs = gso_hdr_len(skb);
+		if (!hdrs)
+			goto slow;
+		segs = (skb->len - hdrs + size - 1) / size;
+		/* the outer IP length of one segment as it is, and resegmented */
+		seg_len = hlen - ETH_HLEN + hdrs + size;
+		if (seg_len <= s->mtu) {
+			flags |= BPF_F_ADJ_ROOM_FIXED_GSO;
+		} else if (!(s->flags & MIRROR_SF_RESEGMENT) ||
+			   seg_len - hlen > s->mtu || size < hlen + GSO_MIN_SEG ||
+			   payload_in_head(skb, hdrs)) {
+			goto slow;
+		} else {
+			/* gso_size shrinks by the header: segments of the original's size */
+			segs = (skb->len - hdrs + size - hlen - 1) / (size - hlen);
+		}
 	}
 	if (shed_copy(s, skb->len + segs * hlen, segs)) {
 		ss->shed += segs;
@@ -175,13 +184,16 @@ __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 	skb->mark = MIRROR_COPY_MARK;
 	ss->packets += segs;
 	ss->bytes += skb->len + (segs - 1) * (hlen + hdrs);
-	ss->gso += 1;
 	count_n(MS_COPY_SENT, segs);
-	count(MS_GSO_SENT);
+	if (size) {
+		ss->gso += 1;
+		count(MS_GSO_SENT);
+	}
 	bpf_redirect(s->ifindex, 0);
 	return GSO_SENT;
 slow:
-	count(MS_GSO_SLOW);
+	if (skb && skb->gso_size)
+		count(MS_GSO_SLOW);
 	return GSO_SLOW;
 }
 

@@ -70,7 +70,8 @@ __noinline int hand_over(struct __sk_buff *skb, __u32 encap_ifindex,
  */
 static __always_inline int act(struct __sk_buff *skb,
 			       const struct mirror_config *cfg,
-			       const struct mirror_rule *r, __u32 key, __u8 dir)
+			       const struct mirror_rule *r, __u32 key, __u8 dir,
+			       const struct pkt_info *p)
 {
 	struct rule_stats *rs;
 	__u32 mark, stats_id, ifindex, xfer, *sid;
@@ -97,8 +98,13 @@ static __always_inline int act(struct __sk_buff *skb,
 	       (sid ? (*sid << XFER_SOURCE_SHIFT) & XFER_SOURCE_MASK : 0) |
 	       (key & XFER_RULE_MASK);
 	mark = skb->mark;
-	/* a super-packet: its GSO sessions take it whole, one clone each */
-	gso = skb->gso_size ? ~0ULL : 0;
+	/*
+	 * a super-packet: its GSO sessions take it whole, one clone each; so
+	 * do the frames of TCP flows, so that a flow's copies all take the
+	 * same path and stay in order
+	 */
+	gso = skb->gso_size || (p->flags != NOT_TCP && p->has_ports) ? ~0ULL
+								     : 0;
 	/* one clone for the sessions that take the whole frame */
 	if (r->sessions & ~r->snap_sessions & ~(r->gso_sessions & gso))
 		hand_over(skb, cfg->encap_ifindex, xfer, r->number);
@@ -167,7 +173,7 @@ static __always_inline int mirror(struct __sk_buff *skb, __u8 dir)
 		count(MS_FILTER_FAIL);
 		return MIRROR_PASS;
 	}
-	return act(skb, cfg, r, key, dir);
+	return act(skb, cfg, r, key, dir, p);
 }
 
 /*
@@ -196,7 +202,7 @@ static __always_inline int mirror_filtered(struct __sk_buff *skb, __u8 dir)
 		count(MS_NO_MATCH);
 		return MIRROR_PASS;
 	}
-	return act(skb, cfg, r, key, dir);
+	return act(skb, cfg, r, key, dir, p);
 }
 
 SEC("tc")
@@ -245,7 +251,7 @@ int mirror_gso(struct __sk_buff *skb)
 	__u32 key, pass, slot;
 
 	pass = (skb->mark & XFER_PASS_MASK) >> XFER_PASS_SHIFT;
-	if ((skb->mark & XFER_TAG_MASK) != XFER_TAG || !pass || !skb->gso_size)
+	if ((skb->mark & XFER_TAG_MASK) != XFER_TAG || !pass)
 		return GSO_SLOW;
 	key = skb->mark & XFER_RULE_MASK;
 	r = bpf_map_lookup_elem(&rules, &key);
