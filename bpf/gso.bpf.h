@@ -6,7 +6,9 @@
  *
  * Stage 1 gives each GSO session (a rule's gso_sessions: VXLAN, GENEVE,
  * GRE without sequence numbers; no snaplen, sampling or rate limit) a
- * clone of its own when the original is a super-packet. Here that clone
+ * clone of its own when the original is a super-packet, or any TCP frame:
+ * a frame that fits the MTU is encapsulated here as it is, so a TCP flow's
+ * copies skip the internal pair where they fit. A super-packet's clone
  * grows by the session's outer header with bpf_skb_adjust_room's ENCAP
  * flags, which mark it a tunnel-GSO packet; the outer headers are written
  * once and it is redirected to the session's egress device, where the
@@ -93,8 +95,8 @@ static __always_inline int payload_in_head(struct __sk_buff *skb, __u32 hdrs)
 }
 
 /*
- * One session's copy of the super-packet in `skb` (a clone for it alone),
- * the session at `slot` of `sessions`. Returns GSO_SENT (redirected),
+ * One session's copy of the super-packet or TCP frame in `skb` (a clone
+ * for it alone), the session at `slot` of `sessions`. Returns GSO_SENT (redirected),
  * GSO_SLOW (untouched: the per-segment path takes it) or GSO_DROP
  * (counted in the session's stats).
  */

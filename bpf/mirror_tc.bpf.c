@@ -7,9 +7,9 @@
  * the untouched original to the internal device (bpftap0) with the rule
  * index in the clone's mark. The original always gets MIRROR_PASS.
  *
- * A super-packet's clone for a GSO session (gso.bpf.h) is encapsulated
- * whole by mirror_gso on bpftap0's egress, before bpftap0 would segment
- * it, and leaves from there.
+ * A super-packet's or TCP frame's clone for a GSO session (gso.bpf.h) is
+ * encapsulated whole by mirror_gso on bpftap0's egress, before bpftap0
+ * would segment it, and leaves from there.
  *
  * Stage 2, mirror_encap on the internal device's peer (bpftap1) ingress
  * (and on bpftap0's, for the fragments of copies over the MTU:
@@ -239,8 +239,8 @@ int mirror_encap(struct __sk_buff *skb)
 #include "inside.bpf.h"
 
 /*
- * On bpftap0's egress: stage 1's clone of a super-packet for one GSO
- * session, encapsulated whole and sent (gso.bpf.h); everything else goes
+ * On bpftap0's egress: stage 1's clone of a super-packet or a TCP frame
+ * for one GSO session, encapsulated whole and sent (gso.bpf.h); everything else goes
  * on into bpftap0, whose segments reach mirror_encap on bpftap1.
  */
 SEC("tc")
