@@ -96,9 +96,9 @@ static __always_inline int payload_in_head(struct __sk_buff *skb, __u32 hdrs)
 
 /*
  * One session's copy of the super-packet or TCP frame in `skb` (a clone
- * for it alone), the session at `slot` of `sessions`. Returns GSO_SENT (redirected),
- * GSO_SLOW (untouched: the per-segment path takes it) or GSO_DROP
- * (counted in the session's stats).
+ * for it alone), the session at `slot` of `sessions`. Returns GSO_SENT
+ * (redirected), GSO_SLOW (untouched: the per-segment path takes it) or
+ * GSO_DROP (counted in the session's stats).
  */
 __noinline int gso_copy(struct __sk_buff *skb, __u32 slot)
 {

@@ -100,8 +100,8 @@ static __always_inline int act(struct __sk_buff *skb,
 	mark = skb->mark;
 	/*
 	 * a super-packet: its GSO sessions take it whole, one clone each; so
-	 * do the frames of TCP flows, so that a flow's copies all take the
-	 * same path and stay in order
+	 * does a TCP frame, whose copies then skip the internal pair (other
+	 * traffic keeps it: README "Big packets")
 	 */
 	gso = skb->gso_size || (p->flags != NOT_TCP && p->has_ports) ? ~0ULL
 								     : 0;
