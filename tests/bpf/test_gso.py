@@ -68,9 +68,9 @@ def test_everything_else_goes_on_untouched(loaded: tuple[BpfObject, Tables], ker
 ], ids=["vxlan-v4", "vxlan-v6", "geneve-v4", "geneve-v6", "gre-v4", "gre-v6-key"])
 def test_a_tcp_frame_is_encapsulated_here(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs, tunnel: str,
                                           family: int, fields: dict[str, Any]) -> None:
-    """Stage 1 gives a GSO session a clone of its own of a TCP flow's frames too (they take the path of the
-    flow's super-packets, so its copies stay in order): the bytes stage 2 would write, except that the UDP
-    checksum over IPv6 is zero, as on every segment of a super-packet's copy."""
+    """Stage 1 gives a GSO session a clone of its own of a TCP flow's frames too (they skip the internal pair
+    as the flow's super-packets do): the bytes stage 2 would write, except that the UDP checksum over IPv6 is
+    zero, as on every segment of a super-packet's copy."""
     obj, tables = loaded
     cfg, _ = program(tables, kernel_ns, [session(tunnel, family, **fields)])
     res, delta = run(obj, tables, 1, 0)
