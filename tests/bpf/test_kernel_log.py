@@ -51,8 +51,12 @@ def test_five_event_kinds_reach_the_log_formatted(
             tables.write_session(slots[sess.name], sess, hop(kernel_ns, sess.remote.version))
         tables.write_rules(compile_rules(swapped, slots), kernel_ns.k1)
         obj.program(abi.PROG_ENCAP).test_run(INNER_V4, ctx=xfer_ctx(tables, swapped.rules, 40))
-        # clone failure: stage 1 with no encap device
-        tables.write_rules(compile_rules(swapped, assign_session_slots(swapped.sessions)), 0)
+        # clone failure: stage 1 with no encap device; the sessions written first, as the agent does, so the
+        # log thread still knows their names if it reads the records above only after this flip
+        slots = assign_session_slots(swapped.sessions)
+        for sess in swapped.sessions:
+            tables.write_session(slots[sess.name], sess, hop(kernel_ns, sess.remote.version))
+        tables.write_rules(compile_rules(swapped, slots), 0)
         obj.program(abi.PROG_INGRESS).test_run(INNER_V4, ctx=SkBuff(ifindex=kernel_ns.k0))
         time.sleep(0.5)
     finally:
