@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -416,8 +417,17 @@ def _error(as_json: bool, kind: str, messages: list[str], text: str) -> None:
             print(text.format(message), file=sys.stderr)
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run one command, map bpftap's errors to exit codes."""
+    """Parse, run one command, map bpftap's errors to exit codes.
+
+    SIGTERM unwinds like Ctrl-C (exit 130), so what a command made (the
+    demo's and the bench's namespaces, their processes) goes as on Ctrl-C;
+    `run`, `mirror` and `collect` set their own handlers.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
@@ -427,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose < 2:
         logging.getLogger("bpftap.libbpf").setLevel(logging.WARNING)
     as_json = args.log_format == "json"
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -446,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitStatus.ERROR
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

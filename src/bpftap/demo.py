@@ -91,60 +91,62 @@ def run_demo(keep: bool = False) -> int:
     """Run the demo; returns 0 when copies reached the collector."""
     work = Path(tempfile.mkdtemp(prefix="bpftap-demo-"))
     pcap = work / "mirror.pcapng"
-    with Lab() as lab:
-        step("lab")
-        print(lab.describe())
-        config = work / "bpftap.yaml"
-        config.write_text(CONFIG.format(col4=lab.col.ip4, col6=lab.col.ip6))
+    try:
+        with Lab() as lab:
+            step("lab")
+            print(lab.describe())
+            config = work / "bpftap.yaml"
+            config.write_text(CONFIG.format(col4=lab.col.ip4, col6=lab.col.ip6))
 
-        step(f"bpftap collect on the collector host, writing {pcap}")
-        collector = lab.popen(
-            lab.col, [*BPFTAP, "collect", "--listen", f"[::]:{VXLAN_PORT}", "--out", str(pcap)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        step(f"bpftap run -c {config} on the tapped host")
-        agent_log = work / "agent.log"
-        with agent_log.open("w") as log:
-            agent = lab.popen(lab.tap, [*BPFTAP, "run", "-c", str(config)], stdout=log, stderr=log)
-        wait_for_agent(lab)
-        print(agent_log.read_text().rstrip())
+            step(f"bpftap collect on the collector host, writing {pcap}")
+            collector = lab.popen(
+                lab.col, [*BPFTAP, "collect", "--listen", f"[::]:{VXLAN_PORT}", "--out", str(pcap)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            step(f"bpftap run -c {config} on the tapped host")
+            agent_log = work / "agent.log"
+            with agent_log.open("w") as log:
+                agent = lab.popen(lab.tap, [*BPFTAP, "run", "-c", str(config)], stdout=log, stderr=log)
+            wait_for_agent(lab)
+            print(agent_log.read_text().rstrip())
 
-        step("traffic from the source host to the destination host")
-        iperf = lab.popen(lab.dst, ["iperf3", "-s", "-1", "-p", "5201"], stdout=subprocess.DEVNULL)
-        time.sleep(0.3)
-        for cmd in (
-            ["ping", "-c", "3", "-i", "0.2", str(lab.dst.ip4)],
-            ["ping", "-6", "-c", "3", "-i", "0.2", str(lab.dst.ip6)],
-            [sys.executable, "-c", UDP_SENDER, str(lab.dst.ip4)],
-            ["iperf3", "-c", str(lab.dst.ip4), "-p", "5201", "-t", "1", "-b", "20M"],
-        ):
-            print("$", " ".join(cmd[:2] if cmd[0] == sys.executable else cmd))
-            res = lab.run(lab.src, cmd, check=False)
-            tail = [ln for ln in res.stdout.splitlines() if ln.strip()][-2:]
-            print("  " + "\n  ".join(tail) if tail else "  (sent)")
-        iperf.wait(timeout=10)
-        time.sleep(0.5)
+            step("traffic from the source host to the destination host")
+            iperf = lab.popen(lab.dst, ["iperf3", "-s", "-1", "-p", "5201"], stdout=subprocess.DEVNULL)
+            time.sleep(0.3)
+            for cmd in (
+                ["ping", "-c", "3", "-i", "0.2", str(lab.dst.ip4)],
+                ["ping", "-6", "-c", "3", "-i", "0.2", str(lab.dst.ip6)],
+                [sys.executable, "-c", UDP_SENDER, str(lab.dst.ip4)],
+                ["iperf3", "-c", str(lab.dst.ip4), "-p", "5201", "-t", "1", "-b", "20M"],
+            ):
+                print("$", " ".join(cmd[:2] if cmd[0] == sys.executable else cmd))
+                res = lab.run(lab.src, cmd, check=False)
+                tail = [ln for ln in res.stdout.splitlines() if ln.strip()][-2:]
+                print("  " + "\n  ".join(tail) if tail else "  (sent)")
+            iperf.wait(timeout=10)
+            time.sleep(0.5)
 
-        step("bpftap status on the tapped host")
-        print(lab.run(lab.tap, [*BPFTAP, "status"]).stdout.rstrip())
+            step("bpftap status on the tapped host")
+            print(lab.run(lab.tap, [*BPFTAP, "status"]).stdout.rstrip())
 
-        step("stopping the agent (SIGTERM) and the collector (SIGINT)")
-        agent.terminate()
-        agent_rc = agent.wait(timeout=10)
-        collector.send_signal(2)
-        out, _ = collector.communicate(timeout=10)
-        print(out.rstrip())
-        print(f"agent exited {agent_rc}")
+            step("stopping the agent (SIGTERM) and the collector (SIGINT)")
+            agent.terminate()
+            agent_rc = agent.wait(timeout=10)
+            collector.send_signal(2)
+            out, _ = collector.communicate(timeout=10)
+            print(out.rstrip())
+            print(f"agent exited {agent_rc}")
 
-        step("first decoded packets (tshark on the collector's pcapng)")
-        shown = subprocess.run(
-            ["tshark", "-r", str(pcap), "-c", "12"], capture_output=True, text=True, check=False
-        ).stdout
-        print(shown.rstrip() or "(none)")
-    ok = bool(shown.strip()) and agent_rc == 0
-    step("done: copies reached the collector" if ok else "FAILED: no copies reached the collector")
-    if keep:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+            step("first decoded packets (tshark on the collector's pcapng)")
+            shown = subprocess.run(
+                ["tshark", "-r", str(pcap), "-c", "12"], capture_output=True, text=True, check=False
+            ).stdout
+            print(shown.rstrip() or "(none)")
+        ok = bool(shown.strip()) and agent_rc == 0
+        step("done: copies reached the collector" if ok else "FAILED: no copies reached the collector")
+    finally:
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1

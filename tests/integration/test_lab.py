@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +152,49 @@ def test_cli_up_list_down() -> None:
         down = subprocess.run([*cli, "down", "--prefix", prefix], capture_output=True, text=True, check=False)
     assert down.returncode == 0, down.stderr
     assert not any(ns.startswith(f"{prefix}-") for ns in existing_namespaces())
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` now (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_sigterm_ends_the_demo_as_ctrl_c_does() -> None:
+    """SIGTERM (a timeout, a CI job's end) mid-demo: exit 130; its lab, processes and folder are gone."""
+    before = set(lab_prefixes())
+    demo = subprocess.Popen([sys.executable, "-m", "bpftap.cli", "demo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert demo.stdout is not None
+    seen, made, procs = "", set(), set()
+    try:
+        for line in demo.stdout:  # until the agent and the collector run
+            seen += line
+            if "traffic from the source host" in line:
+                break
+        made, procs = set(lab_prefixes()) - before, _descendants(demo.pid)
+        demo.send_signal(signal.SIGTERM)
+        seen += demo.communicate(timeout=60)[0]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        left = made & set(lab_prefixes())
+        for prefix in left:  # what a failed run left goes all the same
+            Lab.adopt(prefix).close()
+    work = re.search(r"writing (\S+)/mirror.pcapng", seen)
+    assert demo.returncode == 130, seen
+    assert len(made) == 1 and not left, seen
+    assert len(procs) >= 2 and not [pid for pid in procs if _alive(pid)], seen
+    assert work and not Path(work.group(1)).exists(), seen
