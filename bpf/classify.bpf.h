@@ -7,7 +7,9 @@
  * the packet's value to a class whose bitmap holds the rules that value
  * allows. The first match is the lowest bit set in all eight bitmaps: a few
  * lookups whatever the number of rules, plus one AND per candidate word,
- * found through the summary words.
+ * found through the summary words. The direction/protocol and destination
+ * port classes come with a coarse mask (struct class_ref): most packets
+ * that match nothing stop at those two lookups.
  */
 #ifndef CLASSIFY_BPF_H
 #define CLASSIFY_BPF_H
@@ -58,14 +60,20 @@ addr_class(const struct mirror_config *cfg, __u32 slot, __u8 dim,
 	return class_of(cfg, slot, bpf_map_lookup_elem(&addr_classes, &k));
 }
 
-static __always_inline struct rule_bits *
-port_class(const struct mirror_config *cfg, __u32 slot, __u32 which,
-	   const struct pkt_info *p, __u16 port)
+static __always_inline struct class_ref *
+port_ref(__u32 slot, __u32 which, const struct pkt_info *p, __u16 port)
 {
 	__u32 k = (slot * 2 + which) * PORT_KEYS +
 		  (p->has_ports ? port : NO_PORTS);
 
-	return class_of(cfg, slot, bpf_map_lookup_elem(&port_classes, &k));
+	return bpf_map_lookup_elem(&port_classes, &k);
+}
+
+static __always_inline struct rule_bits *
+ref_class(const struct mirror_config *cfg, __u32 slot,
+	  const struct class_ref *ref)
+{
+	return class_of(cfg, slot, ref ? &ref->id : NULL);
 }
 
 static __always_inline struct rule_bits *
@@ -115,6 +123,7 @@ classify(const struct mirror_config *cfg, const struct pkt_info *p, __u8 dir,
 	 __u32 slot, const struct rule_bits *filtered, __u32 *key)
 {
 	struct rule_bits *meta, *sport, *dport, *src, *dst, *vlan, *flags, *iface;
+	struct class_ref *mref, *dref;
 	__u32 k;
 	__u64 acc[SUMMARY_WORDS];
 	__u32 nsum;
@@ -122,21 +131,26 @@ classify(const struct mirror_config *cfg, const struct pkt_info *p, __u8 dir,
 	/* the bound again: Linux 6.1 forgets it across the stack (the resume
 	 * path passes slot's address to a lookup) and rule_count[slot] needs it */
 	slot &= 1;
+	k = slot * META_KEYS + (dir == MIRROR_DIR_EGRESS ? 512 : 0) +
+	    (p->family == 6 ? 256 : 0) + p->proto;
+	mref = bpf_map_lookup_elem(&meta_classes, &k);
+	dref = port_ref(slot, 1, p, p->dport);
+	/* no rule position in common: turned away before any class bitmap */
+	if (!mref || !dref || !(mref->coarse & dref->coarse))
+		return NULL;
+
 	/* each summary word covers 64 words, i.e. 4096 rules */
 	nsum = (cfg->rule_count[slot] + 4095) / 4096;
 #pragma unroll
 	for (int s = 0; s < SUMMARY_WORDS; s++)
 		acc[s] = s < nsum ? ~0ULL : 0;
-
-	k = slot * META_KEYS + (dir == MIRROR_DIR_EGRESS ? 512 : 0) +
-	    (p->family == 6 ? 256 : 0) + p->proto;
-	meta = class_of(cfg, slot, bpf_map_lookup_elem(&meta_classes, &k));
+	meta = ref_class(cfg, slot, mref);
 	if (!narrow(acc, meta))
 		return NULL;
-	dport = port_class(cfg, slot, 1, p, p->dport);
+	dport = ref_class(cfg, slot, dref);
 	if (!narrow(acc, dport))
 		return NULL;
-	sport = port_class(cfg, slot, 0, p, p->sport);
+	sport = ref_class(cfg, slot, port_ref(slot, 0, p, p->sport));
 	if (!narrow(acc, sport))
 		return NULL;
 	flags = array_class(cfg, slot, &flag_classes,

@@ -48,14 +48,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, RULE_SLOTS * 2 * PORT_KEYS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct class_ref);
 } port_classes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, RULE_SLOTS * META_KEYS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct class_ref);
 } meta_classes SEC(".maps");
 
 struct {

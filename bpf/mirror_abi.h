@@ -250,6 +250,20 @@ struct iface_key {
 	__u32 ifindex;		/* host order; 0 = any interface not listed */
 };
 
+/* rule positions per bit of struct class_ref's coarse mask */
+#define COARSE_RULES (MAX_RULES / 32)
+
+/*
+ * maps `meta_classes` and `port_classes`: a class id and the class's coarse
+ * mask, so a packet whose direction/protocol and destination port classes
+ * share no part of the rule set is turned away before any class bitmap
+ */
+struct class_ref {
+	__u32 id;		/* host order: the class's id (class_bits) */
+	__u32 coarse;		/* host order: bit b = a rule at positions
+				 * b * COARSE_RULES .. (b + 1) * COARSE_RULES - 1 */
+};
+
 /* map `class_bits`, key slot * class_capacity + class id: a set of rules */
 struct rule_bits {
 	__u64 summary[SUMMARY_WORDS];	/* host order: bit j = words[j] != 0 */

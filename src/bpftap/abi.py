@@ -14,6 +14,7 @@ MAX_RULES = 16384
 RULE_SLOTS = 2
 RULE_WORDS = MAX_RULES // 64
 SUMMARY_WORDS = RULE_WORDS // 64
+COARSE_RULES = MAX_RULES // 32
 CLASS_CAPACITY = 1024
 PORT_KEYS = 65537
 NO_PORTS = 65536
@@ -278,6 +279,12 @@ class IfaceKey(ctypes.Structure):
     """Mirror of `struct iface_key` (the `iface_classes` key)."""
 
     _fields_ = [("slot", ctypes.c_uint32), ("ifindex", ctypes.c_uint32)]
+
+
+class ClassRef(ctypes.Structure):
+    """Mirror of `struct class_ref` (`meta_classes`, `port_classes`): a class id and its coarse mask."""
+
+    _fields_ = [("id", ctypes.c_uint32), ("coarse", ctypes.c_uint32)]
 
 
 class RuleBits(ctypes.Structure):

@@ -21,6 +21,7 @@ STRUCTS = {
     "session_limit": abi.SessionLimit,
     "mirror_log": abi.MirrorLog,
     "rule_bits": abi.RuleBits,
+    "class_ref": abi.ClassRef,
     "mirror_session": abi.MirrorSession,
     "rule_stats": abi.RuleStats,
     "session_stats": abi.SessionStats,
@@ -57,7 +58,7 @@ def test_struct_layout_matches_btf(name: str, btf_structs: dict[str, dict[str, o
 
 def test_constants_match_header() -> None:
     h = header_constants()
-    for name in ("RULE_WORDS", "SUMMARY_WORDS", "CLASS_CAPACITY", "PORT_KEYS", "NO_PORTS", "META_KEYS",
+    for name in ("RULE_WORDS", "SUMMARY_WORDS", "COARSE_RULES", "CLASS_CAPACITY", "PORT_KEYS", "NO_PORTS", "META_KEYS",
                  "EVENTS_BYTES", "GROUP_BUCKETS", "MIRROR_RF_GROUP", "BUDGET_KEY", "PRIO_RESERVE_HIGH",
                  "PRIO_RESERVE_NORMAL", "PRIO_RESERVE_LOW", "COPY_BYTES_MAX", "COPIES_BYTES", "COPY_HDR_LEN",
                  "VLAN_KEYS", "FLAG_KEYS", "NOT_TCP", "IFACE_KEYS",

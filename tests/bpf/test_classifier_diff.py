@@ -20,7 +20,7 @@ from scapy.packet import Raw
 from bpftap import abi
 from bpftap.agent.tables import Tables
 from bpftap.bpf.objects import BpfObject, SkBuff
-from bpftap.compile.classifier import compile_rules, match_compiled
+from bpftap.compile.classifier import CompiledRules, compile_rules, match_compiled
 from bpftap.compile.reference import PacketInfo, reference_match
 from bpftap.compile.slots import assign_session_slots
 from bpftap.config import Config, Direction, parse_config
@@ -127,9 +127,28 @@ def random_packet(rng: random.Random, ifindex: dict[str, int]) -> tuple[PacketIn
     return info, bytes(l2 / l3 / l4), ifindex[ifname]
 
 
+def agree(obj: BpfObject, tables: Tables, cfg: Config, compiled: CompiledRules, info: PacketInfo, frame: bytes,
+          index: int) -> int | None:
+    """Run `frame` through stage 1 of the live rule set; assert it took the rule the reference takes (position)."""
+    want = reference_match(cfg, info)
+    position = match_compiled(compiled, info)
+    assert (None if position is None else cfg.rules[position]) == want, (cfg, info)
+    prog = obj.program(abi.PROG_INGRESS if info.direction == Direction.INGRESS else abi.PROG_EGRESS)
+    before = tables.counters()
+    number = cfg.rules[position].number if position is not None else 0
+    hit_before = tables.rule_stats(number).packets
+    assert prog.test_run(frame, ctx=SkBuff(ifindex=index)).retval == abi.MIRROR_PASS
+    after = tables.counters()
+    if position is None:
+        assert after["no_match"] - before["no_match"] == 1, (cfg, info)
+    else:
+        assert tables.rule_stats(number).packets == hit_before + 1, (cfg, info, position)
+        assert (after["matched"] + after["skipped"]) - (before["matched"] + before["skipped"]) == 1
+    return position
+
+
 def test_reference_compiled_and_kernel_agree(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
     obj, tables = loaded
-    programs = {Direction.INGRESS: obj.program(abi.PROG_INGRESS), Direction.EGRESS: obj.program(abi.PROG_EGRESS)}
     rng = random.Random(20261126)
     ifindex = {"k0": kernel_ns.k0, "k1": kernel_ns.k1}
     checked = matched = 0
@@ -139,20 +158,34 @@ def test_reference_compiled_and_kernel_agree(loaded: tuple[BpfObject, Tables], k
         tables.write_rules(compiled, kernel_ns.k1)
         for _ in range(PACKETS):
             info, frame, index = random_packet(rng, ifindex)
-            want = reference_match(cfg, info)
-            position = match_compiled(compiled, info)
-            assert (None if position is None else cfg.rules[position]) == want, (cfg, info)
-            before = tables.counters()
-            number = cfg.rules[position].number if position is not None else 0
-            hit_before = tables.rule_stats(number).packets
-            assert programs[info.direction].test_run(frame, ctx=SkBuff(ifindex=index)).retval == abi.MIRROR_PASS
-            after = tables.counters()
-            if position is None:
-                assert after["no_match"] - before["no_match"] == 1, (cfg, info)
-            else:
-                matched += 1
-                assert tables.rule_stats(number).packets == hit_before + 1, (cfg, info, position)
-                assert (after["matched"] + after["skipped"]) - (before["matched"] + before["skipped"]) == 1
+            matched += agree(obj, tables, cfg, compiled, info, frame, index) is not None
             checked += 1
     assert checked == RULE_SETS * PACKETS
     assert matched > checked // 10, "the generator should produce plenty of matches"
+
+
+def test_coarse_masks_turn_away_only_what_cannot_match(loaded: tuple[BpfObject, Tables], kernel_ns: KernelNs) -> None:
+    """2,048 rules over four coarse blocks (COARSE_RULES positions each): matches past the first block,
+    packets turned away by the coarse masks, and one whose masks share a block but no rule."""
+    obj, tables = loaded
+    rules: list[dict[str, object]] = []
+    for pos in range(2048):  # UDP rules in blocks 0-1, TCP rules in blocks 2-3, 128 a port
+        proto, port = ("udp", 10000 + pos // 128) if pos < 1024 else ("tcp", 20000 + (pos - 1024) // 128)
+        rules.append({"number": pos + 1, "protocol": proto, "dst_ports": port, "sessions": ["a"]})
+    rules[3] = {"number": 4, "protocol": "sctp", "dst_ports": 30000, "sessions": ["a"]}
+    session = {"name": "a", "remote": "198.18.2.1", "vni": 1}
+    cfg = parse_config({"sources": [{"interface": "eth0"}], "sessions": [session], "rules": rules}, "coarse.yaml")
+    compiled = compile_rules(cfg, assign_session_slots(cfg.sessions))
+    tables.write_rules(compiled, kernel_ns.k1)
+    assert 2048 // abi.COARSE_RULES == 4
+    cases = [(UDP, 10005, 640), (TCP, 20002, 1280), (SCTP, 30000, 3),  # matches in blocks 1, 2 and 0
+             (UDP, 20004, None), (TCP, 10001, None),  # masks in different blocks
+             (UDP, 30000, None)]  # masks share block 0, the rules do not
+    for layer, dport, want in cases:
+        for l3 in (IP(src="198.18.0.1", dst="198.18.1.1"), IPv6(src="2001:db8::1", dst="2001:db8:1::1")):
+            packet = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / layer(sport=40000, dport=dport)
+            proto = {UDP: 17, TCP: 6, SCTP: 132}[layer]
+            info = PacketInfo(Direction.INGRESS, l3.version, proto, ipaddress.ip_address(l3.src),
+                              ipaddress.ip_address(l3.dst), 40000, dport,
+                              tcp_flags=int(packet[TCP].flags) if layer is TCP else None)
+            assert agree(obj, tables, cfg, compiled, info, bytes(packet), kernel_ns.k0) == want, (layer, dport)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpftap import abi
-from bpftap.compile.classifier import AddrEntry, class_capacity, compile_rules, match_compiled
+from bpftap.compile.classifier import AddrEntry, class_capacity, coarse_mask, compile_rules, match_compiled
 from bpftap.compile.ids import StableIds, source_ids
 from bpftap.compile.reference import PacketInfo, reference_match
 from bpftap.compile.sessions import (
@@ -128,6 +128,12 @@ def test_class_capacity_leaves_room_to_double() -> None:
     assert class_capacity(abi.CLASS_CAPACITY // 2) == abi.CLASS_CAPACITY
     assert class_capacity(abi.CLASS_CAPACITY // 2 + 1) == 2 * abi.CLASS_CAPACITY
     assert class_capacity(3 * abi.CLASS_CAPACITY) == 8 * abi.CLASS_CAPACITY
+
+
+def test_coarse_mask_has_a_bit_per_block_of_rule_positions() -> None:
+    block = abi.COARSE_RULES
+    assert [coarse_mask(0), coarse_mask(1), coarse_mask(1 << (block - 1)), coarse_mask(1 << block)] == [0, 1, 1, 2]
+    assert coarse_mask((1 << 3) | (1 << (5 * block + 7)) | (1 << (abi.MAX_RULES - 1))) == 1 | 1 << 5 | 1 << 31
 
 
 def test_words_count_the_bitmap_words_in_use() -> None:

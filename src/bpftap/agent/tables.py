@@ -16,7 +16,7 @@ from typing import Any
 
 from bpftap import abi
 from bpftap.bpf.objects import U64, BpfObject, num_possible_cpus
-from bpftap.compile.classifier import PORT_DIMS, CompiledRules, rule_bits
+from bpftap.compile.classifier import PORT_DIMS, CompiledRules, coarse_mask, rule_bits
 from bpftap.compile.ids import StableIds, source_ids
 from bpftap.compile.sessions import Hop, SessionIdentity, group_buckets, session_identity, session_record
 from bpftap.config.model import Session
@@ -151,9 +151,10 @@ class Tables:
         words = compiled.words
         bits = (abi.RuleBits * len(compiled.classes))(*(rule_bits(b, words) for b in compiled.classes))
         self.maps[abi.MAP_CLASS_BITS].update_batch(slot * self.class_capacity, bits)
+        coarse = [coarse_mask(b) for b in compiled.classes]
         ports = compiled.ports[PORT_DIMS[0]] + compiled.ports[PORT_DIMS[1]]
-        self._write_table(abi.MAP_PORT_CLASSES, slot, slot * 2 * abi.PORT_KEYS, ports)
-        self._write_table(abi.MAP_META_CLASSES, slot, slot * abi.META_KEYS, compiled.meta)
+        self._write_table(abi.MAP_PORT_CLASSES, slot, slot * 2 * abi.PORT_KEYS, ports, coarse)
+        self._write_table(abi.MAP_META_CLASSES, slot, slot * abi.META_KEYS, compiled.meta, coarse)
         self._write_table(abi.MAP_VLAN_CLASSES, slot, slot * abi.VLAN_KEYS, compiled.vlan)
         self._write_table(abi.MAP_FLAG_CLASSES, slot, slot * abi.FLAG_KEYS, compiled.tcp_flags)
         ifaces = self.maps[abi.MAP_IFACE_CLASSES]
@@ -217,12 +218,17 @@ class Tables:
             self._update_raw(abi.MAP_RULE_STATS, found, (abi.RuleStats * self.ncpus)())
         return found
 
-    def _write_table(self, name: str, slot: int, first: int, values: list[int]) -> None:
-        """Write a whole class table of a slot, unless it already holds exactly these values."""
-        data = array.array("I", values)
+    def _write_table(self, name: str, slot: int, first: int, values: list[int],
+                     coarse: list[int] | None = None) -> None:
+        """Write a whole class table of a slot, unless it already holds exactly these values.
+
+        With `coarse` (each class's coarse mask) the entries are `struct class_ref`, else class ids.
+        """
+        data = array.array("I", values if coarse is None else [v for c in values for v in (c, coarse[c])])
         if self._tables_written.get((name, slot)) == data:
             return
-        self.maps[name].update_batch(first, (ctypes.c_uint32 * len(data)).from_buffer(data))
+        kind = ctypes.c_uint32 if coarse is None else abi.ClassRef
+        self.maps[name].update_batch(first, (kind * len(values)).from_buffer(data))
         self._tables_written[(name, slot)] = data
 
     def write_session(

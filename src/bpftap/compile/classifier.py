@@ -13,7 +13,11 @@ Why this shape (measured, `make bench`): a linear scan cost 55 ns a packet
 with 10 rules and 611 ns with 256 (2.2 ns a rule), so 10,000 rules would
 cost ~22 us. Here the work is five class lookups, five bitmap lookups and
 one AND per candidate word, whatever the number of rules; the summary words
-(one bit per non-empty word) find candidate words without scanning.
+(one bit per non-empty word) find candidate words without scanning. The
+meta and port tables give each class's coarse mask with its id
+(`coarse_mask`): a packet whose meta and destination port masks share no
+bit matches nothing, and no bitmap is read (tier 1's no-match cost, 3.0x
+the empty program before, 2.3-2.7x after, kernel 6.18).
 
 Addresses: for a CIDR E in the trie, the rules allowing every address whose
 longest match is E are those without that field (any) and those whose CIDR
@@ -265,6 +269,13 @@ def class_capacity(classes: int) -> int:
     while capacity < 2 * classes:
         capacity *= 2
     return capacity
+
+
+def coarse_mask(bits: int) -> int:
+    """A class's coarse mask (`struct class_ref`): bit b set when it holds a rule at positions b * COARSE_RULES ..."""
+    raw = bits.to_bytes(abi.MAX_RULES // 8, "little")
+    step = abi.COARSE_RULES // 8
+    return sum(1 << b for b in range(abi.MAX_RULES // abi.COARSE_RULES) if any(raw[b * step : (b + 1) * step]))
 
 
 def rule_bits(bits: int, words: int) -> abi.RuleBits:
