@@ -19,6 +19,7 @@
 /* a rule set as a bitmap: 64 rules a word, 64 words a summary word */
 #define RULE_WORDS (MAX_RULES / 64)
 #define SUMMARY_WORDS (RULE_WORDS / 64)
+#define COARSE_RULES (MAX_RULES / 32) /* rule positions per bit of a struct class_ref's coarse mask */
 /* classes per slot in `class_bits` unless the daemon sizes it at load */
 #ifndef CLASS_CAPACITY
 #define CLASS_CAPACITY 1024
@@ -70,8 +71,8 @@
  *   pass    0 for the rule's sessions that take the whole frame; n + 1 for
  *           session slot n alone: a truncating session (one clone each,
  *           cut to its snaplen, so no copy is cut short for another), or a
- *           GSO session when the original is a GSO super-packet (one clone
- *           each, encapsulated whole by mirror_gso: gso.bpf.h).
+ *           GSO session when the original is a super-packet or a TCP frame
+ *           (one clone each, encapsulated whole by mirror_gso: gso.bpf.h).
  *   source  the source interface as an id (1..MAX_SOURCES-1, 0 unknown):
  *           stage 1 finds it in `source_ids` (ifindex -> id), stage 2 turns
  *           it back into the ifindex with `source_ifindexes` (id -> ifindex);
@@ -250,18 +251,10 @@ struct iface_key {
 	__u32 ifindex;		/* host order; 0 = any interface not listed */
 };
 
-/* rule positions per bit of struct class_ref's coarse mask */
-#define COARSE_RULES (MAX_RULES / 32)
-
-/*
- * maps `meta_classes` and `port_classes`: a class id and the class's coarse
- * mask, so a packet whose direction/protocol and destination port classes
- * share no part of the rule set is turned away before any class bitmap
- */
+/* maps `meta_classes`, `port_classes`: a packet whose two masks share no bit matches no rule */
 struct class_ref {
-	__u32 id;		/* host order: the class's id (class_bits) */
-	__u32 coarse;		/* host order: bit b = a rule at positions
-				 * b * COARSE_RULES .. (b + 1) * COARSE_RULES - 1 */
+	__u32 id;		/* host order: the class (`class_bits`) */
+	__u32 coarse;		/* host order: bit b = a rule at positions b * COARSE_RULES + 0 .. COARSE_RULES - 1 */
 };
 
 /* map `class_bits`, key slot * class_capacity + class id: a set of rules */
@@ -274,17 +267,16 @@ struct rule_bits {
 struct mirror_rule {
 	__u64 sessions;		/* host order: bit i = session slot i */
 	__u64 snap_sessions;	/* host order: the sessions that truncate (snaplen) */
-	__u64 gso_sessions;	/* host order: the sessions that take GSO super-packets whole */
+	__u64 gso_sessions;	/* host order: the sessions that take super-packets and TCP frames whole */
 	__u32 number;		/* host order: the rule's number in the config */
 	__u16 stats_id;		/* host order: key in `rule_stats`, kept across reloads */
 	__u8 action;		/* MIRROR_ACT_* */
 	__u8 flags;		/* MIRROR_RF_* */
 };
 
-/* mirror_rule.flags: a session of the rule is a collector group */
-#define MIRROR_RF_GROUP 0x01
-/* mirror_rule.flags: the rule has a pcap-filter expression (below) */
-#define MIRROR_RF_FILTER 0x02
+/* mirror_rule.flags */
+#define MIRROR_RF_GROUP 0x01 /* a session of the rule is a collector group */
+#define MIRROR_RF_FILTER 0x02 /* the rule has a pcap-filter expression (below) */
 
 /*
  * Rule filters (config `filter:`, pcap-filter expressions). The daemon
@@ -439,8 +431,7 @@ struct mirror_log {
 	__u64 arg[2];		/* host order: per event, see enum mirror_event */
 };
 
-/* bytes of the `events` ring buffer */
-#define EVENTS_BYTES (256 * 1024)
+#define EVENTS_BYTES (256 * 1024) /* bytes of the `events` ring buffer */
 
 /*
  * With redirect_chain off, stage 2 redirects nothing: each finished copy
