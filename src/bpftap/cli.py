@@ -6,10 +6,11 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  bpftap demo\n  bpftap demo --keep        keep the capture and logs "
                        "(their folder is printed)")
     p.add_argument("--keep", action="store_true", help="keep the lab's output folder")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, unwind_on_sigterm=True)
 
     p = sub.add_parser("version", help="bpftap's version and its BPF object's build", formatter_class=fmt,
                        description="bpftap's version, and the BPF object it loads by default: path, size and "
@@ -417,16 +418,31 @@ def _error(as_json: bool, kind: str, messages: list[str], text: str) -> None:
             print(text.format(message), file=sys.stderr)
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+def _unwind_on_sigterm() -> Callable[[], object]:
+    """SIGTERM raises KeyboardInterrupt in this process; returns what puts the previous handler back.
+
+    A child forked from this process without exec (pyroute2 enters a network
+    namespace that way, and ends the child with SIGTERM) ends as SIGTERM ends
+    it by default: it must never go on running this process's code.
+    """
+    owner = os.getpid()
+
+    def handler(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run one command, map bpftap's errors to exit codes.
 
-    SIGTERM unwinds like Ctrl-C (exit 130), so what a command made (the
-    demo's and the bench's namespaces, their processes) goes as on Ctrl-C;
-    `run`, `mirror` and `collect` set their own handlers.
+    For `demo` and `bench`, SIGTERM unwinds like Ctrl-C (exit 130), so the
+    namespaces and processes they made go as on Ctrl-C.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -437,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose < 2:
         logging.getLogger("bpftap.libbpf").setLevel(logging.WARNING)
     as_json = args.log_format == "json"
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    undo = _unwind_on_sigterm() if getattr(args, "unwind_on_sigterm", False) else None
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -458,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if undo is not None:
+            undo()
 
 
 if __name__ == "__main__":

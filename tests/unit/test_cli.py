@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bpftap.cli import ExitStatus, main
+from bpftap.cli import ExitStatus, _unwind_on_sigterm, main
 
 GOOD = """
 sources: [{interface: eth0}]
@@ -134,3 +137,25 @@ def test_completion_script_knows_every_command_and_option(shell: str, capsys: py
         out = subprocess.run(["bash", "-c", script + "\nCOMP_WORDS=(bpftap ru); COMP_CWORD=1; _bpftap; "
                               "echo ${COMPREPLY[@]}"], capture_output=True, text=True, check=True).stdout
         assert out.split() == ["run"]
+
+
+def test_sigterm_unwinds_only_the_process_that_asked() -> None:
+    """demo and bench: SIGTERM raises KeyboardInterrupt; a child forked without exec (as pyroute2 enters a
+    namespace, then ends it with SIGTERM) dies of it as by default instead of running on in our code."""
+    undo = _unwind_on_sigterm()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                os._exit(3)  # only if the handler raised or returned
+        status = os.waitpid(pid, 0)[1]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        undo()
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
     p.add_argument("--direction", choices=("both", "ingress", "egress"), default="both",
                    help="tier 2: the tapped interface's directions mirrored, by bpftap and mirred alike "
                         "(ingress: the bulk data; egress: its ACKs; default both)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, unwind_on_sigterm=True)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
